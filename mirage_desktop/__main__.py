@@ -1,0 +1,3 @@
+from mirage_desktop.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The ``mirage`` command.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; heavy imports stay inside ``run`` so ``mirage --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import MirageError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "gui": ("mirage_desktop.gui.cli", "open the desktop window (default)"),
+    "run": ("mirage_desktop.commands.run", "run the live engine headless: camera/file -> swap -> virtual camera"),
+    "swap": ("mirage_desktop.commands.swap", "swap faces in a still image"),
+    "models": ("mirage_desktop.models.cli", "list, download and verify model weights"),
+    "devices": ("mirage_desktop.commands.devices", "list cameras, virtual camera backends and audio devices"),
+    "doctor": ("mirage_desktop.commands.doctor", "check providers, drivers, devices and models; say how to fix problems"),
+    "bench": ("mirage_desktop.commands.bench", "benchmark the video pipeline and print P50/P95/P99 and FPS"),
+    "voice": ("mirage_desktop.voice.cli", "run the real-time voice changer headless"),
+    "mic": ("mirage_desktop.voice.mic_cli", "create or remove the 'Mirage Microphone' virtual microphone (Linux)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mirage", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"mirage {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if not args.command:
+        args = parser.parse_args(["gui", *(argv if argv is not None else sys.argv[1:])])
+    mod = importlib.import_module(args._module)
+    try:
+        return int(mod.run(args) or 0)
+    except MirageError as exc:
+        print(f"mirage: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mirage: stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
