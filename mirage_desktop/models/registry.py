@@ -81,6 +81,7 @@ class ModelSpec:
     url_env: str = ""                     # MIRAGE_<NAME>_URL
     url_env_aliases: tuple[str, ...] = ()  # e.g. MIRAGE_INSWAPPER_URL
     url_overridden: bool = False
+    license_id: str = ""                  # key of the [licenses.*] table, e.g. "s-lab-1-0"
 
     @property
     def checksum_confirmed(self) -> bool:
@@ -274,6 +275,7 @@ def load_registry(path: str | os.PathLike | None = None, environ=None) -> Regist
             needed_by=list(m.get("needed_by", [])), description=str(m.get("description", "")),
             archive=archive, sha256_source=str(m.get("sha256_source", "")),
             url_env=prefix + "_URL", url_env_aliases=aliases, url_overridden=bool(override),
+            license_id=str(lic_key),
         ))
 
     archives = {k: {**v, "_models": [n for n, _ in archive_users.get(k, ())]}
