@@ -1,0 +1,189 @@
+"""One factory for onnxruntime sessions.
+
+Execution providers are tried in order TensorRT → CUDA → DirectML → CoreML → CPU, limited to
+what the installed onnxruntime offers (or the user's own list). A provider that fails to
+initialise falls back to the next one with the reason logged; the provider actually used is
+reported. On few CPU cores several sessions slow each other down when idle threads spin, so
+spinning is switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+PREFERRED_ORDER = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "DmlExecutionProvider",
+    "CoreMLExecutionProvider",
+    "CPUExecutionProvider",
+)
+SHORT_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise ModelError("onnxruntime is not installed", "pip install onnxruntime (or onnxruntime-gpu)") from exc
+    return ort
+
+
+def available_providers() -> list[str]:
+    return list(_ort().get_available_providers())
+
+
+def resolve_providers(requested: str | Sequence[str] | None = "auto") -> list[str]:
+    """The providers to try, in order: the user's list or our preference, filtered by what exists."""
+    available = available_providers()
+    if requested in (None, "", "auto"):
+        wanted = list(PREFERRED_ORDER)
+    else:
+        items = requested.split(",") if isinstance(requested, str) else list(requested)
+        wanted = [SHORT_NAMES.get(p.strip().lower(), p.strip()) for p in items if p.strip()]
+        unknown = [p for p in wanted if p not in available]
+        for p in unknown:
+            log.warning("execution provider %s is not available in this onnxruntime (have: %s)",
+                        p, ", ".join(available))
+    chosen = [p for p in wanted if p in available]
+    if "CPUExecutionProvider" not in chosen and "CPUExecutionProvider" in available:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _provider_options(provider: str, cache_dir: Path | None, fp16: bool) -> dict:
+    if provider == "TensorrtExecutionProvider":
+        opts = {"trt_fp16_enable": bool(fp16), "trt_engine_cache_enable": True}
+        if cache_dir:
+            opts["trt_engine_cache_path"] = str(cache_dir / "trt")
+        return opts
+    if provider == "CUDAExecutionProvider":
+        # HEURISTIC avoids the multi-second EXHAUSTIVE search at start-up; arena grows as needed.
+        return {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
+    if provider == "CoreMLExecutionProvider":
+        return {}
+    return {}
+
+
+@dataclass
+class SessionHandle:
+    """An onnxruntime session plus what we learnt creating it."""
+
+    session: Any
+    path: Path
+    provider: str
+    fallback_reasons: list[str] = field(default_factory=list)
+    _binding_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def inputs(self):
+        return self.session.get_inputs()
+
+    @property
+    def outputs(self):
+        return self.session.get_outputs()
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider in GPU_PROVIDERS
+
+    def input_dtype(self, name: str) -> type:
+        for i in self.session.get_inputs():
+            if i.name == name:
+                return _ORT_TYPES.get(i.type, np.float32)
+        raise KeyError(name)
+
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run with inputs cast to the model's declared types (fp16 models take fp16 feeds).
+
+        On CUDA/TensorRT inputs and outputs go through IO binding so onnxruntime copies each
+        tensor once and does not allocate a fresh output per call.
+        """
+        cast = {k: np.ascontiguousarray(v, dtype=self.input_dtype(k)) for k, v in feeds.items()}
+        if not self.on_gpu:
+            return self.session.run(output_names, cast)
+        with self._binding_lock:
+            binding = self.session.io_binding()
+            for k, v in cast.items():
+                binding.bind_cpu_input(k, v)
+            for o in output_names or [o.name for o in self.outputs]:
+                binding.bind_output(o, "cuda")
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
+
+
+def create_session(path: str | os.PathLike, providers: str | Sequence[str] | None = "auto", *,
+                   intra_threads: int | None = None, fp16: bool = True,
+                   cache_dir: Path | None = None) -> SessionHandle:
+    """Load ``path`` on the best provider that works; raise ModelError naming the fix if none does."""
+    ort = _ort()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist", "run `mirage models download --needed`")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.intra_op_num_threads = intra_threads or 0
+    so.log_severity_level = 3
+    reasons: list[str] = []
+    candidates = resolve_providers(providers)
+    for i, prov in enumerate(candidates):
+        chain = [(prov, _provider_options(prov, cache_dir, fp16))]
+        if prov != "CPUExecutionProvider":
+            chain.append(("CPUExecutionProvider", {}))  # for the odd op the GPU provider lacks
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=so,
+                                        providers=[p for p, _ in chain],
+                                        provider_options=[o for _, o in chain])
+        except Exception as exc:  # onnxruntime raises its own types; the message is what matters
+            msg = " ".join(str(exc).split())[:300]
+            if _looks_corrupt(msg):
+                raise ModelError(f"model {path.name} could not be parsed ({msg})",
+                                 f"the file is corrupt or truncated: run `mirage models download --force` "
+                                 f"or delete {path}") from exc
+            reasons.append(f"{prov}: {msg}")
+            log.warning("could not start %s for %s: %s; trying the next provider", prov, path.name, msg)
+            continue
+        used = sess.get_providers()[0]
+        if used != prov:
+            reasons.append(f"{prov}: onnxruntime fell back to {used} (driver or library missing?)")
+            log.warning("%s did not initialise for %s; using %s", prov, path.name, used)
+        return SessionHandle(sess, path, used, reasons)
+    raise ModelError(f"no execution provider could load {path.name}: " + "; ".join(reasons) if reasons
+                     else f"no execution provider is available for {path.name}",
+                     "run `mirage doctor`")
+
+
+def _looks_corrupt(msg: str) -> bool:
+    m = msg.lower()
+    return any(s in m for s in ("protobuf parsing failed", "invalid_protobuf", "load model from", "no graph",
+                                "failed to load model", "model_path", "invalid model"))

@@ -1,0 +1,203 @@
+"""Small ONNX models with the real input/output signatures of the production models.
+
+Model hubs are unreachable from CI, and weights are large, so tests and ``mirage bench
+--synthetic`` build these instead. They exercise the real loading, pre-processing, decoding
+and inference code; only what the network computes is made up:
+
+* SCRFD (det_10g): input ``input.1`` 1x3xHxW; nine outputs, score/bbox/kps for strides 8, 16,
+  32 with two anchors. The detections are *scripted*: the builder is told where faces are
+  (in the detector's input pixels) and bakes the matching anchor outputs into the graph.
+* ArcFace (w600k_r50): ``input.1`` Nx3x112x112 → ``683`` Nx512, a fixed random projection of
+  the pooled face, so different faces give different embeddings and the same face the same.
+* inswapper_128: ``target`` 1x3x128x128 + ``source`` 1x512 → ``output`` 1x3x128x128, with the
+  512x512 ``emap`` as the graph's last initializer, exactly where the real model keeps it.
+
+``gmac`` adds a convolution trunk of about that many giga multiply-accumulates whose result
+feeds the output, so benchmarks see realistic inference cost (published: SCRFD-10G at 640
+about 10 GMAC, ArcFace R50 at 112 about 6.3 GMAC; inswapper_128 is heavier than both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCRFD_STRIDES = (8, 16, 32)
+
+
+def _onnx():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    return onnx, TensorProto, helper, numpy_helper
+
+
+def _trunk(nodes, inits, x: str, size: int, gmac: float, prefix: str, rng) -> str | None:
+    """Append a conv trunk of ~``gmac`` GMAC on a ``size``-px input; returns a scalar-ish tensor name."""
+    if gmac <= 0:
+        return None
+    _, TensorProto, helper, numpy_helper = _onnx()
+    ch = 64
+    res = max(size // 4, 8)
+    per_conv = res * res * ch * ch * 9 / 1e9
+    stem = res * res * 3 * ch * 16 / 1e9
+    n = max(1, int(round((gmac - stem) / per_conv)))
+    w0 = (rng.standard_normal((ch, 3, 4, 4)) * 0.05).astype(np.float32)
+    inits.append(numpy_helper.from_array(w0, f"{prefix}_w0"))
+    nodes.append(helper.make_node("Conv", [x, f"{prefix}_w0"], [f"{prefix}_c0"], strides=[4, 4],
+                                  kernel_shape=[4, 4]))
+    cur = f"{prefix}_c0"
+    for i in range(1, n + 1):
+        w = (rng.standard_normal((ch, ch, 3, 3)) * (1.0 / np.sqrt(ch * 9))).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"{prefix}_w{i}"))
+        nodes.append(helper.make_node("Conv", [cur, f"{prefix}_w{i}"], [f"{prefix}_c{i}"], pads=[1, 1, 1, 1],
+                                      kernel_shape=[3, 3]))
+        nodes.append(helper.make_node("Relu", [f"{prefix}_c{i}"], [f"{prefix}_r{i}"]))
+        cur = f"{prefix}_r{i}"
+    nodes.append(helper.make_node("ReduceMean", [cur], [f"{prefix}_mean"], keepdims=0))
+    inits.append(numpy_helper.from_array(np.array(1e-6, np.float32), f"{prefix}_eps"))
+    nodes.append(helper.make_node("Mul", [f"{prefix}_mean", f"{prefix}_eps"], [f"{prefix}_out"]))
+    return f"{prefix}_out"
+
+
+def _save(model, path: Path) -> Path:
+    onnx = _onnx()[0]
+    model.ir_version = min(model.ir_version, 9)
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@dataclass
+class ScriptedFace:
+    """A face for the scripted detector, in detector-input pixels."""
+
+    bbox: tuple[float, float, float, float]
+    kps: np.ndarray  # (5, 2)
+    score: float = 0.9
+
+
+def build_scrfd(path: Path, faces: list[ScriptedFace], input_size: int = 640, gmac: float = 0.0,
+                seed: int = 0) -> Path:
+    onnx, TensorProto, helper, numpy_helper = _onnx()
+    rng = np.random.default_rng(seed)
+    nodes, inits, outputs = [], [], []
+    consts = {}
+    for s in SCRFD_STRIDES:
+        n = (input_size // s) ** 2 * 2
+        consts[s] = {1: np.zeros((n, 1), np.float32), 4: np.zeros((n, 4), np.float32),
+                     10: np.zeros((n, 10), np.float32)}
+    for f in faces:
+        x1, y1, x2, y2 = f.bbox
+        side = max(x2 - x1, y2 - y1)
+        s = 8 if side < 64 else 16 if side < 160 else 32
+        g = input_size // s
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        gx, gy = int(np.clip(round(cx / s), 0, g - 1)), int(np.clip(round(cy / s), 0, g - 1))
+        ax, ay = gx * s, gy * s
+        for a in range(2):
+            idx = (gy * g + gx) * 2 + a
+            consts[s][1][idx, 0] = f.score if a == 0 else f.score * 0.9
+            consts[s][4][idx] = np.array([ax - x1, ay - y1, x2 - ax, y2 - ay], np.float32) / s
+            consts[s][10][idx] = ((np.asarray(f.kps, np.float32) - [ax, ay]) / s).reshape(-1)
+    trunk = _trunk(nodes, inits, "input.1", input_size, gmac, "trunk", rng)
+    # A tiny input-dependent term keeps the graph honest (nothing folds to constants).
+    nodes.append(helper.make_node("ReduceMean", ["input.1"], ["in_mean"], keepdims=0))
+    inits.append(numpy_helper.from_array(np.array(1e-7, np.float32), "tiny"))
+    nodes.append(helper.make_node("Mul", ["in_mean", "tiny"], ["dep0"]))
+    dep = "dep0"
+    if trunk:
+        nodes.append(helper.make_node("Add", [dep, trunk], ["dep1"]))
+        dep = "dep1"
+    names = {1: "score", 4: "bbox", 10: "kps"}
+    for c in (1, 4, 10):
+        for s in SCRFD_STRIDES:
+            cname = f"{names[c]}_{s}_const"
+            inits.append(numpy_helper.from_array(consts[s][c], cname))
+            out = f"{names[c]}_{s}"
+            nodes.append(helper.make_node("Add", [cname, dep], [out]))
+            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, list(consts[s][c].shape)))
+    graph = helper.make_graph(nodes, "scrfd_synthetic",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
+                                                             [1, 3, input_size, input_size])],
+                              outputs, inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def build_arcface(path: Path, gmac: float = 0.0, seed: int = 1) -> Path:
+    onnx, TensorProto, helper, numpy_helper = _onnx()
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    nodes.append(helper.make_node("AveragePool", ["input.1"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]))
+    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], axis=1))
+    w = (rng.standard_normal((3 * 14 * 14, 512)) / np.sqrt(588)).astype(np.float32)
+    inits.append(numpy_helper.from_array(w, "proj"))
+    nodes.append(helper.make_node("MatMul", ["flat", "proj"], ["emb0"]))
+    trunk = _trunk(nodes, inits, "input.1", 112, gmac, "trunk", rng)
+    if trunk:
+        nodes.append(helper.make_node("Add", ["emb0", trunk], ["683"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["emb0"], ["683"]))
+    graph = helper.make_graph(nodes, "arcface_synthetic",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
+                              [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", 512])], inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = False) -> Path:
+    """``output = sigmoid(0.8 * logit(target) + source·W)``: the identity visibly changes the face."""
+    onnx, TensorProto, helper, numpy_helper = _onnx()
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    ft = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    npt = np.float16 if fp16 else np.float32
+    w = (rng.standard_normal((512, 3)) * 2.0).astype(npt)
+    inits.append(numpy_helper.from_array(w, "src_proj"))
+    inits.append(numpy_helper.from_array(np.array([1, 3, 1, 1], np.int64), "bshape"))
+    inits.append(numpy_helper.from_array(np.array(0.8, npt), "keep"))
+    inits.append(numpy_helper.from_array(np.array(4.0, npt), "gain"))
+    inits.append(numpy_helper.from_array(np.array(0.5, npt), "half"))
+    nodes.append(helper.make_node("MatMul", ["source", "src_proj"], ["sp"]))
+    nodes.append(helper.make_node("Reshape", ["sp", "bshape"], ["sp4"]))
+    nodes.append(helper.make_node("Sub", ["target", "half"], ["tc"]))
+    nodes.append(helper.make_node("Mul", ["tc", "gain"], ["tl"]))
+    nodes.append(helper.make_node("Mul", ["tl", "keep"], ["tk"]))
+    nodes.append(helper.make_node("Add", ["tk", "sp4"], ["pre"]))
+    trunk = _trunk(nodes, inits, "target", 128, gmac, "trunk", rng) if not fp16 else None
+    if trunk:
+        nodes.append(helper.make_node("Add", ["pre", trunk], ["pre2"]))
+        nodes.append(helper.make_node("Sigmoid", ["pre2"], ["output"]))
+    else:
+        nodes.append(helper.make_node("Sigmoid", ["pre"], ["output"]))
+    emap = (rng.standard_normal((512, 512)) / np.sqrt(512)).astype(np.float32)
+    inits.append(numpy_helper.from_array(emap, "emap"))  # last initializer, as in the real file
+    graph = helper.make_graph(nodes, "inswapper_synthetic",
+                              [helper.make_tensor_value_info("target", ft, [1, 3, 128, 128]),
+                               helper.make_tensor_value_info("source", ft, [1, 512])],
+                              [helper.make_tensor_value_info("output", ft, [1, 3, 128, 128])], inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def scripted_faces_for_image(image_shape: tuple, faces_xyxy_kps: list[tuple[np.ndarray, np.ndarray]],
+                             det_size: int = 640, score: float = 0.9) -> list[ScriptedFace]:
+    """Convert faces in image pixels to detector-input pixels (SCRFD letterboxes to det_size)."""
+    h, w = image_shape[:2]
+    s = det_size / max(h, w)
+    return [ScriptedFace(tuple(np.asarray(b, float) * s), np.asarray(k, float) * s, score)
+            for b, k in faces_xyxy_kps]
+
+
+def build_model_set(folder: Path, faces: list[ScriptedFace], det_size: int = 640, *,
+                    realistic: bool = False) -> dict[str, Path]:
+    """det_10g.onnx, w600k_r50.onnx, inswapper_128.onnx in ``folder``; realistic=True adds
+    published-size compute (10 / 6.3 / 12 GMAC)."""
+    folder = Path(folder)
+    return {
+        "det_10g": build_scrfd(folder / "det_10g.onnx", faces, det_size, gmac=10.0 if realistic else 0.0),
+        "w600k_r50": build_arcface(folder / "w600k_r50.onnx", gmac=6.3 if realistic else 0.0),
+        "inswapper_128": build_inswapper(folder / "inswapper_128.onnx", gmac=12.0 if realistic else 0.0),
+    }

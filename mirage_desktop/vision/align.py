@@ -1,0 +1,75 @@
+"""Face alignment: 5-point similarity transforms to the ArcFace / inswapper / FFHQ templates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ArcFace 112x112 template (left eye, right eye, nose tip, left mouth corner, right mouth corner).
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+# FFHQ 512x512 template used by GFPGAN / CodeFormer.
+FFHQ_512 = np.array(
+    [[192.98138, 239.94708], [318.90277, 240.19360], [256.63416, 314.01935],
+     [201.26117, 371.41043], [313.08905, 371.15118]],
+    dtype=np.float64,
+)
+
+
+def arcface_template(size: int) -> np.ndarray:
+    """ArcFace template scaled the way insightface does for ``size`` (112, 128, 224, ...)."""
+    if size % 112 == 0:
+        return ARCFACE_112 * (size / 112.0)
+    ratio = size / 128.0
+    t = ARCFACE_112 * ratio
+    t[:, 0] += 8.0 * ratio
+    return t
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama 1991) mapping ``src`` points onto ``dst``; 2x3 matrix."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    n = src.shape[0]
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    cov = d0.T @ s0 / n
+    u, sig, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(cov) < 0:
+        d[1] = -1
+    r = u @ np.diag(d) @ vt
+    var_s = (s0 ** 2).sum() / n
+    scale = (sig * d).sum() / var_s if var_s > 0 else 1.0
+    t = mu_d - scale * (r @ mu_s)
+    m = np.empty((2, 3), dtype=np.float64)
+    m[:, :2] = scale * r
+    m[:, 2] = t
+    return m
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    a = m[:, :2]
+    ai = np.linalg.inv(a)
+    out = np.empty((2, 3), dtype=np.float64)
+    out[:, :2] = ai
+    out[:, 2] = -ai @ m[:, 2]
+    return out
+
+
+def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    pts = np.asarray(pts, dtype=np.float64)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def align_matrix(kps: np.ndarray, size: int, template: str = "arcface") -> np.ndarray:
+    """2x3 matrix taking frame coordinates to an aligned ``size`` x ``size`` crop."""
+    dst = arcface_template(size) if template == "arcface" else FFHQ_512 * (size / 512.0)
+    return similarity_transform(kps, dst)
+
+
+def warp_crop(frame: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -1,0 +1,263 @@
+"""Source identities: who the user turns into.
+
+An identity is built from one or more photos: each photo is checked (a face is found, it is
+big, sharp, frontal enough and confidently detected), the ArcFace embeddings of the photos
+that pass are averaged and normalised. Embeddings are cached on disk by image hash.
+Identities are saved in the user's data dir with the consent the user gave for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..config import cache_dir, data_dir
+from ..errors import InputImageError, MirageError
+from ..fsutil import atomic_write_bytes, atomic_write_text
+from .align import align_matrix, warp_crop
+from .analysis import FaceAnalyzer
+from .face import Face
+from .image_io import load_image
+
+log = logging.getLogger(__name__)
+
+MIN_FACE_PX = 80
+BLUR_MIN = 25.0  # variance of the Laplacian on a 224 px aligned crop
+MAX_YAW = 0.35  # nose offset from the eye midline, in eye distances (~35 degrees)
+MAX_ROLL_DEG = 30.0
+MIN_SCORE = 0.5
+
+
+@dataclass
+class QualityCheck:
+    name: str
+    passed: bool
+    score: float
+    reason: str
+    critical: bool = True
+
+
+@dataclass
+class PhotoReport:
+    source: str
+    image_hash: str
+    faces_found: int
+    face: Face | None
+    checks: list[QualityCheck]
+    embedding: np.ndarray | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.face is not None and all(c.passed for c in self.checks if c.critical)
+
+    def summary(self) -> str:
+        bad = [c.reason for c in self.checks if not c.passed]
+        return "ok" if not bad else "; ".join(bad)
+
+
+def image_hash(img: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str(img.shape).encode())
+    h.update(np.ascontiguousarray(img).data)
+    return h.hexdigest()[:32]
+
+
+def sharpness(img: np.ndarray, face: Face) -> float:
+    crop = warp_crop(img, align_matrix(face.kps, 224), 224)
+    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def head_pose(face: Face) -> tuple[float, float]:
+    """(yaw ratio, roll degrees) from the five keypoints."""
+    le, re_, nose = face.kps[0], face.kps[1], face.kps[2]
+    eye_mid = (le + re_) / 2
+    eye_vec = re_ - le
+    eye_dist = float(np.linalg.norm(eye_vec)) or 1.0
+    roll = float(np.degrees(np.arctan2(eye_vec[1], eye_vec[0])))
+    # nose offset along the eye line, in eye distances
+    yaw = float(np.dot(nose - eye_mid, eye_vec / eye_dist) / eye_dist)
+    return yaw, roll
+
+
+def check_photo(img: np.ndarray, faces: list[Face]) -> tuple[Face | None, list[QualityCheck]]:
+    checks: list[QualityCheck] = []
+    if not faces:
+        checks.append(QualityCheck("face found", False, 0.0,
+                                   "no face found — use a photo with one clear, frontal, well-lit face"))
+        return None, checks
+    faces = sorted(faces, key=lambda f: f.area, reverse=True)
+    face = faces[0]
+    checks.append(QualityCheck("face found", True, 1.0, "face found"))
+    if len(faces) > 1:
+        cx, cy = face.center
+        checks.append(QualityCheck(
+            "single face", True, float(faces[1].area / face.area),
+            f"{len(faces)} faces found; using the largest (centre {int(cx)},{int(cy)})", critical=False))
+    size = min(face.width, face.height)
+    checks.append(QualityCheck("face size", size >= MIN_FACE_PX, float(size),
+                               f"face is {int(size)} px" if size >= MIN_FACE_PX else
+                               f"face is too small ({int(size)} px, need {MIN_FACE_PX}) — use a closer or "
+                               f"higher-resolution photo"))
+    sharp = sharpness(img, face)
+    checks.append(QualityCheck("sharpness", sharp >= BLUR_MIN, sharp,
+                               f"sharp enough (Laplacian variance {sharp:.0f})" if sharp >= BLUR_MIN else
+                               f"photo is blurry (Laplacian variance {sharp:.0f}, need {BLUR_MIN:.0f}) — "
+                               f"use a sharper photo"))
+    yaw, roll = head_pose(face)
+    pose_ok = abs(yaw) <= MAX_YAW and abs(roll) <= MAX_ROLL_DEG
+    checks.append(QualityCheck("head pose", pose_ok, float(abs(yaw)),
+                               f"frontal enough (yaw {yaw:+.2f}, roll {roll:+.0f}°)" if pose_ok else
+                               f"head is turned or tilted too far (yaw {yaw:+.2f}, roll {roll:+.0f}°) — "
+                               f"use a photo looking at the camera"))
+    checks.append(QualityCheck("detector confidence", face.score >= MIN_SCORE, face.score,
+                               f"confidence {face.score:.2f}" if face.score >= MIN_SCORE else
+                               f"the detector is unsure this is a face (confidence {face.score:.2f}) — "
+                               f"use a clearer photo"))
+    return face, checks
+
+
+@dataclass
+class SourceIdentity:
+    name: str
+    embedding: np.ndarray | None
+    reports: list[PhotoReport] = field(default_factory=list)
+    thumbnail: np.ndarray | None = None
+    consent: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.embedding is not None
+
+
+class IdentityBuilder:
+    def __init__(self, analyzer: FaceAnalyzer, cache: Path | None = None):
+        self.analyzer = analyzer
+        self.cache = cache or (cache_dir() / "embeddings")
+
+    def _cache_key(self, h: str) -> Path:
+        rec = self.analyzer.recognizer
+        tag = f"{rec.handle.path.name}-{rec.handle.path.stat().st_size}" if rec else "none"
+        return self.cache / f"{h}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}.npy"
+
+    def analyse_photo(self, source, label: str | None = None) -> PhotoReport:
+        img = source if isinstance(source, np.ndarray) else load_image(source)
+        label = label or (str(source) if not isinstance(source, np.ndarray) else "image")
+        h = image_hash(img)
+        faces = self.analyzer.detect(img)
+        face, checks = check_photo(img, faces)
+        rep = PhotoReport(label, h, len(faces), face, checks)
+        if rep.passed and self.analyzer.recognizer is not None:
+            cp = self._cache_key(h)
+            if cp.exists():
+                try:
+                    rep.embedding = np.load(cp)
+                except (OSError, ValueError):
+                    rep.embedding = None
+            if rep.embedding is None:
+                rep.embedding = self.analyzer.embed(img, face)
+                import io
+
+                buf = io.BytesIO()
+                np.save(buf, rep.embedding)
+                atomic_write_bytes(cp, buf.getvalue())
+            face.embedding = rep.embedding
+        rep._image = img  # for the thumbnail; not persisted
+        return rep
+
+    def build(self, sources: list, name: str | None = None) -> SourceIdentity:
+        if not sources:
+            raise InputImageError("no source photo given", "pass --source PHOTO")
+        reports = [self.analyse_photo(s) for s in sources]
+        good = [r for r in reports if r.passed]
+        if not good:
+            why = "; ".join(f"{Path(r.source).name}: {r.summary()}" for r in reports)
+            raise InputImageError(f"no usable face in the source photo(s): {why}")
+        emb = None
+        embs = [r.embedding for r in good if r.embedding is not None]
+        if embs:
+            emb = np.mean(embs, axis=0)
+            emb = (emb / max(float(np.linalg.norm(emb)), 1e-12)).astype(np.float32)
+        first = good[0]
+        thumb = warp_crop(first._image, align_matrix(first.face.kps, 256, "ffhq"), 256)
+        nm = name or Path(str(good[0].source)).stem
+        return SourceIdentity(nm, emb, reports, thumb)
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "identity"
+    return s[:64]
+
+
+class IdentityStore:
+    """Saved identities: ``<data>/identities/<slug>/{meta.json, embedding.npy, thumb.png}``."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or (data_dir() / "identities")
+
+    def save(self, ident: SourceIdentity) -> Path:
+        if ident.embedding is None:
+            raise MirageError(f"identity {ident.name!r} has no embedding",
+                              "download the recognition model with `mirage models download buffalo_l`")
+        d = self.root / _slug(ident.name)
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, ident.embedding)
+        atomic_write_bytes(d / "embedding.npy", buf.getvalue())
+        if ident.thumbnail is not None:
+            ok, enc = cv2.imencode(".png", ident.thumbnail)
+            if ok:
+                atomic_write_bytes(d / "thumb.png", enc.tobytes())
+        meta = {
+            "name": ident.name,
+            "saved": time.time(),
+            "consent": bool(ident.consent),
+            "photos": [{"source": r.source, "hash": r.image_hash, "passed": r.passed,
+                        "checks": [asdict(c) for c in r.checks]} for r in ident.reports],
+        }
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=2))
+        return d
+
+    def names(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        out = []
+        for d in sorted(self.root.iterdir()):
+            try:
+                out.append(json.loads((d / "meta.json").read_text())["name"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
+
+    def load(self, name: str) -> SourceIdentity:
+        d = self.root / _slug(name)
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+            emb = np.load(d / "embedding.npy")
+        except (OSError, ValueError) as exc:
+            raise MirageError(f"saved identity {name!r} cannot be read ({exc})",
+                              "add it again from its photos") from None
+        thumb = cv2.imread(str(d / "thumb.png")) if (d / "thumb.png").exists() else None
+        ident = SourceIdentity(meta["name"], emb.astype(np.float32), [], thumb, bool(meta.get("consent")))
+        ident.meta = meta
+        return ident
+
+    def set_consent(self, name: str, consent: bool = True) -> None:
+        d = self.root / _slug(name)
+        meta = json.loads((d / "meta.json").read_text())
+        meta["consent"] = bool(consent)
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=2))
+
+    def delete(self, name: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.root / _slug(name), ignore_errors=True)

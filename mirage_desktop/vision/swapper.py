@@ -1,0 +1,79 @@
+"""inswapper_128: the identity swap, on an ArcFace-aligned 128 px crop, pasted back in the face box."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import ModelError
+from ..models.runtime import SessionHandle
+from .align import align_matrix, warp_crop
+from .blend import face_mask, paste_back
+from .face import Face
+
+log = logging.getLogger(__name__)
+
+
+def read_emap(path: Path) -> np.ndarray:
+    """The 512x512 embedding map stored as the last initializer of inswapper_128(.onnx|_fp16.onnx)."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"{Path(path).name} cannot be read as ONNX ({' '.join(str(exc).split())[:120]})",
+                         f"run `mirage models download --force {Path(path).stem}`") from exc
+    if not model.graph.initializer:
+        raise ModelError(f"{Path(path).name} has no initializers, so no emap", "use inswapper_128 from models.toml")
+    emap = numpy_helper.to_array(model.graph.initializer[-1]).astype(np.float32)
+    if emap.shape != (512, 512):
+        raise ModelError(f"{Path(path).name}: last initializer has shape {emap.shape}, expected the 512x512 emap",
+                         "use inswapper_128 from models.toml")
+    return emap
+
+
+class InSwapper:
+    name = "inswapper"
+    size = 128
+
+    def __init__(self, handle: SessionHandle, emap: np.ndarray | None = None):
+        self.handle = handle
+        names = [i.name for i in handle.inputs]
+        if set(names) != {"target", "source"}:
+            raise ModelError(f"{handle.path.name} inputs are {names}; inswapper has 'target' and 'source'",
+                             "use inswapper_128 from models.toml")
+        shape = [i for i in handle.inputs if i.name == "target"][0].shape
+        if isinstance(shape[2], int):
+            self.size = int(shape[2])
+        self.output_name = handle.outputs[0].name
+        self.emap = read_emap(handle.path) if emap is None else emap
+
+    def latent(self, embedding: np.ndarray) -> np.ndarray:
+        """Source latent: normalised embedding · emap, L2-normalised again; shape (1, 512)."""
+        e = np.asarray(embedding, np.float32).reshape(1, -1)
+        e = e / max(float(np.linalg.norm(e)), 1e-12)
+        lat = e @ self.emap
+        return lat / max(float(np.linalg.norm(lat)), 1e-12)
+
+    def swap_crop(self, crop_bgr: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        """Aligned BGR uint8 crop in, swapped BGR uint8 crop out."""
+        blob = cv2.dnn.blobFromImage(crop_bgr, 1.0 / 255.0, (self.size, self.size), (0, 0, 0), swapRB=True)
+        pred = self.handle.run({"target": blob, "source": latent}, [self.output_name])[0]
+        img = pred[0].astype(np.float32).transpose(1, 2, 0)
+        out = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+        return cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
+
+    def swap(self, frame: np.ndarray, face: Face, latent: np.ndarray, *, mouth_mask: bool = False,
+             color_fn=None) -> tuple | None:
+        """Swap ``face`` in ``frame`` in place; only the face's box is touched. Returns that box."""
+        m = align_matrix(face.kps, self.size)
+        crop = warp_crop(frame, m, self.size)
+        fake = self.swap_crop(crop, latent)
+        mask = face_mask(self.size, mouth_mask)
+        if color_fn is not None:
+            fake = color_fn(fake, crop, mask)
+        return paste_back(frame, fake, m, mask)

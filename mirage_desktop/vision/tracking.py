@@ -1,0 +1,237 @@
+"""When to run the detector, and how faces are carried between detections.
+
+DetectionScheduler: the detector runs every ``interval`` frames (default 5); on the next frame
+when the last detection's lowest confidence was below ``redetect_below`` (0.70) or no face is
+tracked; a track is stable after ``stable_count`` (3) consecutive detections at
+``stable_confidence`` (0.85) or more.
+
+FaceTracker: between detections each face is moved by sparse optical flow (Lucas-Kanade) on a
+grid of points inside its box, using only the region around the face. Detections may arrive a
+few frames late (the detector runs on its own thread); they are moved forward by the motion
+the track has seen since the frame they were made on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .face import Face
+
+
+class DetectionScheduler:
+    def __init__(self, interval: int = 5, redetect_below: float = 0.70):
+        self.interval = max(1, int(interval))
+        self.redetect_below = redetect_below
+        self.frames_since = 1 << 30
+        self.low_confidence = False
+        self.have_faces = False
+
+    def should_detect(self) -> bool:
+        return (self.frames_since >= self.interval or self.low_confidence or not self.have_faces)
+
+    def on_frame(self, detected: bool) -> None:
+        self.frames_since = 0 if detected else self.frames_since + 1
+
+    def on_detections(self, scores: list[float]) -> None:
+        self.have_faces = bool(scores)
+        self.low_confidence = bool(scores) and min(scores) < self.redetect_below
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / ua if ua > 0 else 0.0
+
+
+def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a ∘ b for 2x3 affine matrices (apply b, then a)."""
+    out = np.empty((2, 3))
+    out[:, :2] = a[:, :2] @ b[:, :2]
+    out[:, 2] = a[:, :2] @ b[:, 2] + a[:, 2]
+    return out
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def _inverse(m: np.ndarray) -> np.ndarray:
+    ai = np.linalg.inv(m[:, :2])
+    out = np.empty((2, 3))
+    out[:, :2] = ai
+    out[:, 2] = -ai @ m[:, 2]
+    return out
+
+
+def _gray(frame: np.ndarray, box: tuple) -> np.ndarray:
+    """Grayscale of one region only (the full frame is never converted)."""
+    x0, y0, x1, y1 = box
+    roi = frame[y0:y1, x0:x1]
+    return cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY) if roi.ndim == 3 and roi.size else roi.copy()
+
+
+IDENTITY = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+
+
+@dataclass
+class Track:
+    id: int
+    face: Face
+    high_streak: int = 0
+    misses: int = 0
+    embedding: np.ndarray | None = None
+    # cumulative motion since the track began, per frame index (to move late detections forward)
+    motion: deque = field(default_factory=lambda: deque(maxlen=64))
+    acc: np.ndarray = field(default_factory=lambda: IDENTITY.copy())
+    prev_gray: np.ndarray | None = None
+    prev_box: tuple | None = None
+
+
+class FaceTracker:
+    def __init__(self, stable_confidence: float = 0.85, stable_count: int = 3, max_misses: int = 1,
+                 smoother=None):
+        self.stable_confidence = stable_confidence
+        self.stable_count = stable_count
+        self.max_misses = max_misses
+        self.smoother = smoother  # callable(track_id, kps, t) -> kps, or None
+        self.tracks: list[Track] = []
+        self._ids = itertools.count(1)
+        self._lk = dict(winSize=(21, 21), maxLevel=3,
+                        criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+
+    # ---- detections --------------------------------------------------------------------
+    def update(self, faces: list[Face], frame_index: int, current_index: int | None = None) -> None:
+        """Merge detections made on ``frame_index`` into the tracks (which may be at a later frame)."""
+        unmatched = list(range(len(self.tracks)))
+        new_tracks = []
+        for f in sorted(faces, key=lambda f: -f.score):
+            best, best_iou = None, 0.3
+            for ti in unmatched:
+                t = self.tracks[ti]
+                det_box = self._forward(t, f, frame_index).bbox
+                v = iou(det_box, t.face.bbox)
+                if v > best_iou:
+                    best, best_iou = ti, v
+            if best is None:
+                tr = Track(next(self._ids), f)
+                tr.motion.append((frame_index, IDENTITY.copy()))
+                tr.high_streak = 1 if f.score >= self.stable_confidence else 0
+                f.track_id = tr.id
+                f.stable = tr.high_streak >= self.stable_count
+                new_tracks.append(tr)
+                continue
+            unmatched.remove(best)
+            t = self.tracks[best]
+            moved = self._forward(t, f, frame_index)
+            t.high_streak = t.high_streak + 1 if f.score >= self.stable_confidence else 0
+            t.misses = 0
+            moved.track_id = t.id
+            moved.stable = t.high_streak >= self.stable_count
+            moved.embedding = f.embedding if f.embedding is not None else t.face.embedding
+            t.face = moved
+        for ti in unmatched:
+            self.tracks[ti].misses += 1
+        self.tracks = [t for t in self.tracks if t.misses <= self.max_misses] + new_tracks
+        if self.smoother is not None:
+            alive = {t.id for t in self.tracks}
+            forget = getattr(self.smoother, "forget_except", None)
+            if forget:
+                forget(alive)
+
+    def _forward(self, t: Track, f: Face, frame_index: int) -> Face:
+        """Move a detection made on ``frame_index`` by the motion the track saw since then."""
+        then = None
+        for idx, acc in t.motion:
+            if idx == frame_index:
+                then = acc
+                break
+        if then is None:
+            return Face(f.bbox.copy(), f.kps.copy(), f.score, f.embedding)
+        m = _compose(t.acc, _inverse(then))
+        kps = _apply(m, f.kps)
+        corners = _apply(m, f.bbox.reshape(2, 2))
+        return Face(np.concatenate([corners.min(0), corners.max(0)]), kps, f.score, f.embedding)
+
+    # ---- between detections --------------------------------------------------------------
+    def track(self, frame: np.ndarray, frame_index: int) -> None:
+        """Move every track to this frame by optical flow on the region around its face."""
+        h, w = frame.shape[:2]
+        for t in self.tracks:
+            m = None
+            if t.prev_gray is not None and t.prev_box is not None:
+                rx0, ry0, rx1, ry1 = t.prev_box  # the same region in both frames
+                cur = _gray(frame, t.prev_box)
+                x1, y1, x2, y2 = t.face.bbox
+                bw, bh = x2 - x1, y2 - y1
+                gx, gy = np.meshgrid(np.linspace(x1 + 0.15 * bw, x2 - 0.15 * bw, 5),
+                                     np.linspace(y1 + 0.15 * bh, y2 - 0.15 * bh, 5))
+                pts = np.concatenate([np.stack([gx.ravel(), gy.ravel()], 1), t.face.kps]) - [rx0, ry0]
+                pts = np.clip(pts, 0, [max(rx1 - rx0 - 1, 0), max(ry1 - ry0 - 1, 0)])
+                if cur.shape == t.prev_gray.shape and min(cur.shape[:2]) >= 16:
+                    p0 = pts.astype(np.float32).reshape(-1, 1, 2)
+                    p1, st, _ = cv2.calcOpticalFlowPyrLK(t.prev_gray, cur, p0, None, **self._lk)
+                    good = st.reshape(-1) == 1 if p1 is not None else np.zeros(0, bool)
+                    if good.sum() >= 6:
+                        mr, _ = cv2.estimateAffinePartial2D(p0[good], p1[good], method=cv2.RANSAC,
+                                                            ransacReprojThreshold=2.0)
+                        if mr is not None:
+                            # ROI-local → frame coordinates: T(+r) · m · T(-r)
+                            r = np.array([rx0, ry0], np.float64)
+                            m = mr.astype(np.float64)
+                            m[:, 2] = m[:, 2] + r - m[:, :2] @ r
+            if m is not None:
+                t.acc = _compose(m, t.acc)
+                kps = _apply(m, t.face.kps)
+                corners = _apply(m, t.face.bbox.reshape(2, 2))
+                nf = Face(np.concatenate([corners.min(0), corners.max(0)]), kps, t.face.score,
+                          t.face.embedding, t.id, t.face.stable)
+                t.face = nf
+            t.motion.append((frame_index, t.acc.copy()))
+            x1, y1, x2, y2 = t.face.bbox
+            bw, bh = x2 - x1, y2 - y1
+            nbox = (int(max(0, x1 - 0.4 * bw)), int(max(0, y1 - 0.4 * bh)),
+                    int(min(w, x2 + 0.4 * bw)), int(min(h, y2 + 0.4 * bh)))
+            t.prev_box = nbox
+            t.prev_gray = _gray(frame, nbox)
+
+    def note_frame(self, frame: np.ndarray, frame_index: int) -> None:
+        """On a frame where the tracks were set from a detection: remember the region for flow."""
+        h, w = frame.shape[:2]
+        for t in self.tracks:
+            if not t.motion or t.motion[-1][0] != frame_index:
+                t.motion.append((frame_index, t.acc.copy()))
+            x1, y1, x2, y2 = t.face.bbox
+            bw, bh = x2 - x1, y2 - y1
+            box = (int(max(0, x1 - 0.4 * bw)), int(max(0, y1 - 0.4 * bh)),
+                   int(min(w, x2 + 0.4 * bw)), int(min(h, y2 + 0.4 * bh)))
+            t.prev_box = box
+            t.prev_gray = _gray(frame, box)
+
+    def faces(self, t_now: float | None = None) -> list[Face]:
+        out = []
+        for t in self.tracks:
+            f = t.face
+            if self.smoother is not None and t_now is not None:
+                f = Face(f.bbox, self.smoother(t.id, f.kps, t_now), f.score, f.embedding, t.id, f.stable)
+            else:
+                f.track_id = t.id
+            out.append(f)
+        return out
+
+
+def select_faces(faces: list[Face], max_faces: int, reference: np.ndarray | None = None,
+                 threshold: float = 0.35) -> list[Face]:
+    """Largest first, up to ``max_faces``; with a reference embedding only faces that match it."""
+    if max_faces <= 0:
+        return []
+    cands = faces
+    if reference is not None:
+        cands = [f for f in faces if f.embedding is not None and float(f.embedding @ reference) >= threshold]
+    return sorted(cands, key=lambda f: f.area, reverse=True)[:max_faces]
