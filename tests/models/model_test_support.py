@@ -1,0 +1,146 @@
+"""Helpers for the model registry/download tests: a real HTTP server on 127.0.0.1.
+
+The server supports ``Range: bytes=N-`` and has per-path modes to misbehave:
+``good``, ``wrong`` (same length, other bytes), ``truncate`` (a complete but short
+response), ``drop_once`` (first response announces the full length, sends part of it and
+drops the connection; later ones behave), ``drop_always`` and ``404``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+
+@dataclass
+class Served:
+    body: bytes
+    mode: str = "good"
+    requests: list = field(default_factory=list)  # Range header of each request (or None)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    files: dict[str, Served] = {}
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        served = self.files.get(self.path)
+        if served is None or served.mode == "404":
+            if served is not None:
+                served.requests.append(self.headers.get("Range"))
+            self._send_simple(404, b"not found")
+            return
+        rng = self.headers.get("Range")
+        served.requests.append(rng)
+        mode = served.mode
+        body = served.body
+        if mode == "wrong":
+            body = bytes(b ^ 0xFF for b in body)
+        start = 0
+        if rng:
+            m = re.match(r"bytes=(\d+)-$", rng)
+            start = int(m.group(1)) if m else 0
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        chunk = body[start:]
+        if mode == "truncate":
+            chunk = chunk[: len(chunk) // 2]
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(len(chunk)))
+        self.end_headers()
+        drop = mode == "drop_always" or (mode == "drop_once" and len(served.requests) == 1)
+        if drop:
+            self.wfile.write(chunk[: len(chunk) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self.wfile.write(chunk)
+
+    def _send_simple(self, code: int, body: bytes):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class ModelServer:
+    def __init__(self):
+        handler = type("Handler", (_Handler,), {"files": {}})
+        self.files = handler.files
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def add(self, path: str, body: bytes, mode: str = "good") -> Served:
+        served = Served(body, mode)
+        self.files[path] = served
+        return served
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_toml(path: Path, models: dict[str, dict], archives: dict[str, dict] | None = None) -> Path:
+    """A small models.toml with the given model tables (values: str, int, list)."""
+
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [
+        "schema = 1",
+        "[licenses.nc]",
+        'name = "Test licence: non-commercial research only"',
+        'url = "https://example.invalid/licence"',
+        "commercial_use = false",
+        "[licenses.free]",
+        'name = "MIT"',
+        'url = "https://example.invalid/mit"',
+        "commercial_use = true",
+    ]
+    for name, table in (archives or {}).items():
+        lines.append(f"[archives.{name}]")
+        lines += [f"{k} = {val(v)}" for k, v in table.items()]
+    for name, table in models.items():
+        table = {"license": "nc", "needed_by": ["swap"], **table}
+        lines.append(f"[models.{name}]")
+        lines += [f"{k} = {val(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
