@@ -64,12 +64,10 @@ class SCRFD:
         self.num_anchors = 2
         self._centers: dict[tuple[int, int, int], np.ndarray] = {}
         self._lock = threading.Lock()
-        self._canvas = np.zeros((self.det_size, self.det_size, 3), np.uint8)
 
     def set_det_size(self, size: int) -> None:
         with self._lock:
             self.det_size = int(size)
-            self._canvas = np.zeros((self.det_size, self.det_size, 3), np.uint8)
 
     def _anchor_centers(self, h: int, w: int, stride: int) -> np.ndarray:
         key = (h, w, stride)
@@ -81,18 +79,25 @@ class SCRFD:
             self._centers[key] = c
         return c
 
-    def detect(self, img: np.ndarray, max_num: int = 0) -> list[Face]:
+    def prepare(self, img: np.ndarray) -> tuple:
+        """Letterbox and normalise ``img`` for the network (cheap; done on the caller's thread)."""
         with self._lock:
             size = self.det_size
             h, w = img.shape[:2]
             scale = size / max(h, w)
             nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-            canvas = self._canvas
-            canvas[:] = 0
+            canvas = np.zeros((size, size, 3), np.uint8)
             canvas[:nh, :nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-            blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, (size, size), (127.5, 127.5, 127.5), swapRB=True)
+        blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, (size, size), (127.5, 127.5, 127.5), swapRB=True)
+        return blob, scale, size, canvas
+
+    def detect_prepared(self, prep: tuple, max_num: int = 0) -> list[Face]:
+        blob, scale, size, _ = prep
         outs = self.handle.run({self.input_name: blob}, self.output_names)
         return self._decode(outs, size, scale, max_num)
+
+    def detect(self, img: np.ndarray, max_num: int = 0) -> list[Face]:
+        return self.detect_prepared(self.prepare(img), max_num)
 
     def _decode(self, outs: list[np.ndarray], size: int, det_scale: float, max_num: int) -> list[Face]:
         by_stride: dict[int, dict[int, np.ndarray]] = {}
@@ -163,6 +168,15 @@ class HaarFaceDetector:
         if self._face.empty():
             raise ModelError("OpenCV's face cascade is missing", "reinstall opencv-python-headless")
         self._lock = threading.Lock()
+
+    def prepare(self, img: np.ndarray) -> np.ndarray:
+        return img.copy()
+
+    def detect_prepared(self, prep: np.ndarray, max_num: int = 0) -> list[Face]:
+        return self.detect(prep, max_num)
+
+    def set_det_size(self, size: int) -> None:
+        pass
 
     def detect(self, img: np.ndarray, max_num: int = 0) -> list[Face]:
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)

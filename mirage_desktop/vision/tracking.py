@@ -141,7 +141,7 @@ class FaceTracker:
         self.tracks = [t for t in self.tracks if t.misses <= self.max_misses] + new_tracks
         if self.smoother is not None:
             alive = {t.id for t in self.tracks}
-            forget = getattr(self.smoother, "forget_except", None)
+            forget = getattr(self.smoother, "retain", None)
             if forget:
                 forget(alive)
 

@@ -1,0 +1,35 @@
+"""Health verdict for the status banner: green / yellow / red, with the reason in words."""
+
+from __future__ import annotations
+
+TARGET_FPS = 20.0
+TARGET_P95_MS = 80.0
+
+
+def verdict(snapshot: dict) -> dict:
+    status = snapshot.get("status", {})
+    stages = snapshot.get("stages", {})
+    counters = snapshot.get("counters", {})
+    gauges = snapshot.get("gauges", {})
+    reasons_red, reasons_yellow = [], []
+    for p in status.get("passthrough", []):
+        reasons_red.append(f"pass-through: {p}")
+    for p in status.get("problems", []):
+        if "failing" in p or "camera" in p:
+            reasons_red.append(p)
+    if status.get("running"):
+        fps = gauges.get("fps")
+        if isinstance(fps, (int, float)) and counters.get("frames.out", 0) > 30 and fps < TARGET_FPS:
+            reasons_yellow.append(f"{fps:.1f} FPS, below the {TARGET_FPS:.0f} FPS target")
+        total = stages.get("total", {})
+        if total.get("count", 0) > 30 and total.get("p95") and total["p95"] > TARGET_P95_MS:
+            reasons_yellow.append(f"P95 latency {total['p95']:.0f} ms, above {TARGET_P95_MS:.0f} ms")
+        frames_in = counters.get("frames.in", 0)
+        dropped = sum(v for k, v in counters.items() if k.startswith("dropped."))
+        if frames_in > 60 and dropped / frames_in > 0.2:
+            reasons_yellow.append(f"{100 * dropped / frames_in:.0f}% of frames dropped")
+    if reasons_red:
+        return {"level": "red", "reasons": reasons_red + reasons_yellow}
+    if reasons_yellow:
+        return {"level": "yellow", "reasons": reasons_yellow}
+    return {"level": "green", "reasons": ["running well" if status.get("running") else "ready"]}

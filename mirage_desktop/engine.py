@@ -1,0 +1,330 @@
+"""The engine API: what the GUI, the CLI and scripts talk to. It never imports Qt.
+
+    engine = Engine(settings)
+    engine.load_models()                      # never raises for a missing model: see status()
+    engine.set_source_photos(["me.jpg"])      # or set_identity(IdentityStore().load("me"))
+    engine.start(source="0", outputs=["virtualcam"])
+    engine.set_option("max_faces", 2)         # live
+    token = engine.subscribe_frames(cb)       # cb(FramePacket) on the output thread
+    engine.snapshot()                         # metrics + status, JSON-ready
+    engine.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .config import Settings, coerce, validate
+from .errors import MirageError
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+LIVE_OPTIONS = {
+    "enable_swap", "enable_enhancer", "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer",
+    "enable_smoothing", "max_faces", "detect_interval", "det_size", "match_threshold",
+    "codeformer_fidelity", "enhancer_interval", "enhancer_blend", "enable_voice", "voice_pitch", "voice_formant",
+}
+
+
+@dataclass
+class EngineStatus:
+    running: bool = False
+    provider: str = "none"
+    detector: str = "none"
+    recognizer: str = "none"
+    swapper: str = "none"
+    enhancer: str = "none"
+    identity: str = ""
+    source: str = ""
+    outputs: list[str] = field(default_factory=list)
+    passthrough: list[str] = field(default_factory=list)  # why frames go out unswapped, in words
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None, *, model_overrides: Mapping[str, str | Path] | None = None,
+                 metrics: Metrics | None = None):
+        self.settings = validate(settings or Settings())
+        self.overrides = dict(model_overrides or {})
+        self.metrics = metrics or Metrics()
+        self.analyzer = None
+        self.swapper = None
+        self.enhance_stage = None
+        self.identity = None
+        self.latent: np.ndarray | None = None
+        self.pipeline = None
+        self.voice = None
+        self._lock = threading.RLock()
+        self._status = EngineStatus()
+        self._frame_subs: dict[int, Callable] = {}
+        self._next_token = 0
+
+    # ---- models ----------------------------------------------------------------------------
+    def load_models(self) -> EngineStatus:
+        """Load what is there; anything missing or broken becomes a pass-through reason."""
+        from .models.runtime import create_session
+        from .vision.analysis import FaceAnalyzer, resolve_model
+        from .vision.swapper import InSwapper
+
+        s = self.settings
+        st = self._status
+        st.problems.clear()
+        self.analyzer = FaceAnalyzer.load(s.det_size, s.providers, self.overrides)
+        st.detector, st.recognizer, st.provider = (self.analyzer.status.detector,
+                                                   self.analyzer.status.recognizer, self.analyzer.status.provider)
+        st.problems.extend(self.analyzer.status.problems)
+        self.swapper = None
+        names = ["inswapper_128_fp16", "inswapper_128"] if s.swapper_precision == "fp16" else \
+            ["inswapper_128", "inswapper_128_fp16"]
+        errors = []
+        for name in names:
+            try:
+                h = create_session(resolve_model(name, self.overrides), s.providers, fp16=s.swapper_precision == "fp16")
+                self.swapper = InSwapper(h)
+                st.swapper = name
+                if st.provider == "none":
+                    st.provider = h.provider
+                if name != names[0]:
+                    st.problems.append(f"swapper: using {name}; {errors[0]}")
+                break
+            except MirageError as exc:
+                errors.append(str(exc))
+        if self.swapper is None:
+            st.swapper = "none"
+            st.problems.append(f"swapper: {errors[0]}")
+        self.metrics.set_gauge("provider", st.provider)
+        self._load_enhancer()
+        if self.identity is not None:
+            self._update_latent()
+        self._refresh_passthrough()
+        return st
+
+    def _load_enhancer(self) -> None:
+        st = self._status
+        self.enhance_stage = None
+        if not self.settings.enable_enhancer:
+            st.enhancer = "off"
+            return
+        try:
+            from .vision.enhancer import EnhanceStage, load_enhancer
+
+            enh = load_enhancer(self.settings.enhancer, self.settings, overrides=self.overrides)
+            self.enhance_stage = EnhanceStage(enh, interval=self.settings.enhancer_interval,
+                                              blend=self.settings.enhancer_blend, metrics=self.metrics)
+            st.enhancer = self.settings.enhancer
+        except (MirageError, ImportError) as exc:
+            st.enhancer = "none"
+            st.problems.append(f"enhancer: {exc}")
+        if self.pipeline is not None:
+            self.pipeline.enhance_stage = self.enhance_stage
+
+    def _refresh_passthrough(self) -> None:
+        st, s = self._status, self.settings
+        reasons = []
+        if not s.enable_swap:
+            reasons.append("face swap is switched off")
+        else:
+            if self.swapper is None:
+                reasons.append(next((p.split(": ", 1)[1] for p in st.problems if p.startswith("swapper:")),
+                                    "no swapper model"))
+            if self.analyzer is not None and self.analyzer.recognizer is None:
+                reasons.append("no source embedding: the ArcFace model (w600k_r50) is missing — run "
+                               "`mirage models download buffalo_l`")
+            elif self.identity is None:
+                reasons.append("no source face chosen — add a photo of the face to use")
+        st.passthrough = reasons
+
+    # ---- identity ----------------------------------------------------------------------------
+    def build_identity(self, photos: list, name: str | None = None):
+        from .vision.identity import IdentityBuilder
+
+        if self.analyzer is None:
+            self.load_models()
+        return IdentityBuilder(self.analyzer).build(photos, name)
+
+    def set_source_photos(self, photos: list, name: str | None = None):
+        ident = self.build_identity(photos, name)
+        self.set_identity(ident)
+        return ident
+
+    def set_identity(self, identity) -> None:
+        """Switch who the user becomes; takes effect on the next frame."""
+        with self._lock:
+            self.identity = identity
+            self._status.identity = identity.name if identity is not None else ""
+            self._update_latent()
+            self._refresh_passthrough()
+
+    def _update_latent(self) -> None:
+        lat = None
+        if self.identity is not None and self.identity.embedding is not None and self.swapper is not None:
+            lat = self.swapper.latent(self.identity.embedding)
+        self.latent = lat
+        if self.pipeline is not None:
+            self.pipeline.set_latent(lat)
+
+    def set_reference(self, embedding: np.ndarray | None) -> None:
+        """Only swap faces that look like this person (None: any face, largest first)."""
+        if self.pipeline is not None:
+            self.pipeline.reference = embedding
+        self._reference = embedding
+
+    # ---- run -------------------------------------------------------------------------------
+    def start(self, source: str | int | Any = 0, outputs: list[str | Any] | None = None, *,
+              realtime: bool = True, detector_async: bool = True) -> None:
+        from .outputs.sinks import make_sink
+        from .vision.capture import open_source
+        from .vision.pipeline import VideoPipeline
+
+        with self._lock:
+            if self.pipeline is not None:
+                raise MirageError("the engine is already running", "stop it first")
+            if self.analyzer is None:
+                self.load_models()
+            s = self.settings
+            src = source if hasattr(source, "read") else open_source(
+                source, width=s.capture_width, height=s.capture_height, fps=s.capture_fps, realtime=realtime)
+            if hasattr(src, "open") and getattr(src, "cap", "n/a") is None:
+                src.open()  # surface a missing camera now, with its fix
+            sinks = [o if hasattr(o, "send") else make_sink(o, backend=s.vcam_backend, width=s.output_width,
+                                                            height=s.output_height, fps=s.output_fps)
+                     for o in (outputs or ["virtualcam"])]
+            smoother = self._make_smoother()
+            color_fn = self._color_fn()
+            p = VideoPipeline(s, self.metrics, src, sinks, self.analyzer, self.swapper, self.latent,
+                              self.enhance_stage, smoother, color_fn, getattr(self, "_reference", None),
+                              detector_async=detector_async)
+            for token, fn in self._frame_subs.items():
+                p._subscribers[token] = fn
+            p.start()
+            self.pipeline = p
+            self._status.running = True
+            self._status.source = src.name
+            self._status.outputs = [x.describe() for x in sinks]
+            if s.enable_voice:
+                self._start_voice()
+
+    def _make_smoother(self):
+        try:
+            from .vision.smoothing import KeypointSmoother
+        except ImportError:
+            return None
+        return KeypointSmoother()
+
+    def _color_fn(self):
+        try:
+            from .vision.color import match_color
+        except ImportError:
+            return None
+        return match_color
+
+    def _start_voice(self) -> None:
+        try:
+            from .voice.pipeline import VoicePipeline
+
+            self.voice = VoicePipeline(self.settings, self.metrics)
+            self.voice.start()
+        except (MirageError, ImportError) as exc:
+            self.voice = None
+            self._status.problems.append(f"voice: {exc}")
+            log.warning("voice could not start: %s", exc)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self.voice is not None:
+                try:
+                    self.voice.stop()
+                finally:
+                    self.voice = None
+            if self.pipeline is not None:
+                self.pipeline.stop()
+                self.pipeline = None
+            self._status.running = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        p = self.pipeline
+        return p.wait(timeout) if p is not None else True
+
+    @property
+    def running(self) -> bool:
+        return self.pipeline is not None
+
+    # ---- live options ------------------------------------------------------------------------
+    def set_option(self, name: str, value: Any) -> None:
+        """Change a setting while running. Raises MirageError for unknown or invalid values."""
+        value = coerce(name, value)
+        with self._lock:
+            new = validate(self.settings.replace(**{name: value}))
+            self.settings = new
+            if self.pipeline is not None and name in LIVE_OPTIONS:
+                self.pipeline.set_option(name, value)
+            if name == "enable_enhancer" and value and self.enhance_stage is None:
+                self._load_enhancer()
+            if self.enhance_stage is not None:
+                if name == "codeformer_fidelity" and hasattr(self.enhance_stage, "set_fidelity"):
+                    self.enhance_stage.set_fidelity(value)
+                elif name == "enhancer_interval":
+                    self.enhance_stage.set_interval(value)
+                elif name == "enhancer_blend":
+                    self.enhance_stage.set_blend(value)
+            if name == "enable_voice":
+                if value and self.voice is None and self.pipeline is not None:
+                    self._start_voice()
+                elif not value and self.voice is not None:
+                    self.voice.stop()
+                    self.voice = None
+            if name in ("voice_pitch", "voice_formant") and self.voice is not None:
+                self.voice.set_option(name.replace("voice_", ""), value)
+            self._refresh_passthrough()
+
+    # ---- observation -------------------------------------------------------------------------
+    def subscribe_frames(self, fn: Callable) -> int:
+        with self._lock:
+            self._next_token += 1
+            self._frame_subs[self._next_token] = fn
+            if self.pipeline is not None:
+                self.pipeline._subscribers[self._next_token] = fn
+            return self._next_token
+
+    def unsubscribe_frames(self, token: int) -> None:
+        with self._lock:
+            self._frame_subs.pop(token, None)
+            if self.pipeline is not None:
+                self.pipeline.unsubscribe(token)
+
+    def status(self) -> EngineStatus:
+        st = self._status
+        p = self.pipeline
+        if p is not None:
+            extra = [f"{k} failing: {v}" for k, v in p.errors.items()]
+            if p.capture_error:
+                extra.insert(0, p.capture_error)
+            st.problems = [x for x in st.problems if not x.startswith(("detect failing", "swap failing"))]
+            live = extra
+        else:
+            live = []
+        out = EngineStatus(**{**st.to_dict(), "problems": list(st.problems) + live})
+        return out
+
+    def snapshot(self) -> dict:
+        from .control.health import verdict
+
+        snap = self.metrics.snapshot()
+        snap["status"] = self.status().to_dict()
+        if self.voice is not None:
+            try:
+                snap["voice"] = self.voice.status()
+            except Exception as exc:
+                snap["voice"] = {"error": str(exc)}
+        snap["health"] = verdict(snap)
+        return snap

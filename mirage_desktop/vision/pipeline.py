@@ -1,0 +1,312 @@
+"""The live video pipeline: capture → worker → output, with the detector on its own thread.
+
+::
+
+    CaptureThread ─► LatestSlot ─► VideoWorker ─► LatestSlot ─► OutputThread ─► sinks
+                                     │    ▲
+                          (every N)  ▼    │ (results, a few frames later)
+                                 DetectorThread
+
+Hand-offs hold one frame and drop the oldest (counted), so a slow stage never builds up
+latency. Inference releases the GIL, so the detector, the swapper and the output overlap.
+Every stage falls back to pass-through: a failing model sends the frame out unswapped,
+counted and logged once per cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import Settings
+from ..errors import MirageError
+from ..metrics import Metrics
+from .blend import draw_ai_mark
+from .face import Face
+from .slot import LatestSlot
+from .tracking import DetectionScheduler, FaceTracker, select_faces
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FramePacket:
+    index: int
+    t_capture: float
+    frame: np.ndarray
+    original: np.ndarray | None = None
+    faces: list[Face] = field(default_factory=list)
+    swapped: int = 0
+
+
+class _OnceLogger:
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def __call__(self, key: str, msg: str, *args) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            log.warning(msg, *args)
+
+
+class VideoPipeline:
+    """Owns the threads. Live options are read from ``self.opts`` at the start of every frame."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, source, sinks: list, analyzer=None,
+                 swapper=None, latent: np.ndarray | None = None, enhance_stage=None, smoother=None,
+                 color_fn: Callable | None = None, reference: np.ndarray | None = None,
+                 detector_async: bool = True, keep_original: bool = False):
+        self.metrics = metrics
+        self.source = source
+        self.sinks = list(sinks)
+        self.analyzer = analyzer
+        self.swapper = swapper
+        self.latent = latent
+        self.enhance_stage = enhance_stage
+        self.color_fn = color_fn
+        self.reference = reference
+        self.detector_async = detector_async
+        self.keep_original = keep_original
+        self.opts = settings
+        self._opts_lock = threading.Lock()
+        self.scheduler = DetectionScheduler(settings.detect_interval, settings.redetect_below)
+        self.tracker = FaceTracker(settings.stable_confidence, settings.stable_count, smoother=smoother)
+        self.in_slot = LatestSlot(on_drop=lambda _: metrics.incr("dropped.worker_busy"))
+        self.out_slot = LatestSlot(on_drop=lambda _: metrics.incr("dropped.output_busy"))
+        self.det_req = LatestSlot(on_drop=lambda _: metrics.incr("detect.superseded"))
+        self.det_res = LatestSlot()
+        self._det_inflight = False
+        self._stop = threading.Event()
+        self.finished = threading.Event()  # set when a finite source ran out and all was sent
+        self._threads: list[threading.Thread] = []
+        self._subscribers: dict[int, Callable] = {}
+        self._sub_id = 0
+        self._once = _OnceLogger()
+        self.errors: dict[str, str] = {}  # cause -> last message, for the status bar
+        self.capture_error: str | None = None
+        self._last_det_index = -1
+        self._out_times: list[float] = []
+
+    # ---- live control --------------------------------------------------------------------
+    def set_option(self, name: str, value: Any) -> None:
+        with self._opts_lock:
+            self.opts = self.opts.replace(**{name: value})
+        if name == "detect_interval":
+            self.scheduler.interval = max(1, int(value))
+        elif name == "det_size" and self.analyzer is not None:
+            self.analyzer.detector.set_det_size(int(value))
+
+    def set_latent(self, latent: np.ndarray | None) -> None:
+        self.latent = latent  # an atomic reference swap: the next frame uses it
+
+    def subscribe(self, fn: Callable[[FramePacket], None]) -> int:
+        self._sub_id += 1
+        self._subscribers[self._sub_id] = fn
+        return self._sub_id
+
+    def unsubscribe(self, token: int) -> None:
+        self._subscribers.pop(token, None)
+
+    # ---- threads ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self.finished.clear()
+        w, h = self.source.size if hasattr(self.source, "size") else (0, 0)
+        for s in self.sinks:
+            s.open(w, h, getattr(self.source, "fps", 30) or 30)
+        targets = [("mirage-capture", self._capture_loop), ("mirage-worker", self._worker_loop),
+                   ("mirage-output", self._output_loop)]
+        if self.detector_async and self.analyzer is not None:
+            targets.append(("mirage-detector", self._detector_loop))
+        for name, fn in targets:
+            t = threading.Thread(target=fn, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for s in (self.in_slot, self.out_slot, self.det_req, self.det_res):
+            s.close()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+        for s in self.sinks:
+            try:
+                s.close()
+            except Exception as exc:  # closing must not raise out of stop()
+                log.warning("closing %s failed: %s", s.describe(), exc)
+        try:
+            self.source.close()
+        except Exception:
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.finished.wait(timeout)
+
+    def _capture_loop(self) -> None:
+        idx = 0
+        while not self._stop.is_set():
+            try:
+                frame = self.source.read()
+                if self.capture_error:
+                    log.warning("%s is back", self.source.name)
+                self.capture_error = None
+            except MirageError as exc:
+                self.capture_error = str(exc)
+                self.metrics.incr("errors.capture")
+                self._once("capture:" + type(exc).__name__, "capture: %s (retrying every 2 s)", exc)
+                self._stop.wait(2.0)
+                continue
+            if frame is None:
+                if getattr(self.source, "kind", "") == "camera":
+                    continue
+                break  # end of a finite source
+            self.metrics.incr("frames.in")
+            self.in_slot.put(FramePacket(idx, time.perf_counter(), frame))
+            idx += 1
+        self.in_slot.close()
+
+    def _detector_loop(self) -> None:
+        while not self._stop.is_set():
+            req = self.det_req.get(timeout=0.2)
+            if req is None:
+                if self.det_req.closed:
+                    break
+                continue
+            index, prep = req
+            faces = self._run_detector(prep)
+            self.det_res.put((index, faces))
+
+    def _run_detector(self, prep) -> list[Face] | None:
+        t0 = time.perf_counter()
+        try:
+            faces = self.analyzer.detector.detect_prepared(prep)
+        except Exception as exc:
+            self._model_error("detect", exc)
+            return None
+        finally:
+            self.metrics.record("detect", (time.perf_counter() - t0) * 1000)
+        if self.reference is not None and self.analyzer.recognizer is not None and faces:
+            t1 = time.perf_counter()
+            try:
+                img, scale = (prep[3], prep[1]) if isinstance(prep, tuple) else (prep, 1.0)
+                for f in faces:
+                    f.embedding = self.analyzer.recognizer.embed(img, f.kps * scale)
+            except Exception as exc:
+                self._model_error("embed", exc)
+            self.metrics.record("embed", (time.perf_counter() - t1) * 1000)
+        self.metrics.incr("detect.runs")
+        return faces
+
+    def _model_error(self, stage: str, exc: Exception) -> None:
+        msg = " ".join(str(exc).split())[:300]
+        self.errors[stage] = msg
+        self.metrics.incr(f"errors.{stage}")
+        self._once(f"{stage}:{type(exc).__name__}:{msg[:60]}", "%s failed, frame sent unswapped: %s", stage, msg)
+
+    def _worker_loop(self) -> None:
+        while True:
+            pkt = self.in_slot.get(timeout=0.2)
+            if pkt is None:
+                if self.in_slot.closed or self._stop.is_set():
+                    break
+                continue
+            t0 = time.perf_counter()
+            try:
+                self._process(pkt)
+            except Exception as exc:  # never let one frame kill the stream
+                self._model_error("frame", exc)
+            self.metrics.record("worker", (time.perf_counter() - t0) * 1000)
+            self.out_slot.put(pkt)
+        self.out_slot.close()
+
+    def _process(self, pkt: FramePacket) -> None:
+        o = self.opts
+        m = self.metrics
+        frame = pkt.frame
+        if self.keep_original or self._subscribers:
+            pkt.original = frame.copy()
+        faces: list[Face] = []
+        if self.analyzer is not None and (o.enable_swap or o.enable_enhancer):
+            t = time.perf_counter()
+            self.tracker.track(frame, pkt.index)
+            merged = False
+            det = self.det_res.take_nowait()
+            if det is None and self.scheduler.should_detect() and not self._det_inflight:
+                prep = self.analyzer.detector.prepare(frame)
+                if self.detector_async:
+                    self._det_inflight = True
+                    self.det_req.put((pkt.index, prep))
+                else:
+                    det = (pkt.index, self._run_detector(prep))
+            if det is not None:
+                self._det_inflight = False
+                d_index, d_faces = det
+                if d_faces is not None:
+                    self.tracker.update(d_faces, d_index)
+                    self.tracker.note_frame(frame, pkt.index)
+                    self.scheduler.on_detections([f.score for f in d_faces])
+                    m.set_gauge("detect.interval_frames", pkt.index - self._last_det_index)
+                    m.set_gauge("detect.latency_frames", pkt.index - d_index)
+                    self._last_det_index = pkt.index
+                    merged = True
+            self.scheduler.on_frame(merged)
+            faces = self.tracker.faces(pkt.t_capture if o.enable_smoothing else None)
+            m.record("track", (time.perf_counter() - t) * 1000)
+        ref = self.reference if self.reference is not None else None
+        chosen = select_faces(faces, o.max_faces, ref, o.match_threshold)
+        pkt.faces = chosen
+        latent = self.latent
+        if o.enable_swap and self.swapper is not None and latent is not None and chosen:
+            t = time.perf_counter()
+            for f in chosen:
+                try:
+                    if self.swapper.swap(frame, f, latent, mouth_mask=o.enable_mouth_mask,
+                                         color_fn=self.color_fn if o.enable_color_transfer else None):
+                        pkt.swapped += 1
+                except Exception as exc:
+                    self._model_error("swap", exc)
+                    break
+            m.record("swap", (time.perf_counter() - t) * 1000)
+            m.incr("faces.swapped", pkt.swapped)
+        if o.enable_enhancer and self.enhance_stage is not None and chosen:
+            try:
+                self.enhance_stage.process(frame, chosen)
+            except Exception as exc:
+                self._model_error("enhance", exc)
+        if o.enable_ai_mark:
+            draw_ai_mark(frame)
+
+    def _output_loop(self) -> None:
+        while True:
+            pkt = self.out_slot.get(timeout=0.2)
+            if pkt is None:
+                if self.out_slot.closed or self._stop.is_set():
+                    break
+                continue
+            t = time.perf_counter()
+            for s in self.sinks:
+                try:
+                    s.send(pkt.frame)
+                except Exception as exc:
+                    self._model_error(f"output:{s.name}", exc)
+            for fn in list(self._subscribers.values()):
+                try:
+                    fn(pkt)
+                except Exception as exc:
+                    self._once(f"sub:{exc}", "frame subscriber failed: %s", exc)
+            now = time.perf_counter()
+            self.metrics.record("output", (now - t) * 1000)
+            self.metrics.record("total", (now - pkt.t_capture) * 1000)
+            self.metrics.incr("frames.out")
+            self._out_times.append(now)
+            while self._out_times and now - self._out_times[0] > 2.0:
+                self._out_times.pop(0)
+            if len(self._out_times) >= 2:
+                self.metrics.set_gauge("fps", (len(self._out_times) - 1) / (self._out_times[-1] - self._out_times[0]))
+        self.finished.set()
