@@ -28,17 +28,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mirage", description=__doc__.splitlines()[0] if __doc__ else None)
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the chosen command's module is imported (``mirage --help`` stays instant)."""
+    parser = argparse.ArgumentParser(prog="mirage", description="Mirage Desktop: real-time face and voice swap "
+                                     "to a virtual webcam and microphone.")
     parser.add_argument("--version", action="version", version=f"mirage {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
+        if name == only:
+            importlib.import_module(module).add_arguments(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    for a in argv:
+        if a in COMMANDS:
+            return a
+        if not a.startswith("-"):
+            return None
+    return None
 
 
 def setup_logging(verbosity: int) -> None:
@@ -47,11 +58,13 @@ def setup_logging(verbosity: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = _command_in(argv)
+    if cmd is None and not any(a in ("-h", "--help", "--version") for a in argv):
+        cmd = "gui"  # `mirage` alone opens the window
+        argv = [*argv, "gui"]
+    args = build_parser(cmd).parse_args(argv)
     setup_logging(args.verbose)
-    if not args.command:
-        args = parser.parse_args(["gui", *(argv if argv is not None else sys.argv[1:])])
     mod = importlib.import_module(args._module)
     try:
         return int(mod.run(args) or 0)

@@ -185,7 +185,7 @@ class VideoPipeline:
     def _run_detector(self, prep) -> list[Face] | None:
         t0 = time.perf_counter()
         try:
-            faces = self.analyzer.detector.detect_prepared(prep)
+            faces = self.analyzer.detector.detect_prepared(prep, 0)
         except Exception as exc:
             self._model_error("detect", exc)
             return None
@@ -267,7 +267,8 @@ class VideoPipeline:
             for f in chosen:
                 try:
                     if self.swapper.swap(frame, f, latent, mouth_mask=o.enable_mouth_mask,
-                                         color_fn=self.color_fn if o.enable_color_transfer else None):
+                                         color_fn=self.color_fn if o.enable_color_transfer else None,
+                                         metrics=m):
                         pkt.swapped += 1
                 except Exception as exc:
                     self._model_error("swap", exc)

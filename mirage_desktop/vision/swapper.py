@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -59,20 +60,23 @@ class InSwapper:
         lat = e @ self.emap
         return lat / max(float(np.linalg.norm(lat)), 1e-12)
 
-    def swap_crop(self, crop_bgr: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    def swap_crop(self, crop_bgr: np.ndarray, latent: np.ndarray, metrics=None) -> np.ndarray:
         """Aligned BGR uint8 crop in, swapped BGR uint8 crop out."""
         blob = cv2.dnn.blobFromImage(crop_bgr, 1.0 / 255.0, (self.size, self.size), (0, 0, 0), swapRB=True)
+        t = time.perf_counter()
         pred = self.handle.run({"target": blob, "source": latent}, [self.output_name])[0]
+        if metrics is not None:
+            metrics.record("swap.model", (time.perf_counter() - t) * 1000)
         img = pred[0].astype(np.float32).transpose(1, 2, 0)
         out = np.clip(img * 255.0, 0, 255).astype(np.uint8)
         return cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
 
     def swap(self, frame: np.ndarray, face: Face, latent: np.ndarray, *, mouth_mask: bool = False,
-             color_fn=None) -> tuple | None:
+             color_fn=None, metrics=None) -> tuple | None:
         """Swap ``face`` in ``frame`` in place; only the face's box is touched. Returns that box."""
         m = align_matrix(face.kps, self.size)
         crop = warp_crop(frame, m, self.size)
-        fake = self.swap_crop(crop, latent)
+        fake = self.swap_crop(crop, latent, metrics)
         mask = face_mask(self.size, mouth_mask)
         if color_fn is not None:
             fake = color_fn(fake, crop, mask)
