@@ -98,7 +98,7 @@ class VoiceEngine:
     def __init__(self, converter, metrics: Metrics | None = None, *, block_ms: float = 192.0,
                  crossfade_ms: float = 40.0, search_ms: float = 10.0, silence_db: float = -50.0,
                  min_block_ms: float = 96.0, max_block_ms: float = 480.0, adapt: bool = True,
-                 clock=time.perf_counter):
+                 fallback: bool = True, clock=time.perf_counter):
         self.metrics = metrics or Metrics()
         self.converter = check_converter(converter)
         self._passthrough = PassThrough()
@@ -108,6 +108,7 @@ class VoiceEngine:
         self.sola = SolaCrossfader(int(crossfade_ms * SAMPLE_RATE / 1000), int(search_ms * SAMPLE_RATE / 1000))
         self.silence_db = float(silence_db)
         self.clock = clock
+        self.allow_fallback = fallback  # False only for benchmarks
         self._buf = np.zeros(0, dtype=np.float32)  # input history + pending
         self._pending = 0  # samples pushed but not yet consumed by a step
         self.consumed = 0  # input samples consumed by steps (16 kHz stream index)
@@ -242,7 +243,7 @@ class VoiceEngine:
             if ratio < ACCEPT_BELOW:
                 m.incr("voice.accepted")
             m.set_gauge("voice.accept_ratio", self.control.accept_ratio)
-            if action == "fallback":
+            if action == "fallback" and self.allow_fallback:
                 self.fallback_reason = (f"converter {conv.name} too slow: runtime/real > {FALLBACK_ABOVE} for "
                                         f"{FALLBACK_COUNT} consecutive chunks at {_ms(block):.0f} ms")
                 log.warning("voice: %s; passing the voice through", self.fallback_reason)
