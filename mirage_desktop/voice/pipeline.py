@@ -232,6 +232,9 @@ class VoicePipeline:
 
     # --- status --------------------------------------------------------------
     def algorithmic_latency_ms(self) -> float | None:
+        """Engine (block + crossfade + SOLA search) + both resamplers' delays + the input and
+        output latencies PortAudio reports for the open streams. Excludes processing time and
+        the output cushion, which the measured latency includes."""
         if self.engine is None:
             return None
         dev = 0.0
@@ -261,7 +264,9 @@ class VoicePipeline:
             "chunks": self.metrics.counter("voice.chunks"),
         }
         if self.engine is not None:
-            st.update(self.engine.status())
+            eng = self.engine.status()
+            eng["engine_latency_ms"] = eng.pop("algorithmic_latency_ms")  # block + crossfade + search only
+            st.update(eng)
         else:
             st.update({"converter": None, "passthrough_reason": None})
         return st

@@ -1,0 +1,75 @@
+import numpy as np
+
+from mirage_desktop.metrics import Metrics
+from mirage_desktop.voice.converters import PassThrough, WorldConverter
+from mirage_desktop.voice.engine import RealtimeController, VoiceEngine
+from mirage_desktop.voice.f0 import harmonic_signal
+
+
+def test_controller_grows_shrinks_and_falls_back():
+    c = RealtimeController(block=3072, min_block=1536, max_block=3072 + 2 * 512)
+    acts = [c.update(0.78) for _ in range(40)]
+    assert acts[-1] == "grow" and c.block == 3584 and acts[:-1] == [None] * 39
+    acts = [c.update(0.9) for _ in range(40)]
+    assert acts[-1] == "grow" and c.block == 4096  # now at the maximum
+    acts = [c.update(0.9) for _ in range(40)]
+    assert acts[-1] == "fallback" and acts[:-1] == [None] * 39
+    c2 = RealtimeController(block=3072, min_block=1536, max_block=8000)
+    acts = [c2.update(0.3) for _ in range(120)]
+    assert acts[-1] == "shrink" and c2.block == 2560
+    assert c2.accept_ratio == 1.0
+    c3 = RealtimeController(block=3072, min_block=1536, max_block=8000)
+    acts = [c3.update(1.5) for _ in range(40)]  # hopeless: growing cannot help
+    assert acts[-1] == "fallback"
+    c4 = RealtimeController(block=3072, min_block=1536, max_block=8000)
+    assert [c4.update(r) for r in [0.85] * 39 + [0.5] + [0.85] * 39].count("fallback") == 0
+
+
+class _StepClock:
+    """A fake clock: each call advances by ``dt``; the engine reads it 4 times per chunk."""
+
+    def __init__(self, dt):
+        self.t, self.dt = 0.0, dt
+
+    def __call__(self):
+        self.t += self.dt
+        return self.t
+
+
+def test_engine_falls_back_to_passthrough_when_too_slow_and_says_so():
+    m = Metrics()
+    eng = VoiceEngine(WorldConverter(pitch=4), m, adapt=False, clock=_StepClock(0.192 * 0.9 / 3))
+    x = harmonic_signal(150.0, 0.192 * 45)
+    eng.process(x, flush=False)
+    st = eng.status()
+    assert st["converter"] == "passthrough"
+    assert "too slow" in st["passthrough_reason"] and "40 consecutive" in st["passthrough_reason"]
+    assert m.counter("voice.fallbacks") == 1
+    assert m.snapshot()["gauges"]["voice.accept_ratio"] == 0.0
+    eng.clear_fallback()
+    assert eng.status()["converter"] == "world"
+
+
+def test_engine_metrics_and_raising_converter():
+    m = Metrics()
+
+    class Broken(PassThrough):
+        name = "broken"
+
+        def convert(self, window, tail, timings):
+            raise RuntimeError("boom")
+
+    eng = VoiceEngine(Broken(), m)
+    y = eng.process(harmonic_signal(150.0, 1.0))
+    assert np.all(np.isfinite(y)) and y.size > 0
+    assert "broken failed: boom" in eng.status()["passthrough_reason"]
+    assert m.counter("voice.converter_errors") == 1
+
+    m2 = Metrics()
+    eng2 = VoiceEngine(WorldConverter(pitch=2), m2)
+    eng2.process(harmonic_signal(150.0, 1.0), flush=False)
+    snap = m2.snapshot()
+    for stage in ("voice.encode", "voice.f0", "voice.convert", "voice.post", "voice.chunk"):
+        assert snap["stages"][stage]["count"] > 0
+    assert snap["counters"]["voice.chunks"] == 5 and snap["gauges"]["voice.block_ms"] == 192.0
+    assert eng2.algorithmic_latency_ms() == 192.0 + 40.0 + 10.0
