@@ -37,6 +37,11 @@ class LatencyHistogram:
     def count(self) -> int:
         return self._n
 
+    @property
+    def total(self) -> float:
+        """Lifetime sum of all samples (ms)."""
+        return self._sum
+
     def values(self) -> np.ndarray:
         with self._lock:
             n = min(self._n, self._buf.size)
@@ -85,6 +90,10 @@ class Metrics:
             yield
         finally:
             self.histogram(name).record((time.perf_counter() - t) * 1000.0)
+
+    def total(self, name: str) -> float:
+        h = self._hist.get(name)
+        return h.total if h is not None else 0.0
 
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:

@@ -28,25 +28,20 @@ def arcface_template(size: int) -> np.ndarray:
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (Umeyama 1991) mapping ``src`` points onto ``dst``; 2x3 matrix."""
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` onto ``dst``.
+
+    The closed form of Umeyama's method in 2-D: with centred points, a = Σ(x·u + y·v) / Σ|p|²,
+    b = Σ(x·v − y·u) / Σ|p|², and the matrix is [[a, −b, tx], [b, a, ty]]. No SVD per frame.
+    """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
-    n = src.shape[0]
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s0, d0 = src - mu_s, dst - mu_d
-    cov = d0.T @ s0 / n
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(cov) < 0:
-        d[1] = -1
-    r = u @ np.diag(d) @ vt
-    var_s = (s0 ** 2).sum() / n
-    scale = (sig * d).sum() / var_s if var_s > 0 else 1.0
-    t = mu_d - scale * (r @ mu_s)
-    m = np.empty((2, 3), dtype=np.float64)
-    m[:, :2] = scale * r
-    m[:, 2] = t
-    return m
+    den = float((s0 * s0).sum()) or 1.0
+    a = float((s0[:, 0] * d0[:, 0] + s0[:, 1] * d0[:, 1]).sum()) / den
+    b = float((s0[:, 0] * d0[:, 1] - s0[:, 1] * d0[:, 0]).sum()) / den
+    return np.array([[a, -b, mu_d[0] - a * mu_s[0] + b * mu_s[1]],
+                     [b, a, mu_d[1] - b * mu_s[0] - a * mu_s[1]]], dtype=np.float64)
 
 
 def invert_affine(m: np.ndarray) -> np.ndarray:

@@ -69,12 +69,29 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, m: np.ndarray, mask: np.ndar
     im = invert_affine(m)
     im[:, 2] -= (x0, y0)
     w, h = x1 - x0, y1 - y0
-    warped = cv2.warpAffine(crop, im, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    wmask = cv2.warpAffine(mask, im, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                           borderValue=0.0)
+    # one warp for colour and mask together: the crop with the mask as a 4th channel
+    rgba = np.dstack([crop, _mask_u8(mask)])
+    warped = cv2.warpAffine(rgba, im, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=(0, 0, 0, 0))
+    alpha = warped[:, :, 3].astype(np.float32) * (1.0 / 255.0)
     roi = frame[y0:y1, x0:x1]
-    roi[:] = cv2.blendLinear(warped, roi, wmask, 1.0 - wmask)
+    roi[:] = cv2.blendLinear(np.ascontiguousarray(warped[:, :, :3]), roi, alpha, 1.0 - alpha)
     return box
+
+
+_MASK_U8: dict[int, np.ndarray] = {}
+
+
+def _mask_u8(mask: np.ndarray) -> np.ndarray:
+    """uint8 copy of a (cached, read-only) float mask, itself cached by identity."""
+    key = id(mask)
+    hit = _MASK_U8.get(key)
+    if hit is None or hit[0] is not mask:
+        hit = (mask, np.clip(mask * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        if len(_MASK_U8) > 64:
+            _MASK_U8.clear()
+        _MASK_U8[key] = hit
+    return hit[1]
 
 
 @functools.lru_cache(maxsize=8)

@@ -88,11 +88,12 @@ class SCRFD:
             nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
             canvas = np.zeros((size, size, 3), np.uint8)
             canvas[:nh, :nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, (size, size), (127.5, 127.5, 127.5), swapRB=True)
-        return blob, scale, size, canvas
+        return None, scale, size, canvas
 
     def detect_prepared(self, prep: tuple, max_num: int = 0) -> list[Face]:
-        blob, scale, size, _ = prep
+        """Run on a prepared input; the normalisation happens here, on the detector's thread."""
+        _, scale, size, canvas = prep
+        blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, (size, size), (127.5, 127.5, 127.5), swapRB=True)
         outs = self.handle.run({self.input_name: blob}, self.output_names)
         return self._decode(outs, size, scale, max_num)
 

@@ -33,6 +33,9 @@ from .tracking import DetectionScheduler, FaceTracker, select_faces
 
 log = logging.getLogger(__name__)
 
+# model-inference stages that run on the worker thread (the detector has its own thread)
+WORKER_MODEL_STAGES = ("swap.model", "enhance.model")
+
 
 @dataclass
 class FramePacket:
@@ -217,11 +220,15 @@ class VideoPipeline:
                     break
                 continue
             t0 = time.perf_counter()
+            model0 = sum(self.metrics.total(n) for n in WORKER_MODEL_STAGES)
             try:
                 self._process(pkt)
             except Exception as exc:  # never let one frame kill the stream
                 self._model_error("frame", exc)
-            self.metrics.record("worker", (time.perf_counter() - t0) * 1000)
+            worker_ms = (time.perf_counter() - t0) * 1000
+            model_ms = sum(self.metrics.total(n) for n in WORKER_MODEL_STAGES) - model0
+            self.metrics.record("worker", worker_ms)
+            self.metrics.record("worker.outside_model", max(worker_ms - model_ms, 0.0))
             self.out_slot.put(pkt)
         self.out_slot.close()
 
@@ -235,27 +242,29 @@ class VideoPipeline:
         if self.analyzer is not None and (o.enable_swap or o.enable_enhancer):
             t = time.perf_counter()
             self.tracker.track(frame, pkt.index)
-            merged = False
+            requested = False
             det = self.det_res.take_nowait()
-            if det is None and self.scheduler.should_detect() and not self._det_inflight:
+            if det is not None:
+                self._det_inflight = False
+            if self.scheduler.should_detect() and not self._det_inflight:
+                requested = True
                 prep = self.analyzer.detector.prepare(frame)
                 if self.detector_async:
                     self._det_inflight = True
                     self.det_req.put((pkt.index, prep))
                 else:
                     det = (pkt.index, self._run_detector(prep))
+            self.scheduler.on_frame(requested)
             if det is not None:
-                self._det_inflight = False
                 d_index, d_faces = det
                 if d_faces is not None:
                     self.tracker.update(d_faces, d_index)
                     self.tracker.note_frame(frame, pkt.index)
                     self.scheduler.on_detections([f.score for f in d_faces])
-                    m.set_gauge("detect.interval_frames", pkt.index - self._last_det_index)
+                    if self._last_det_index >= 0:
+                        m.set_gauge("detect.interval_frames", d_index - self._last_det_index)
                     m.set_gauge("detect.latency_frames", pkt.index - d_index)
-                    self._last_det_index = pkt.index
-                    merged = True
-            self.scheduler.on_frame(merged)
+                    self._last_det_index = d_index
             faces = self.tracker.faces(pkt.t_capture if o.enable_smoothing else None)
             m.record("track", (time.perf_counter() - t) * 1000)
         ref = self.reference if self.reference is not None else None

@@ -24,18 +24,25 @@ from .face import Face
 
 
 class DetectionScheduler:
+    """Decides, frame by frame, whether the detector runs (or is asked to run) on this frame."""
+
     def __init__(self, interval: int = 5, redetect_below: float = 0.70):
         self.interval = max(1, int(interval))
         self.redetect_below = redetect_below
-        self.frames_since = 1 << 30
+        self.countdown = 0  # frames until the next scheduled detection
         self.low_confidence = False
         self.have_faces = False
 
     def should_detect(self) -> bool:
-        return (self.frames_since >= self.interval or self.low_confidence or not self.have_faces)
+        return self.countdown <= 0 or self.low_confidence or not self.have_faces
 
     def on_frame(self, detected: bool) -> None:
-        self.frames_since = 0 if detected else self.frames_since + 1
+        """Call once per frame, saying whether the detector ran (or was started) on it."""
+        if detected:
+            self.countdown = self.interval - 1
+            self.low_confidence = False
+        else:
+            self.countdown -= 1
 
     def on_detections(self, scores: list[float]) -> None:
         self.have_faces = bool(scores)

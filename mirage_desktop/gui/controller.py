@@ -1,0 +1,239 @@
+"""The window's side of the engine API: every engine call off the Qt thread, results as signals.
+
+The engine never imports Qt; this object is the only place the two meet. Calls that change
+the engine go through one serial executor (so they apply in the order the user made them);
+the preview gets frames through :class:`~mirage_desktop.gui.preview.FrameFeed`; metrics are
+snapshotted a few times a second on a pool thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from ..config import Settings
+from ..errors import DeviceError, MirageError
+from .jobs import Jobs
+from .preview import FrameFeed
+
+log = logging.getLogger(__name__)
+
+
+def _words(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, MirageError) else f"{type(exc).__name__}: {exc}"
+
+
+class EngineController(QObject):
+    status_changed = Signal(object)  # EngineStatus
+    running_changed = Signal(bool)
+    snapshot_ready = Signal(dict)
+    option_applied = Signal(str, object)
+    identity_changed = Signal(str)
+    models_loaded = Signal(object)  # EngineStatus
+    error = Signal(str)
+    notice = Signal(str)
+
+    def __init__(self, engine, parent: QObject | None = None, metrics_interval_ms: int = 250):
+        super().__init__(parent)
+        self.engine = engine
+        self.jobs = Jobs(self)
+        self.feed = FrameFeed(self)
+        self._sub = engine.subscribe_frames(self.feed.on_packet)
+        self._models_lock = threading.Lock()
+        self.models_ready = threading.Event()
+        self._snap_inflight = False
+        self._closed = False
+        self.last_snapshot: dict = {}
+        self.last_start: tuple[Any, list] | None = None
+        self.timer = QTimer(self)
+        self.timer.setInterval(metrics_interval_ms)
+        self.timer.timeout.connect(self.poll_metrics)
+        self.timer.start()
+
+    # ---- models ----------------------------------------------------------------------------
+    def _load_models_now(self):
+        with self._models_lock:
+            st = self.engine.load_models()
+            self.models_ready.set()
+            return st
+
+    def ensure_models(self) -> None:
+        """On a worker thread: load the models unless that already happened."""
+        if not self.models_ready.is_set():
+            self._load_models_now()
+
+    def load_models(self, restart: bool = False):
+        """(Re)load models; when running and ``restart``, the stream restarts to pick them up."""
+
+        def job():
+            was = self.engine.running
+            if was and restart:
+                self.engine.stop()
+            st = self._load_models_now()
+            if was and restart and self.last_start is not None:
+                self._start_now(*self.last_start)
+            return self.engine.status()
+
+        def done(st):
+            self.models_loaded.emit(st)
+            self.status_changed.emit(st)
+            self.running_changed.emit(self.engine.running)
+
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
+
+    # ---- run ---------------------------------------------------------------------------------
+    def _start_now(self, source, outputs: list) -> str | None:
+        """Start; if the virtual camera cannot open, keep the preview going and say why."""
+        self.ensure_models()
+        note = None
+        try:
+            self.engine.start(source=source, outputs=outputs)
+        except DeviceError as exc:
+            rest = [o for o in outputs if not (isinstance(o, str) and o in ("virtualcam", "vcam", ""))]
+            if len(rest) == len(outputs):
+                raise
+            self.engine.start(source=source, outputs=rest or ["null"])
+            note = f"Virtual camera unavailable — preview only. {exc}"
+        return note
+
+    def start(self, source, outputs: list):
+        self.last_start = (source, list(outputs))
+
+        def done(note):
+            if note:
+                self.notice.emit(note)
+            self.running_changed.emit(self.engine.running)
+            self.status_changed.emit(self.engine.status())
+
+        return self.jobs.submit(self._start_now, source, list(outputs), serial=True, on_done=done,
+                                on_error=self._fail)
+
+    def stop(self):
+        def done(_):
+            self.running_changed.emit(False)
+            self.status_changed.emit(self.engine.status())
+
+        return self.jobs.submit(self.engine.stop, serial=True, on_done=done, on_error=self._fail)
+
+    def restart(self):
+        """Stop and start again with the last source (for settings that are read at start)."""
+        if self.last_start is None or not self.engine.running:
+            return None
+        src, outs = self.last_start
+
+        def job():
+            self.engine.stop()
+            return self._start_now(src, outs)
+
+        def done(note):
+            if note:
+                self.notice.emit(note)
+            self.running_changed.emit(self.engine.running)
+            self.status_changed.emit(self.engine.status())
+
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
+
+    # ---- live options ------------------------------------------------------------------------
+    def set_option(self, name: str, value: Any):
+        def job():
+            self.engine.set_option(name, value)
+            return self.engine.settings
+
+        def done(_settings):
+            self.option_applied.emit(name, getattr(_settings, name, value))
+            self.status_changed.emit(self.engine.status())
+
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
+
+    # ---- identities --------------------------------------------------------------------------
+    def set_identity(self, identity):
+        """Give the engine an identity; refused unless the person confirmed consent for it."""
+        if identity is not None and not getattr(identity, "consent", False):
+            self.error.emit(f"“{identity.name}” has no consent confirmation, so it is not used")
+            return None
+
+        def done(_):
+            self.identity_changed.emit(identity.name if identity is not None else "")
+            self.status_changed.emit(self.engine.status())
+
+        return self.jobs.submit(self.engine.set_identity, identity, serial=True, on_done=done,
+                                on_error=self._fail)
+
+    def analyse_photos(self, sources: list, name: str | None, on_done, on_error=None):
+        """Check photos and build an identity off the Qt thread → on_done((reports, identity|None, why))."""
+        return self.jobs.submit(self._analyse, list(sources), name, on_done=on_done,
+                                on_error=on_error or self._fail)
+
+    def _analyse(self, sources: list, name: str | None):
+        from ..vision.identity import IdentityBuilder, PhotoReport, QualityCheck
+
+        self.ensure_models()
+        analyzer = self.engine.analyzer
+        builder = IdentityBuilder(analyzer)
+        reports = []
+        for s in sources:
+            label = str(s) if not hasattr(s, "shape") else "image"
+            try:
+                reports.append(builder.analyse_photo(s, label))
+            except MirageError as exc:
+                reports.append(PhotoReport(label, "", 0, None, [QualityCheck("readable", False, 0.0, str(exc))]))
+        good = [r for r in reports if r.passed]
+        if not good:
+            return reports, None, "no usable face: " + "; ".join(
+                f"{Path(r.source).name}: {r.summary()}" for r in reports)
+        if analyzer.recognizer is None:
+            return reports, None, ("the face is fine, but the recognition model (w600k_r50) is missing — "
+                                   "download buffalo_l in the Models tab")
+        nm = name or Path(str(good[0].source)).stem
+        ident = builder.build([r._image for r in good], nm)  # embeddings come from the cache
+        ident.reports = reports
+        return reports, ident, ""
+
+    # ---- metrics -----------------------------------------------------------------------------
+    def poll_metrics(self) -> None:
+        if self._snap_inflight or self._closed:
+            return
+        self._snap_inflight = True
+
+        def done(snap):
+            self._snap_inflight = False
+            self.last_snapshot = snap
+            self.snapshot_ready.emit(snap)
+
+        def failed(exc):
+            self._snap_inflight = False
+            log.debug("snapshot failed: %s", exc)
+
+        self.jobs.submit(self.engine.snapshot, on_done=done, on_error=failed, track=False)
+
+    # ---- errors and shutdown -----------------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        log.warning("engine call failed: %s", exc)
+        self.error.emit(_words(exc))
+        self.running_changed.emit(self.engine.running)
+        self.status_changed.emit(self.engine.status())
+
+    def shutdown(self) -> None:
+        """Stop the stream and the helper threads; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.timer.stop()
+        try:
+            self.engine.unsubscribe_frames(self._sub)
+        except Exception:
+            pass
+        self.jobs.shutdown(wait=True)
+        try:
+            self.engine.stop()
+        except Exception as exc:
+            log.warning("stopping the engine failed: %s", exc)
+        self.feed.close()
+
+    @property
+    def settings(self) -> Settings:
+        return self.engine.settings

@@ -1,0 +1,329 @@
+"""Live latency plots and the health banner, drawn with QPainter from engine snapshots.
+
+:class:`MetricsHistory` keeps a rolling window of snapshots (P50/P95 per stage, FPS and
+dropped frames per second); the plot widgets only read it and paint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+
+from . import theme
+
+# Stages drawn, in legend order; others that show up in a snapshot are appended.
+STAGE_ORDER = ["total", "detect", "embed", "track", "swap", "enhance", "worker", "output"]
+
+
+class MetricsHistory:
+    """Rolling history of engine snapshots, ``window_s`` seconds long."""
+
+    def __init__(self, window_s: float = 60.0, max_points: int = 600):
+        self.window_s = window_s
+        self.t: deque[float] = deque(maxlen=max_points)
+        self.stages: dict[str, tuple[deque, deque]] = {}
+        self.fps: deque[float] = deque(maxlen=max_points)
+        self.dropped_rate: deque[float] = deque(maxlen=max_points)
+        self.dropped_total = 0
+        self.frames_out = 0
+        self.last: dict = {}
+        self._prev: tuple[float, int] | None = None
+        self.updates = 0
+
+    def clear(self) -> None:
+        self.__init__(self.window_s, self.t.maxlen or 600)
+
+    def stage_names(self) -> list[str]:
+        known = [s for s in STAGE_ORDER if s in self.stages]
+        return known + sorted(s for s in self.stages if s not in STAGE_ORDER)
+
+    def add(self, snap: dict, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.last = snap
+        self.updates += 1
+        self.t.append(now)
+        n = len(self.t)
+        for name, s in (snap.get("stages") or {}).items():
+            if name.startswith("voice") or not s or not s.get("count"):
+                continue
+            if name not in self.stages:
+                ml = self.t.maxlen
+                self.stages[name] = (deque([math.nan] * (n - 1), maxlen=ml), deque([math.nan] * (n - 1), maxlen=ml))
+        for name, (p50, p95) in self.stages.items():
+            s = (snap.get("stages") or {}).get(name) or {}
+            p50.append(s["p50"] if s.get("p50") is not None else math.nan)
+            p95.append(s["p95"] if s.get("p95") is not None else math.nan)
+        gauges = snap.get("gauges") or {}
+        fps = gauges.get("fps")
+        running = (snap.get("status") or {}).get("running", True)
+        self.fps.append(float(fps) if isinstance(fps, (int, float)) and running else 0.0)
+        counters = snap.get("counters") or {}
+        dropped = sum(int(v) for k, v in counters.items() if k.startswith("dropped."))
+        self.dropped_total = dropped
+        self.frames_out = int(counters.get("frames.out", 0))
+        if self._prev is not None and now > self._prev[0]:
+            self.dropped_rate.append(max(0, dropped - self._prev[1]) / (now - self._prev[0]))
+        else:
+            self.dropped_rate.append(0.0)
+        self._prev = (now, dropped)
+
+    def latest(self, stage: str) -> tuple[float, float]:
+        p50, p95 = self.stages.get(stage, ((), ()))
+        return (p50[-1] if p50 else math.nan, p95[-1] if p95 else math.nan)
+
+
+def _nice_ceiling(v: float) -> float:
+    if not v or v <= 0 or math.isnan(v):
+        return 10.0
+    exp = 10 ** math.floor(math.log10(v))
+    for m in (1, 2, 2.5, 5, 10):
+        if v <= m * exp:
+            return m * exp
+    return 10 * exp
+
+
+class _PlotBase(QWidget):
+    title = ""
+
+    def __init__(self, history: MetricsHistory, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.history = history
+        self.setMinimumHeight(140)
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.paints = 0
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(420, 180)
+
+    def _frame(self, p: QPainter) -> QRectF:
+        r = QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5)
+        path = QPainterPath()
+        path.addRoundedRect(r, 10, 10)
+        p.fillRect(self.rect(), QColor(theme.BG))
+        p.fillPath(path, QColor(theme.PANEL))
+        p.setPen(QPen(QColor(theme.BORDER), 1))
+        p.drawPath(path)
+        p.setPen(QColor(theme.TEXT))
+        f = QFont(self.font())
+        f.setBold(True)
+        p.setFont(f)
+        p.drawText(QRectF(r.x() + 12, r.y() + 6, r.width() - 24, 20), Qt.AlignLeft | Qt.AlignVCenter, self.title)
+        p.setFont(self.font())
+        return r
+
+    def _axes(self, p: QPainter, area: QRectF, ymax: float, unit: str) -> None:
+        small = QFont(self.font())
+        small.setPointSizeF(max(7.0, small.pointSizeF() * 0.82))
+        p.setFont(small)
+        for i in range(5):
+            y = area.bottom() - area.height() * i / 4
+            p.setPen(QPen(QColor(theme.BORDER), 1, Qt.DotLine if i else Qt.SolidLine))
+            p.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
+            p.setPen(QColor(theme.MUTED))
+            v = ymax * i / 4
+            label = f"{v:.0f}" if ymax >= 8 else f"{v:.1f}"
+            p.drawText(QRectF(area.left() - 44, y - 8, 38, 16), Qt.AlignRight | Qt.AlignVCenter, label)
+        p.drawText(QRectF(area.left() - 44, area.top() - 20, 44, 14), Qt.AlignRight, unit)
+        p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft,
+                   f"-{self.history.window_s:.0f} s")
+        p.drawText(QRectF(area.right() - 60, area.bottom() + 2, 60, 14), Qt.AlignRight, "now")
+        p.setFont(self.font())
+
+    def _xs(self, area: QRectF) -> list[float]:
+        h = self.history
+        if not h.t:
+            return []
+        now = h.t[-1]
+        return [area.right() - (now - t) / h.window_s * area.width() for t in h.t]
+
+    @staticmethod
+    def _line(p: QPainter, xs: list[float], ys, area: QRectF, ymax: float, pen: QPen) -> None:
+        path = QPainterPath()
+        started = False
+        vals = list(ys)[-len(xs):] if xs else []
+        off = len(xs) - len(vals)
+        for i, v in enumerate(vals):
+            x = xs[i + off]
+            if x < area.left() or v is None or (isinstance(v, float) and math.isnan(v)):
+                started = False
+                continue
+            y = area.bottom() - min(v, ymax) / ymax * area.height()
+            if started:
+                path.lineTo(x, y)
+            else:
+                path.moveTo(x, y)
+                started = True
+        p.setPen(pen)
+        p.setBrush(Qt.NoBrush)
+        p.drawPath(path)
+
+
+class LatencyPlot(_PlotBase):
+    """Rolling P50 (solid) and P95 (dashed) per stage, total in white on top."""
+
+    title = "Latency per stage — P50 solid, P95 dashed"
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.setRenderHint(QPainter.Antialiasing, True)
+        r = self._frame(p)
+        h = self.history
+        names = h.stage_names()
+        # legend: one row of "stage p50/p95", right of the title, wrapping as needed
+        legend_h = self._legend(p, r, names)
+        area = QRectF(r.left() + 52, r.top() + 30 + legend_h, r.width() - 66, r.height() - 54 - legend_h)
+        if area.height() < 20:
+            p.end()
+            return
+        peak = 0.0
+        for n in names:
+            for v in list(h.stages[n][1]):
+                if not math.isnan(v):
+                    peak = max(peak, v)
+        ymax = _nice_ceiling(peak * 1.1)
+        self._axes(p, area, ymax, "ms")
+        xs = self._xs(area)
+        if not names:
+            p.setPen(QColor(theme.MUTED))
+            p.drawText(area, Qt.AlignCenter, "no frames yet — start the stream")
+        for i, n in reversed(list(enumerate(names))):
+            c = theme.stage_color(n, i)
+            width = 2.2 if n == "total" else 1.4
+            self._line(p, xs, h.stages[n][0], area, ymax, QPen(c, width))
+            dashed = QPen(c, width * 0.8, Qt.DashLine)
+            self._line(p, xs, h.stages[n][1], area, ymax, dashed)
+        self.paints += 1
+        p.end()
+
+    def _legend(self, p: QPainter, r: QRectF, names: list[str]) -> float:
+        small = QFont(self.font())
+        small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
+        p.setFont(small)
+        fm = p.fontMetrics()
+        x, y = r.left() + 12, r.top() + 28
+        line_h = fm.height() + 2
+        rows = 1 if names else 0
+        for i, n in enumerate(names):
+            p50, p95 = self.history.latest(n)
+            text = f"{n} {_ms(p50)} / {_ms(p95)}"
+            w = fm.horizontalAdvance(text) + 26
+            if x + w > r.right() - 8:
+                x = r.left() + 12
+                y += line_h
+                rows += 1
+            c = theme.stage_color(n, i)
+            p.setPen(QPen(c, 3))
+            p.drawLine(QPointF(x, y + line_h / 2), QPointF(x + 12, y + line_h / 2))
+            p.setPen(QColor(theme.TEXT if n == "total" else theme.MUTED))
+            p.drawText(QRectF(x + 16, y, w, line_h), Qt.AlignLeft | Qt.AlignVCenter, text)
+            x += w + 6
+        p.setFont(self.font())
+        return rows * line_h
+
+
+def _ms(v: float) -> str:
+    return "–" if v is None or math.isnan(v) else (f"{v:.1f}" if v < 100 else f"{v:.0f}")
+
+
+class RatePlot(_PlotBase):
+    """FPS (line) and dropped frames per second (bars)."""
+
+    title = "Frames per second and dropped frames"
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.setRenderHint(QPainter.Antialiasing, True)
+        r = self._frame(p)
+        h = self.history
+        fps = h.fps[-1] if h.fps else 0.0
+        p.setPen(QColor(theme.MUTED))
+        p.drawText(QRectF(r.left() + 12, r.top() + 26, r.width() - 24, 18), Qt.AlignLeft | Qt.AlignVCenter,
+                   f"{fps:.1f} FPS    dropped {h.dropped_total} of {h.frames_out + h.dropped_total} frames")
+        area = QRectF(r.left() + 52, r.top() + 52, r.width() - 66, r.height() - 76)
+        if area.height() < 20:
+            p.end()
+            return
+        peak = max([30.0, *h.fps, *h.dropped_rate]) if h.fps else 30.0
+        ymax = _nice_ceiling(peak * 1.05)
+        self._axes(p, area, ymax, "/s")
+        xs = self._xs(area)
+        bar_w = max(1.5, area.width() / max(60, len(xs) or 1) * 0.8)
+        p.setPen(Qt.NoPen)
+        p.setBrush(QColor(theme.RED))
+        for x, v in zip(xs, h.dropped_rate):
+            if v > 0 and x >= area.left():
+                hh = min(v, ymax) / ymax * area.height()
+                p.drawRect(QRectF(x - bar_w / 2, area.bottom() - hh, bar_w, hh))
+        self._line(p, xs, h.fps, area, ymax, QPen(QColor(theme.GREEN), 2.0))
+        self.paints += 1
+        p.end()
+
+
+class HealthBanner(QFrame):
+    """Green / yellow / red with the reasons in words, and an optional action button."""
+
+    action_clicked = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("HealthBanner")
+        self.level = "green"
+        self.reasons: list[str] = []
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(14, 8, 10, 8)
+        lay.setSpacing(10)
+        self.dot = QLabel()
+        self.dot.setFixedSize(14, 14)
+        lay.addWidget(self.dot, 0, Qt.AlignTop | Qt.AlignLeft)
+        col = QVBoxLayout()
+        col.setSpacing(2)
+        self.title = QLabel()
+        f = self.title.font()
+        f.setBold(True)
+        self.title.setFont(f)
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        self.text.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        col.addWidget(self.title)
+        col.addWidget(self.text)
+        lay.addLayout(col, 1)
+        self.action = QPushButton()
+        self.action.setObjectName("Primary")
+        self.action.hide()
+        self.action.clicked.connect(self.action_clicked)
+        lay.addWidget(self.action, 0, Qt.AlignVCenter)
+        self.set_health({"level": "green", "reasons": ["ready"]})
+
+    def set_action(self, text: str | None) -> None:
+        if text:
+            self.action.setText(text)
+            self.action.show()
+        else:
+            self.action.hide()
+
+    def set_health(self, health: dict) -> None:
+        level = health.get("level", "green")
+        reasons = list(health.get("reasons") or [])
+        if level == self.level and reasons == self.reasons and self.title.text():
+            return
+        self.level, self.reasons = level, reasons
+        color = theme.LEVEL_COLORS.get(level, theme.MUTED)
+        words = {"green": "All good", "yellow": "Running, with a warning", "red": "Needs attention"}
+        self.title.setText(words.get(level, level))
+        self.text.setText("\n".join(_sentence(r) for r in reasons) or "—")
+        self.dot.setStyleSheet(f"background: {color}; border-radius: 7px;")
+        bg = QColor(color)
+        bg.setAlpha(34)
+        self.setStyleSheet(
+            f"QFrame#HealthBanner {{ background: rgba({bg.red()},{bg.green()},{bg.blue()},{bg.alpha()});"
+            f" border: 1px solid {color}; border-radius: 10px; }}")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:] if text else text

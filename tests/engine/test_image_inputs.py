@@ -1,0 +1,123 @@
+"""Bad inputs give one clear line and no crash."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from mirage_desktop.errors import InputImageError, MirageError, ModelError
+from mirage_desktop.models.runtime import create_session
+from mirage_desktop.vision.image_io import load_image
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc)
+    assert "\n" not in text and len(text) < 400
+    return text
+
+
+def test_corrupt_jpeg(tmp_path, astronaut):
+    ok, enc = cv2.imencode(".jpg", astronaut)
+    p = tmp_path / "broken.jpg"
+    p.write_bytes(b"\xff\xd8\xff\xe0" + bytes(enc.tobytes()[200:260]) + b"garbage" * 10)
+    with pytest.raises(InputImageError) as e:
+        load_image(p)
+    assert "not a readable image" in _one_line(e.value) and "JPEG or PNG" in str(e.value)
+
+
+def test_empty_and_missing_files(tmp_path):
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    with pytest.raises(InputImageError, match="empty"):
+        load_image(p)
+    with pytest.raises(InputImageError, match="does not exist"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(InputImageError, match="folder"):
+        load_image(tmp_path)
+
+
+def test_grayscale_and_16bit_png(tmp_path, astronaut):
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    img = load_image(tmp_path / "g.png")
+    assert img.shape == (512, 512, 3) and img.dtype == np.uint8
+    assert np.array_equal(img[:, :, 0], gray)
+    deep = astronaut.astype(np.uint16) * 257
+    cv2.imwrite(str(tmp_path / "d.png"), deep)
+    img16 = load_image(tmp_path / "d.png")
+    assert img16.dtype == np.uint8 and np.abs(img16.astype(int) - astronaut).max() <= 1
+
+
+def test_cmyk_jpeg(tmp_path, astronaut):
+    rgb = cv2.cvtColor(astronaut, cv2.COLOR_BGR2RGB)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    img = load_image(tmp_path / "c.jpg")
+    assert img.shape == (512, 512, 3)
+    # colours survive: the orange suit stays orange-ish (R > B) in BGR order
+    suit = img[400:450, 100:150].reshape(-1, 3).mean(0)
+    assert suit[2] > suit[0] + 40
+
+
+def test_exif_rotated_photo_is_upright(tmp_path):
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, :50] = 255  # white band on the left
+    pil = Image.fromarray(img)
+    exif = pil.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    pil.save(tmp_path / "r.jpg", exif=exif.tobytes())
+    out = load_image(tmp_path / "r.jpg")
+    assert out.shape[:2] == (200, 100)
+    assert out[:40].mean() > 200 and out[-40:].mean() < 50  # the band is now on top
+
+
+def test_huge_image_is_scaled_down(tmp_path):
+    big = np.zeros((8000, 8000, 3), np.uint8)
+    big[::100] = 255
+    ok, enc = cv2.imencode(".png", big)
+    p = tmp_path / "big.png"
+    p.write_bytes(enc.tobytes())
+    out = load_image(p)
+    assert max(out.shape[:2]) == 2048
+
+
+def test_truncated_model_is_refused_with_the_fix(tmp_path, model_factory):
+    paths = model_factory(None, faces=[])
+    data = paths["inswapper_128"].read_bytes()
+    bad = tmp_path / "inswapper_128.onnx"
+    bad.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelError) as e:
+        create_session(bad)
+    msg = _one_line(e.value)
+    assert "corrupt or truncated" in msg and "mirage models download --force" in msg
+
+
+def test_photo_with_no_face(no_face_image):
+    from mirage_desktop.vision.analysis import FaceAnalyzer
+    from mirage_desktop.vision.identity import IdentityBuilder
+
+    analyzer = FaceAnalyzer.load()  # no models downloaded: the built-in detector
+    assert analyzer.status.detector == "opencv-haar"
+    with pytest.raises(InputImageError) as e:
+        IdentityBuilder(analyzer).build([no_face_image])
+    assert "no face found" in _one_line(e.value)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, model_factory, astronaut):
+    from mirage_desktop.cli import main
+
+    paths = model_factory(astronaut)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    good = tmp_path / "a.png"
+    cv2.imwrite(str(good), astronaut)
+    rc = main(["swap", "--source", str(bad), "--target", str(good), "-o", str(tmp_path / "o.png"),
+               "--confirm-rights", "--model", f"det_10g={paths['det_10g']}",
+               "--model", f"w600k_r50={paths['w600k_r50']}", "--model", f"inswapper_128_fp16={paths['inswapper_128']}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("mirage: error:") and "not a readable image" in err[-1]
+    assert not (tmp_path / "o.png").exists()

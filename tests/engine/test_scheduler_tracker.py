@@ -1,0 +1,94 @@
+"""The detection schedule on scripted confidence sequences; tracking between detections."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mirage_desktop.vision.face import Face
+from mirage_desktop.vision.tracking import DetectionScheduler, FaceTracker, select_faces
+
+
+def _run(scheduler: DetectionScheduler, scores_per_detection, n_frames):
+    """Simulate frames; each detection returns the next scripted score list. Returns detect frames."""
+    it = iter(scores_per_detection)
+    frames = []
+    for i in range(n_frames):
+        det = scheduler.should_detect()
+        scheduler.on_frame(det)  # the order the pipeline uses: start the detector, then read its result
+        if det:
+            frames.append(i)
+            scheduler.on_detections(next(it, [0.95]))
+    return frames
+
+
+def test_detects_every_nth_frame_when_confident():
+    assert _run(DetectionScheduler(5), [[0.95]] * 10, 21) == [0, 5, 10, 15, 20]
+    assert _run(DetectionScheduler(3), [[0.9]] * 10, 10) == [0, 3, 6, 9]
+
+
+def test_low_confidence_redetects_on_the_next_frame():
+    # second detection is unsure (0.6 < 0.70): the detector runs again on the very next frame
+    assert _run(DetectionScheduler(5), [[0.95], [0.6], [0.95], [0.95]], 12) == [0, 5, 6, 11]
+
+
+def test_no_face_keeps_looking_every_frame():
+    assert _run(DetectionScheduler(5), [[], [], [0.9], [0.9]], 9) == [0, 1, 2, 7]
+
+
+def _face(x, score):
+    kps = np.array([[x + 30, 40], [x + 70, 40], [x + 50, 60], [x + 35, 80], [x + 65, 80]], float)
+    return Face(np.array([x, 0, x + 100, 110], float), kps, score)
+
+
+def test_track_becomes_stable_after_three_confident_detections():
+    tr = FaceTracker(stable_confidence=0.85, stable_count=3)
+    seq = [0.9, 0.9, 0.9, 0.8, 0.9, 0.9, 0.95]
+    stable = []
+    for i, s in enumerate(seq):
+        tr.update([_face(10 + i, s)], i)
+        stable.append(tr.faces()[0].stable)
+    assert stable == [False, False, True, False, False, False, True]  # 0.8 restarts the count
+    assert len({f.track_id for f in tr.faces()}) == 1  # the same person all along
+
+
+def test_tracker_follows_a_moving_face_between_detections(astronaut):
+    from tests_support import shifted
+
+    from mirage_desktop.vision.detector import HaarFaceDetector
+
+    (face,) = HaarFaceDetector().detect(astronaut)
+    tr = FaceTracker()
+    tr.update([face], 0)
+    tr.note_frame(astronaut, 0)
+    for i in range(1, 6):
+        tr.track(shifted(astronaut, 4 * i, 2 * i), i)
+    moved = tr.faces()[0]
+    np.testing.assert_allclose(moved.kps - face.kps, np.tile([20, 10], (5, 1)), atol=1.5)
+
+
+def test_late_detection_is_moved_forward_by_the_tracked_motion(astronaut):
+    from tests_support import shifted
+
+    from mirage_desktop.vision.detector import HaarFaceDetector
+
+    (face,) = HaarFaceDetector().detect(astronaut)
+    tr = FaceTracker()
+    tr.update([face], 0)
+    tr.note_frame(astronaut, 0)
+    for i in range(1, 4):
+        tr.track(shifted(astronaut, 5 * i, 0), i)
+    # a detection made on frame 1 (face shifted by 5) arrives at frame 3 (shifted by 15)
+    late = Face(face.bbox + [5, 0, 5, 0], face.kps + [5, 0], 0.95)
+    tr.update([late], 1)
+    np.testing.assert_allclose(tr.faces()[0].kps - face.kps, np.tile([15, 0], (5, 1)), atol=1.5)
+
+
+def test_select_largest_first_and_by_identity():
+    a, b, c = _face(0, 0.9), _face(200, 0.9), _face(400, 0.9)
+    b.bbox = np.array([200, 0, 400, 220], float)
+    e = np.eye(3, 512)
+    a.embedding, b.embedding, c.embedding = e[0], e[1], e[2]
+    assert select_faces([a, b, c], 1) == [b]
+    assert select_faces([a, b, c], 2)[0] is b
+    assert select_faces([a, b, c], 5, reference=e[2]) == [c]
+    assert select_faces([a, b, c], 0) == []
