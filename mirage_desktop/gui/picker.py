@@ -226,6 +226,7 @@ class SourcePicker(QWidget):
         self.gallery.setResizeMode(QListWidget.Adjust)
         self.gallery.setMovement(QListWidget.Static)
         self.gallery.setWordWrap(True)
+        self.gallery.setTextElideMode(Qt.ElideNone)
         self.gallery.setSpacing(2)
         self.gallery.setMinimumHeight(130)
         self.gallery.itemClicked.connect(lambda it: self.activate(it.data(Qt.UserRole)))

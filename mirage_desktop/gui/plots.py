@@ -77,14 +77,16 @@ class MetricsHistory:
         return (p50[-1] if p50 else math.nan, p95[-1] if p95 else math.nan)
 
 
-def _nice_ceiling(v: float) -> float:
+def _nice_ceiling(v: float, ticks: int = 4) -> float:
+    """The smallest ``ticks`` × (1, 2, 2.5 or 5 × 10^k) that holds ``v``."""
     if not v or v <= 0 or math.isnan(v):
         return 10.0
-    exp = 10 ** math.floor(math.log10(v))
+    step = v / ticks
+    exp = 10 ** math.floor(math.log10(step))
     for m in (1, 2, 2.5, 5, 10):
-        if v <= m * exp:
-            return m * exp
-    return 10 * exp
+        if step <= m * exp + 1e-12:
+            return ticks * m * exp
+    return ticks * 10 * exp
 
 
 class _PlotBase(QWidget):
@@ -126,9 +128,8 @@ class _PlotBase(QWidget):
             p.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
             p.setPen(QColor(theme.MUTED))
             v = ymax * i / 4
-            label = f"{v:.0f}" if ymax >= 8 else f"{v:.1f}"
+            label = f"{v:.0f}" if abs(v - round(v)) < 1e-6 else f"{v:.1f}"
             p.drawText(QRectF(area.left() - 44, y - 8, 38, 16), Qt.AlignRight | Qt.AlignVCenter, label)
-        p.drawText(QRectF(area.left() - 44, area.top() - 20, 44, 14), Qt.AlignRight, unit)
         p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft,
                    f"-{self.history.window_s:.0f} s")
         p.drawText(QRectF(area.right() - 60, area.bottom() + 2, 60, 14), Qt.AlignRight, "now")
@@ -166,7 +167,7 @@ class _PlotBase(QWidget):
 class LatencyPlot(_PlotBase):
     """Rolling P50 (solid) and P95 (dashed) per stage, total in white on top."""
 
-    title = "Latency per stage — P50 solid, P95 dashed"
+    title = "Latency per stage (ms) — P50 solid, P95 dashed"
 
     def paintEvent(self, event) -> None:  # noqa: N802
         p = QPainter(self)
@@ -233,7 +234,7 @@ def _ms(v: float) -> str:
 class RatePlot(_PlotBase):
     """FPS (line) and dropped frames per second (bars)."""
 
-    title = "Frames per second and dropped frames"
+    title = "Frames per second · dropped frames"
 
     def paintEvent(self, event) -> None:  # noqa: N802
         p = QPainter(self)

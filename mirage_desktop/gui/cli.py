@@ -1,0 +1,86 @@
+"""``mirage gui`` (and plain ``mirage``): open the desktop window.
+
+Heavy imports (Qt, the engine) stay inside :func:`run` so ``mirage --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", metavar="PATH",
+                        help="use an image or video file instead of a camera (handy for demos)")
+    parser.add_argument("--output", choices=["virtualcam", "null"], default=None,
+                        help="where the video goes: the virtual camera (default) or preview only")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                        help="use this ONNX file for a model (det_10g, w600k_r50, inswapper_128_fp16); repeatable")
+    parser.add_argument("--no-autostart", action="store_true",
+                        help="do not start the camera when the window opens")
+    parser.add_argument("--screenshot", metavar="PNG",
+                        help="render the window (with --input as the camera), save it as PNG and exit")
+
+
+def parse_models(items: list[str]) -> dict[str, str]:
+    from ..errors import MirageError
+
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise MirageError(f"--model {item!r} is not NAME=PATH", "e.g. --model det_10g=/models/det_10g.onnx")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def create_app(argv: list[str] | None = None):
+    """The QApplication with the theme (reused if one exists, e.g. under pytest-qt)."""
+    import sys
+
+    from PySide6.QtWidgets import QApplication
+
+    from . import theme
+
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
+    app.setApplicationName("Mirage")
+    app.setOrganizationName("Mirage Desktop")
+    theme.apply(app)
+    return app
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import PySide6  # noqa: F401 - imported before qasync so it picks PySide6
+    import qasync
+
+    from .. import config
+    from ..engine import Engine
+
+    app = create_app()
+    loaded = config.load()
+    overrides = parse_models(getattr(args, "model", []))
+    engine = Engine(loaded.settings, model_overrides=overrides)
+    if getattr(args, "screenshot", None):
+        from .screenshot import render_window
+
+        path = render_window(args.screenshot, engine=engine, notices=loaded.notices, image=args.input)
+        print(path)
+        return 0
+
+    from .window import MainWindow
+
+    outputs = [args.output] if getattr(args, "output", None) else None
+    win = MainWindow(engine, loaded.settings, loaded.notices, source=getattr(args, "input", None),
+                     source_label=getattr(args, "input", "") or "", outputs=outputs,
+                     autostart=not getattr(args, "no_autostart", False))
+
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    closed = asyncio.Event()
+    app.aboutToQuit.connect(closed.set)
+    app.lastWindowClosed.connect(closed.set)
+    win.show()
+    with loop:
+        loop.run_until_complete(closed.wait())
+    return 0

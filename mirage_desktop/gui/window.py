@@ -1,0 +1,544 @@
+"""The main window: picker on the left, preview and plots in the middle, controls on the right."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QStatusBar,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import config
+from ..config import Settings
+from . import theme
+from .controller import EngineController
+from .models_panel import ModelsPanel
+from .picker import SourcePicker
+from .plots import HealthBanner, LatencyPlot, MetricsHistory, RatePlot
+from .preview import PreviewWidget
+from .toggles import LiveControls
+
+log = logging.getLogger(__name__)
+
+RESOLUTIONS = [("Same as camera", (0, 0)), ("640 × 480", (640, 480)), ("1280 × 720", (1280, 720)),
+               ("1920 × 1080", (1920, 1080))]
+FPS_CHOICES = [("Same as camera", 0), ("15 fps", 15), ("24 fps", 24), ("30 fps", 30), ("60 fps", 60)]
+BACKENDS = [("Automatic", ""), ("v4l2loopback (Linux)", "v4l2loopback"), ("OBS Virtual Camera", "obs"),
+            ("Unity Capture (Windows)", "unitycapture")]
+DESTINATIONS = [("Virtual camera", "virtualcam"), ("Preview only", "null")]
+GUI_DEFAULTS = {"output": "virtualcam", "view": "output"}
+
+
+class NoticeBar(QFrame):
+    """Dismissable notices (a corrupt settings file set aside, a fallback that happened...)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("NoticeBar")
+        self.setStyleSheet(f"QFrame#NoticeBar {{ background: #2b2414; border: 1px solid {theme.YELLOW};"
+                           f" border-radius: 10px; }}")
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(12, 6, 6, 6)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        lay.addWidget(self.label, 1)
+        close = QPushButton("Dismiss")
+        close.setObjectName("Link")
+        close.clicked.connect(self.dismiss)
+        lay.addWidget(close, 0, Qt.AlignTop)
+        self.notices: list[str] = []
+        self.hide()
+
+    def add(self, text: str) -> None:
+        if text in self.notices:
+            return
+        self.notices.append(text)
+        self.label.setText("\n".join(f"• {n}" for n in self.notices[-4:]))
+        self.show()
+
+    def dismiss(self) -> None:
+        self.notices.clear()
+        self.hide()
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, engine=None, settings: Settings | None = None, notices: list[str] | None = None, *,
+                 source: Any = None, source_label: str = "", outputs: list | None = None,
+                 autostart: bool = False, list_cameras: bool = True):
+        super().__init__()
+        if engine is None:
+            from ..engine import Engine
+
+            engine = Engine(settings or Settings())
+        self.engine = engine
+        self.settings = engine.settings
+        self.gui_prefs = {**GUI_DEFAULTS, **dict((self.settings.extra or {}).get("gui", {}))}
+        self.controller = EngineController(engine, self)
+        self.history = MetricsHistory()
+        self.fixed_outputs = outputs  # tests/screenshots pin the sinks; else from the output selector
+        self._source = source
+        self._source_label = source_label or ("Demo image" if source is not None else "")
+        self._save_timer = QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(400)
+        self._save_timer.timeout.connect(self.save_settings)
+        self._starting = False
+        self.last_error = ""
+        self.setWindowTitle("Mirage")
+        self.resize(1480, 920)
+        self.setMinimumSize(QSize(1100, 700))
+        self._build()
+        c = self.controller
+        c.status_changed.connect(self._on_status)
+        c.running_changed.connect(self._on_running)
+        c.snapshot_ready.connect(self._on_snapshot)
+        c.error.connect(self._on_error)
+        c.notice.connect(self.notice_bar.add)
+        c.models_loaded.connect(self._on_models_loaded)
+        c.jobs.busy_changed.connect(lambda n: self.busy.setVisible(n > 0))
+        for n in notices or []:
+            self.notice_bar.add(n)
+        # first things, all off the Qt thread
+        self.preview.set_message("Loading models…")
+        c.load_models()
+        self.models.refresh()
+        self.picker.refresh()
+        self._autostart = autostart
+        if list_cameras:
+            self._list_cameras()
+        else:
+            self._fill_cameras([])
+
+    # ---- layout ------------------------------------------------------------------------------
+    def _build(self) -> None:
+        root = QWidget()
+        outer = QVBoxLayout(root)
+        outer.setContentsMargins(12, 10, 12, 6)
+        outer.setSpacing(8)
+        outer.addWidget(self._top_bar())
+        self.notice_bar = NoticeBar()
+        outer.addWidget(self.notice_bar)
+
+        split = QSplitter(Qt.Horizontal)
+        split.setChildrenCollapsible(False)
+        split.setHandleWidth(10)
+        # left: source face picker
+        left = QFrame()
+        left.setObjectName("Card")
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(12, 12, 12, 12)
+        self.picker = SourcePicker(self.controller)
+        self.picker.active_changed.connect(self._on_identity_chosen)
+        ll.addWidget(self.picker)
+        left.setMinimumWidth(250)
+        split.addWidget(left)
+        # middle: banner, preview, plots
+        mid = QWidget()
+        ml = QVBoxLayout(mid)
+        ml.setContentsMargins(0, 0, 0, 0)
+        ml.setSpacing(8)
+        self.banner = HealthBanner()
+        self.banner.action_clicked.connect(self.show_models)
+        ml.addWidget(self.banner)
+        self.preview = PreviewWidget(self.controller.feed)
+        ml.addWidget(self.preview, 5)
+        plots = QHBoxLayout()
+        plots.setSpacing(8)
+        self.latency_plot = LatencyPlot(self.history)
+        self.rate_plot = RatePlot(self.history)
+        plots.addWidget(self.latency_plot, 3)
+        plots.addWidget(self.rate_plot, 2)
+        pw = QWidget()
+        pw.setLayout(plots)
+        pw.setMinimumHeight(190)
+        pw.setMaximumHeight(240)
+        ml.addWidget(pw, 2)
+        split.addWidget(mid)
+        # right: tabs
+        self.tabs = QTabWidget()
+        self.tabs.setMinimumWidth(300)
+        self.toggles = LiveControls(self.settings)
+        self.toggles.option_changed.connect(self.set_option)
+        self.tabs.addTab(self._scroll(self.toggles), "Live")
+        self.tabs.addTab(self._scroll(self._output_panel()), "Output")
+        self.models = ModelsPanel(self.controller.jobs)
+        self.models.models_changed.connect(lambda: self.controller.load_models(restart=True))
+        self.tabs.addTab(self.models, "Models")
+        split.addWidget(self.tabs)
+        split.setStretchFactor(0, 0)
+        split.setStretchFactor(1, 1)
+        split.setStretchFactor(2, 0)
+        split.setSizes([290, 860, 330])
+        outer.addWidget(split, 1)
+        self.setCentralWidget(root)
+        self._status_bar()
+        quit_action = QAction("Quit", self)
+        quit_action.setShortcut(QKeySequence.Quit)
+        quit_action.triggered.connect(self.close)
+        self.addAction(quit_action)
+
+    def _scroll(self, w: QWidget) -> QScrollArea:
+        sa = QScrollArea()
+        sa.setWidgetResizable(True)
+        box = QWidget()
+        bl = QVBoxLayout(box)
+        bl.setContentsMargins(10, 6, 10, 10)
+        bl.addWidget(w)
+        sa.setWidget(box)
+        return sa
+
+    def _top_bar(self) -> QWidget:
+        bar = QFrame()
+        bar.setObjectName("Card")
+        lay = QHBoxLayout(bar)
+        lay.setContentsMargins(14, 8, 10, 8)
+        lay.setSpacing(10)
+        logo = QLabel("◐  Mirage")
+        logo.setObjectName("Title")
+        logo.setStyleSheet(f"color: {theme.TEXT}; font-size: 15pt; font-weight: 800;")
+        lay.addWidget(logo)
+        lay.addSpacing(18)
+        lay.addWidget(_muted("Camera"))
+        self.camera = QComboBox()
+        self.camera.setMinimumWidth(210)
+        self.camera.activated.connect(self._camera_chosen)
+        lay.addWidget(self.camera)
+        lay.addSpacing(6)
+        lay.addWidget(_muted("Output"))
+        self.destination = QComboBox()
+        for text, key in DESTINATIONS:
+            self.destination.addItem(text, key)
+        pinned = self.fixed_outputs[0] if self.fixed_outputs and isinstance(self.fixed_outputs[0], str) else None
+        self.destination.setCurrentIndex(max(0, self.destination.findData(pinned or self.gui_prefs["output"])))
+        self.destination.currentIndexChanged.connect(self._destination_changed)
+        lay.addWidget(self.destination)
+        lay.addStretch(1)
+        lay.addWidget(_muted("View"))
+        self.view_group = QButtonGroup(self)
+        self.view_output = QPushButton("Output")
+        self.view_sbs = QPushButton("Side by side")
+        for b, mode in ((self.view_output, "output"), (self.view_sbs, "side_by_side")):
+            b.setCheckable(True)
+            b.setProperty("mode", mode)
+            self.view_group.addButton(b)
+            lay.addWidget(b)
+        self.view_group.setExclusive(True)
+        (self.view_sbs if self.gui_prefs.get("view") == "side_by_side" else self.view_output).setChecked(True)
+        self.controller.feed.set_mode(self.gui_prefs.get("view", "output")
+                                      if self.gui_prefs.get("view") in ("output", "side_by_side") else "output")
+        self.view_group.buttonClicked.connect(lambda b: self.set_view(b.property("mode")))
+        lay.addSpacing(12)
+        self.start_btn = QPushButton("Start")
+        self.start_btn.setObjectName("Primary")
+        self.start_btn.setMinimumWidth(110)
+        self.start_btn.clicked.connect(self.toggle_running)
+        lay.addWidget(self.start_btn)
+        return bar
+
+    def _output_panel(self) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        lay.setContentsMargins(0, 0, 0, 0)
+        box = QGroupBox("Virtual camera")
+        fl = QFormLayout(box)
+        fl.setHorizontalSpacing(14)
+        fl.setVerticalSpacing(9)
+        s = self.settings
+        self.backend = QComboBox()
+        for text, key in BACKENDS:
+            self.backend.addItem(text, key)
+        i = self.backend.findData(s.vcam_backend)
+        if i < 0:
+            self.backend.addItem(s.vcam_backend, s.vcam_backend)
+            i = self.backend.count() - 1
+        self.backend.setCurrentIndex(i)
+        self.backend.currentIndexChanged.connect(
+            lambda _: self._output_option({"vcam_backend": self.backend.currentData()}))
+        fl.addRow("Backend", self.backend)
+        self.resolution = QComboBox()
+        for text, wh in RESOLUTIONS:
+            self.resolution.addItem(text, wh)
+        cur = (s.output_width, s.output_height)
+        i = next((k for k, (_, wh) in enumerate(RESOLUTIONS) if wh == cur), -1)
+        if i < 0:
+            self.resolution.addItem(f"{cur[0]} × {cur[1]}", cur)
+            i = self.resolution.count() - 1
+        self.resolution.setCurrentIndex(i)
+        self.resolution.currentIndexChanged.connect(self._resolution_changed)
+        fl.addRow("Resolution", self.resolution)
+        self.fps = QComboBox()
+        for text, f in FPS_CHOICES:
+            self.fps.addItem(text, f)
+        i = self.fps.findData(s.output_fps)
+        if i < 0:
+            self.fps.addItem(f"{s.output_fps} fps", s.output_fps)
+            i = self.fps.count() - 1
+        self.fps.setCurrentIndex(i)
+        self.fps.currentIndexChanged.connect(lambda _: self._output_option({"output_fps": int(self.fps.currentData())}))
+        fl.addRow("Frame rate", self.fps)
+        lay.addWidget(box)
+        hint = QLabel("Changing these restarts the stream for a moment. Video-call apps see the output as "
+                      "“Mirage Camera” (Linux: v4l2loopback; Windows/macOS: the OBS Virtual Camera).")
+        hint.setWordWrap(True)
+        hint.setObjectName("Muted")
+        lay.addWidget(hint)
+        self.device_label = QLabel("Not running")
+        self.device_label.setWordWrap(True)
+        dev = QGroupBox("In use")
+        dl = QVBoxLayout(dev)
+        dl.addWidget(self.device_label)
+        lay.addWidget(dev)
+        lay.addStretch(1)
+        return w
+
+    def _status_bar(self) -> None:
+        sb = QStatusBar()
+        self.setStatusBar(sb)
+        self.sb_provider = QLabel("Provider: –")
+        self.sb_fps = QLabel("– FPS")
+        self.sb_output = QLabel("Output: –")
+        self.sb_models = QLabel("")
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setMaximumWidth(90)
+        self.busy.setTextVisible(False)
+        self.busy.hide()
+        for w in (self.sb_provider, self.sb_fps, self.sb_output, self.sb_models):
+            sb.addPermanentWidget(w)
+        sb.addWidget(self.busy)
+
+    # ---- cameras and sources -------------------------------------------------------------------
+    def _list_cameras(self) -> None:
+        from ..vision.capture import list_cameras
+
+        self.controller.jobs.submit(list_cameras, on_done=self._fill_cameras,
+                                    on_error=lambda e: self._fill_cameras([]))
+        self._fill_cameras(None)
+
+    def _fill_cameras(self, cams) -> None:
+        self.camera.blockSignals(True)
+        self.camera.clear()
+        if self._source is not None:
+            self.camera.addItem(self._source_label or "Demo image", ("object", None))
+        for cam in cams or []:
+            label = cam.get("name") or f"Camera {cam.get('index')}"
+            self.camera.addItem(label, ("camera", cam.get("index") if cam.get("index") is not None
+                                        else cam.get("device")))
+        if cams is None:
+            self.camera.addItem("Looking for cameras…", ("none", None))
+        elif not cams and self._source is None:
+            self.camera.addItem("No camera found", ("none", None))
+        self.camera.addItem("Image or video file…", ("file", None))
+        want = self.settings.camera
+        i = next((k for k in range(self.camera.count()) if self.camera.itemData(k) == ("camera", want)), 0)
+        if self._source is not None:
+            i = 0
+        self.camera.setCurrentIndex(i)
+        self.camera.blockSignals(False)
+        if cams is not None and self._autostart:
+            self._autostart = False
+            if self.current_source() is not None:
+                self.start()
+
+    def _camera_chosen(self, index: int) -> None:
+        kind, value = self.camera.itemData(index)
+        if kind == "file":
+            path, _ = QFileDialog.getOpenFileName(self, "Use an image or video as the camera", str(Path.home()),
+                                                  "Images and videos (*.jpg *.jpeg *.png *.bmp *.webp *.mp4 "
+                                                  "*.mov *.mkv *.avi *.webm)")
+            if not path:
+                self.camera.setCurrentIndex(0)
+                return
+            self.camera.insertItem(0, Path(path).name, ("path", path))
+            self.camera.setCurrentIndex(0)
+        elif kind == "camera" and isinstance(value, int):
+            self.set_option("camera", value)
+        if self.engine.running:
+            self.controller.stop()
+            self.start()
+
+    def current_source(self):
+        data = self.camera.currentData()
+        if not data:
+            return None
+        kind, value = data
+        if kind == "object":
+            return self._source
+        if kind in ("camera", "path"):
+            return value
+        return None
+
+    def current_outputs(self) -> list:
+        if self.fixed_outputs is not None:
+            return list(self.fixed_outputs)
+        return [self.destination.currentData() or "virtualcam"]
+
+    # ---- run -----------------------------------------------------------------------------------
+    def toggle_running(self) -> None:
+        if self.engine.running:
+            self.stop()
+        else:
+            self.start()
+
+    def start(self) -> None:
+        src = self.current_source()
+        if src is None:
+            self._on_error("No camera to start: connect one, or choose “Image or video file…”.")
+            return
+        self._starting = True
+        self.start_btn.setEnabled(False)
+        self.preview.set_message("Starting…")
+        self.controller.start(src, self.current_outputs())
+
+    def stop(self) -> None:
+        self.start_btn.setEnabled(False)
+        self.controller.stop()
+
+    def _on_running(self, running: bool) -> None:
+        self._starting = False
+        self.start_btn.setEnabled(True)
+        self.start_btn.setText("Stop" if running else "Start")
+        self.start_btn.setObjectName("Danger" if running else "Primary")
+        self.start_btn.style().unpolish(self.start_btn)
+        self.start_btn.style().polish(self.start_btn)
+        if not running:
+            self.preview.clear()
+            self.preview.set_message("Stopped", "Press Start to begin")
+
+    def _destination_changed(self, _i: int) -> None:
+        self.gui_prefs["output"] = self.destination.currentData()
+        self._remember_gui()
+        if self.engine.running:
+            self.controller.stop()
+            self.start()
+
+    def _resolution_changed(self, _i: int) -> None:
+        w, h = self.resolution.currentData()
+        self._output_option({"output_width": int(w), "output_height": int(h)})
+
+    def _output_option(self, values: dict) -> None:
+        for k, v in values.items():
+            self.set_option(k, v)
+        self.controller.restart()
+
+    def set_view(self, mode: str) -> None:
+        self.controller.feed.set_mode(mode)
+        (self.view_sbs if mode == "side_by_side" else self.view_output).setChecked(True)
+        self.gui_prefs["view"] = mode
+        self._remember_gui()
+
+    # ---- options and settings -----------------------------------------------------------------
+    def set_option(self, name: str, value: Any) -> None:
+        """A control changed: tell the engine (off the Qt thread) and remember it."""
+        try:
+            self.settings = config.validate(self.settings.replace(**{name: config.coerce(name, value)}))
+        except Exception as exc:
+            self._on_error(str(exc))
+            return
+        self.controller.set_option(name, value)
+        self._save_timer.start()
+
+    def _remember_gui(self) -> None:
+        extra = dict(self.settings.extra or {})
+        extra["gui"] = dict(self.gui_prefs)
+        self.settings = self.settings.replace(extra=extra)
+        self._save_timer.start()
+
+    def save_settings(self, wait: bool = False):
+        """Write the settings file atomically (off the Qt thread unless ``wait``)."""
+        self._save_timer.stop()
+        s = self.settings
+        if wait:
+            return config.save(s)
+        return self.controller.jobs.submit(config.save, s, on_error=lambda e: self._on_error(
+            f"Settings could not be saved: {e}"))
+
+    def _on_identity_chosen(self, name: str) -> None:
+        if name != self.settings.source_identity:
+            self.settings = self.settings.replace(source_identity=name)
+            self._save_timer.start()
+
+    # ---- engine → window ------------------------------------------------------------------------
+    def _on_models_loaded(self, st) -> None:
+        if not self.engine.running:
+            self.preview.set_message("Press Start to begin",
+                                     "Pick a source face on the left, then start the camera.")
+        name = self.settings.source_identity
+        if name and not self.engine.identity:
+            self.picker.active = name
+            self.picker.activate(name, ask=False)
+
+    def _on_status(self, st) -> None:
+        self.sb_provider.setText(f"Provider: {_provider(st.provider)}")
+        self.sb_output.setText("Output: " + (", ".join(st.outputs) if st.running and st.outputs else "–"))
+        self.sb_models.setText(f"Detector: {st.detector} · Swapper: {st.swapper}")
+        self.device_label.setText("\n".join(st.outputs) if st.running and st.outputs else "Not running")
+        missing = any("missing" in p or "corrupt" in p for p in st.passthrough)
+        self.banner.set_action("Download models" if missing else None)
+
+    def _on_snapshot(self, snap: dict) -> None:
+        st = snap.get("status") or {}
+        if st.get("running"):
+            self.history.add(snap)
+        self.latency_plot.update()
+        self.rate_plot.update()
+        health = dict(snap.get("health") or {})
+        self.banner.set_health(health)
+        missing = any("missing" in p or "corrupt" in p for p in st.get("passthrough", []))
+        self.banner.set_action("Download models" if missing else None)
+        fps = (snap.get("gauges") or {}).get("fps")
+        self.sb_fps.setText(f"{fps:.1f} FPS" if st.get("running") and isinstance(fps, (int, float)) else "– FPS")
+        self.sb_provider.setText(f"Provider: {_provider(st.get('provider', '–'))}")
+        self.sb_output.setText("Output: " + (", ".join(st.get("outputs", [])) if st.get("running") else "–"))
+
+    def _on_error(self, text: str) -> None:
+        self.last_error = text
+        self.statusBar().showMessage(text, 15000)
+        self.notice_bar.add(text)
+        if not self.engine.running:
+            self.start_btn.setEnabled(True)
+
+    def show_models(self) -> None:
+        self.tabs.setCurrentWidget(self.models)
+
+    # ---- closing ------------------------------------------------------------------------------
+    def closeEvent(self, event) -> None:  # noqa: N802
+        self.models.cancel()
+        try:
+            self.save_settings(wait=True)
+        except Exception as exc:  # closing must not fail
+            log.warning("settings could not be saved: %s", exc)
+        self.controller.shutdown()
+        super().closeEvent(event)
+
+
+def _muted(text: str) -> QLabel:
+    lab = QLabel(text)
+    lab.setObjectName("Muted")
+    return lab
+
+
+def _provider(p: str) -> str:
+    return {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "TensorrtExecutionProvider": "TensorRT",
+            "DmlExecutionProvider": "DirectML", "CoreMLExecutionProvider": "CoreML"}.get(p, p or "–")
