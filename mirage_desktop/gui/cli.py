@@ -48,38 +48,47 @@ def create_app(argv: list[str] | None = None):
     return app
 
 
+def build_window(args: argparse.Namespace):
+    """Settings (a corrupt file is set aside, with a notice), the engine and the window."""
+    from .. import config
+    from ..engine import Engine
+    from .window import MainWindow
+
+    create_app()
+    loaded = config.load()
+    engine = Engine(loaded.settings, model_overrides=parse_models(getattr(args, "model", None) or []))
+    source = getattr(args, "input", None)
+    outputs = [args.output] if getattr(args, "output", None) else None
+    return MainWindow(engine, loaded.settings, loaded.notices, source=source, source_label=source or "",
+                      outputs=outputs, autostart=not getattr(args, "no_autostart", False))
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
     import PySide6  # noqa: F401 - imported before qasync so it picks PySide6
     import qasync
 
-    from .. import config
-    from ..engine import Engine
-
-    app = create_app()
-    loaded = config.load()
-    overrides = parse_models(getattr(args, "model", []))
-    engine = Engine(loaded.settings, model_overrides=overrides)
     if getattr(args, "screenshot", None):
+        from .. import config
+        from ..engine import Engine
         from .screenshot import render_window
 
-        path = render_window(args.screenshot, engine=engine, notices=loaded.notices, image=args.input)
-        print(path)
+        loaded = config.load()
+        engine = None
+        if getattr(args, "model", None):  # real models given: use them; else the synthetic demo engine
+            engine = Engine(loaded.settings, model_overrides=parse_models(args.model))
+        create_app()
+        print(render_window(args.screenshot, engine=engine, notices=loaded.notices, image=args.input))
         return 0
 
-    from .window import MainWindow
-
-    outputs = [args.output] if getattr(args, "output", None) else None
-    win = MainWindow(engine, loaded.settings, loaded.notices, source=getattr(args, "input", None),
-                     source_label=getattr(args, "input", "") or "", outputs=outputs,
-                     autostart=not getattr(args, "no_autostart", False))
-
+    app = create_app()
+    win = build_window(args)
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     closed = asyncio.Event()
-    app.aboutToQuit.connect(closed.set)
     app.lastWindowClosed.connect(closed.set)
+    app.aboutToQuit.connect(closed.set)
     win.show()
     with loop:
         loop.run_until_complete(closed.wait())

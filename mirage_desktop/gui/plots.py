@@ -143,7 +143,8 @@ class _PlotBase(QWidget):
         return [area.right() - (now - t) / h.window_s * area.width() for t in h.t]
 
     @staticmethod
-    def _line(p: QPainter, xs: list[float], ys, area: QRectF, ymax: float, pen: QPen) -> None:
+    def _line(p: QPainter, xs: list[float], ys, area: QRectF, ymap, pen: QPen) -> None:
+        """Polyline of ``ys`` at ``xs``; ``ymap(v)`` gives a value's y pixel; NaN breaks the line."""
         path = QPainterPath()
         started = False
         vals = list(ys)[-len(xs):] if xs else []
@@ -153,7 +154,7 @@ class _PlotBase(QWidget):
             if x < area.left() or v is None or (isinstance(v, float) and math.isnan(v)):
                 started = False
                 continue
-            y = area.bottom() - min(v, ymax) / ymax * area.height()
+            y = ymap(v)
             if started:
                 path.lineTo(x, y)
             else:
@@ -164,10 +165,34 @@ class _PlotBase(QWidget):
         p.drawPath(path)
 
 
+def _linear(area: QRectF, ymax: float):
+    return lambda v: area.bottom() - max(0.0, min(v, ymax)) / ymax * area.height()
+
+
+def _log_range(values: list[float]) -> tuple[float, float]:
+    """Whole decades around the positive values (at least 1 ms .. 100 ms)."""
+    pos = [v for v in values if v > 0 and not math.isnan(v)]
+    lo = min(pos) if pos else 1.0
+    hi = max(pos) if pos else 100.0
+    lo_e = max(-1, min(0, math.floor(math.log10(lo))))
+    hi_e = max(2, math.ceil(math.log10(hi)))
+    return 10.0 ** lo_e, 10.0 ** hi_e
+
+
+def _logmap(area: QRectF, lo: float, hi: float):
+    a, b = math.log10(lo), math.log10(hi)
+
+    def f(v: float) -> float:
+        t = (math.log10(min(max(v, lo), hi)) - a) / (b - a)
+        return area.bottom() - t * area.height()
+
+    return f
+
+
 class LatencyPlot(_PlotBase):
     """Rolling P50 (solid) and P95 (dashed) per stage, total in white on top."""
 
-    title = "Latency per stage (ms) — P50 solid, P95 dashed"
+    title = "Latency per stage — P50 solid, P95 dashed (log scale)"
 
     def paintEvent(self, event) -> None:  # noqa: N802
         p = QPainter(self)
@@ -177,29 +202,43 @@ class LatencyPlot(_PlotBase):
         names = h.stage_names()
         # legend: one row of "stage p50/p95", right of the title, wrapping as needed
         legend_h = self._legend(p, r, names)
-        area = QRectF(r.left() + 52, r.top() + 30 + legend_h, r.width() - 66, r.height() - 54 - legend_h)
+        area = QRectF(r.left() + 58, r.top() + 34 + legend_h, r.width() - 72, r.height() - 58 - legend_h)
         if area.height() < 20:
             p.end()
             return
-        peak = 0.0
-        for n in names:
-            for v in list(h.stages[n][1]):
-                if not math.isnan(v):
-                    peak = max(peak, v)
-        ymax = _nice_ceiling(peak * 1.1)
-        self._axes(p, area, ymax, "ms")
+        values = [v for n in names for dq in h.stages[n] for v in dq]
+        lo, hi = _log_range(values)
+        ymap = _logmap(area, lo, hi)
+        self._log_axes(p, area, lo, hi, ymap)
         xs = self._xs(area)
         if not names:
             p.setPen(QColor(theme.MUTED))
             p.drawText(area, Qt.AlignCenter, "no frames yet — start the stream")
         for i, n in reversed(list(enumerate(names))):
             c = theme.stage_color(n, i)
-            width = 2.2 if n == "total" else 1.4
-            self._line(p, xs, h.stages[n][0], area, ymax, QPen(c, width))
-            dashed = QPen(c, width * 0.8, Qt.DashLine)
-            self._line(p, xs, h.stages[n][1], area, ymax, dashed)
+            width = 2.4 if n == "total" else 1.4
+            self._line(p, xs, h.stages[n][0], area, ymap, QPen(c, width))
+            self._line(p, xs, h.stages[n][1], area, ymap, QPen(c, width * 0.8, Qt.DashLine))
         self.paints += 1
         p.end()
+
+    def _log_axes(self, p: QPainter, area: QRectF, lo: float, hi: float, ymap) -> None:
+        small = QFont(self.font())
+        small.setPointSizeF(max(7.0, small.pointSizeF() * 0.82))
+        p.setFont(small)
+        e = round(math.log10(lo))
+        while 10.0 ** e <= hi * 1.0001:
+            v = 10.0 ** e
+            y = ymap(v)
+            p.setPen(QPen(QColor(theme.BORDER), 1, Qt.SolidLine if v == lo else Qt.DotLine))
+            p.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
+            p.setPen(QColor(theme.MUTED))
+            p.drawText(QRectF(area.left() - 50, y - 8, 44, 16), Qt.AlignRight | Qt.AlignVCenter,
+                       f"{v:g} ms")
+            e += 1
+        p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft, f"-{self.history.window_s:.0f} s")
+        p.drawText(QRectF(area.right() - 60, area.bottom() + 2, 60, 14), Qt.AlignRight, "now")
+        p.setFont(self.font())
 
     def _legend(self, p: QPainter, r: QRectF, names: list[str]) -> float:
         small = QFont(self.font())
@@ -260,7 +299,7 @@ class RatePlot(_PlotBase):
             if v > 0 and x >= area.left():
                 hh = min(v, ymax) / ymax * area.height()
                 p.drawRect(QRectF(x - bar_w / 2, area.bottom() - hh, bar_w, hh))
-        self._line(p, xs, h.fps, area, ymax, QPen(QColor(theme.GREEN), 2.0))
+        self._line(p, xs, h.fps, area, _linear(area, ymax), QPen(QColor(theme.GREEN), 2.0))
         self.paints += 1
         p.end()
 

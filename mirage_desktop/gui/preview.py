@@ -112,9 +112,10 @@ class FrameFeed(QObject):
         tw, th = target
         if mode == "side_by_side" and original is not None:
             h, w = frame.shape[:2]
-            s = min(tw / (2 * w), th / h)
+            gap_w = max(2, tw // 160)
+            s = min((tw - gap_w) / (2 * w), th / h)
             size = (max(1, int(w * s)), max(1, int(h * s)))
-            gap = np.zeros((size[1], max(2, size[0] // 80), 3), np.uint8)
+            gap = np.zeros((size[1], gap_w, 3), np.uint8)
             gap[:] = (39, 32, 29)
             left = cv2.resize(original, size, interpolation=cv2.INTER_AREA)
             right = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)

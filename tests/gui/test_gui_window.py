@@ -1,0 +1,121 @@
+"""The main window opens, streams into the preview, switches views and closes cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+import numpy as np
+
+
+def _live_threads():
+    return [t.name for t in threading.enumerate() if t.name.startswith("mirage-") and t.is_alive()]
+
+
+def test_window_opens_streams_and_closes_cleanly(qtbot, make_window):
+    win = make_window()
+    assert win.isVisible()
+    assert win.windowTitle() == "Mirage"
+    win.start()
+    qtbot.waitUntil(lambda: win.engine.running, timeout=10000)
+    qtbot.waitUntil(lambda: win.preview.painted_frames >= 3, timeout=10000)
+    assert win.start_btn.text() == "Stop"
+    # the status bar names the provider, the FPS and the output in use
+    qtbot.waitUntil(lambda: "FPS" in win.sb_fps.text() and win.sb_fps.text()[0].isdigit(), timeout=5000)
+    assert "CPU" in win.sb_provider.text()
+    qtbot.waitUntil(lambda: "null" in win.sb_output.text(), timeout=5000)
+    assert win.preview.image is not None and win.preview.image.width() > 100
+    win.close()
+    assert not win.engine.running
+    qtbot.waitUntil(lambda: not _live_threads(), timeout=5000)
+
+
+def test_stop_button_stops_and_start_again(qtbot, make_window):
+    win = make_window()
+    win.toggle_running()
+    qtbot.waitUntil(lambda: win.engine.running and win.start_btn.isEnabled(), timeout=10000)
+    win.start_btn.click()
+    qtbot.waitUntil(lambda: not win.engine.running and win.start_btn.text() == "Start", timeout=10000)
+    assert win.preview.image is None
+    win.start_btn.click()
+    qtbot.waitUntil(lambda: win.engine.running, timeout=10000)
+    n = win.controller.feed.frames_in
+    qtbot.waitUntil(lambda: win.controller.feed.frames_in > n + 3, timeout=10000)
+
+
+def test_side_by_side_shows_original_and_output(qtbot, make_window):
+    win = make_window()
+    win.start()
+    qtbot.waitUntil(lambda: win.preview.image is not None, timeout=10000)
+    img = win.preview.image
+    assert abs(img.width() / img.height() - 1.0) < 0.1  # the astronaut photo is square
+    win.view_sbs.click()
+    assert win.controller.feed.mode == "side_by_side"
+    qtbot.waitUntil(lambda: win.preview.image is not None and win.preview.image.width() > 1.8 * win.preview.image.height(),
+                    timeout=10000)
+    win.view_output.click()
+    qtbot.waitUntil(lambda: abs(win.preview.image.width() / win.preview.image.height() - 1.0) < 0.1, timeout=10000)
+
+
+def test_frame_feed_renders_at_preview_size_and_drops_old_frames(qtbot):
+    from mirage_desktop.gui.preview import FrameFeed
+
+    a = np.zeros((480, 640, 3), np.uint8)
+    b = np.full((480, 640, 3), 255, np.uint8)
+    img = FrameFeed.render(a, b, (320, 400), "output")
+    assert (img.width(), img.height()) == (320, 240)
+    img = FrameFeed.render(b, a, (700, 400), "side_by_side")
+    assert img.height() <= 400 and img.width() <= 700 and img.width() > 2 * img.height()
+    left, right = img.pixelColor(5, img.height() // 2), img.pixelColor(img.width() - 5, img.height() // 2)
+    assert left.red() == 0 and right.red() == 255  # original left, output right
+
+    feed = FrameFeed(max_fps=1000)
+    try:
+        class P:
+            def __init__(self, v):
+                self.frame = np.full((40, 40, 3), v, np.uint8)
+                self.original = None
+        for v in range(50):  # a burst: only the newest matters
+            feed.on_packet(P(v))
+        qtbot.waitUntil(lambda: feed.frames_shown >= 1, timeout=3000)
+        qtbot.wait(100)
+        shown = feed.take_image()
+        assert shown is not None and shown.pixelColor(1, 1).red() == 49
+        assert feed.frames_shown < 50
+    finally:
+        feed.close()
+
+
+def test_mirage_without_arguments_opens_the_window(monkeypatch):
+    import mirage_desktop.cli as cli
+    import mirage_desktop.gui.cli as gui_cli
+
+    seen = {}
+    monkeypatch.setattr(gui_cli, "run", lambda args: seen.setdefault("args", args) and 0)
+    assert cli.main([]) == 0
+    assert seen["args"]._module == "mirage_desktop.gui.cli"
+
+
+def test_build_window_from_command_line_arguments(qtbot, tmp_path, astronaut, gui_models):
+    import cv2
+
+    from mirage_desktop.gui.cli import add_arguments, build_window
+
+    photo = tmp_path / "cam.png"
+    cv2.imwrite(str(photo), astronaut)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--input", str(photo), "--output", "null", "--no-autostart",
+                         "--model", f"w600k_r50={gui_models['w600k_r50']}",
+                         "--model", f"inswapper_128_fp16={gui_models['inswapper_128_fp16']}"])
+    win = build_window(args)
+    qtbot.addWidget(win)
+    try:
+        assert win.current_source() == str(photo)
+        assert win.current_outputs() == ["null"]
+        qtbot.waitUntil(win.controller.models_ready.is_set, timeout=15000)
+        qtbot.waitUntil(lambda: "inswapper" in win.sb_models.text(), timeout=5000)
+        win.start()
+        qtbot.waitUntil(lambda: win.preview.painted_frames > 0 or win.preview.image is not None, timeout=10000)
+    finally:
+        win.close()
