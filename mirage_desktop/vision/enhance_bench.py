@@ -83,6 +83,10 @@ def run(enhancer, interval: int, frames: int, seed: int = 0) -> Metrics:
     return metrics
 
 
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=6, help="frames for the every-frame run (k-th run does 2x)")
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     for interval, frames in ((1, args.frames), (args.interval, 2 * args.frames)):
         m = run(enh, interval, frames)
         snap = m.snapshot()
-        print(f"\n== enhancer every {'frame' if interval == 1 else f'{interval}th frame'} "
+        every = "frame" if interval == 1 else f"{interval}{_ordinal(interval)} frame"
+        print(f"\n== enhancer every {every} "
               f"({frames} frames, {m.counter('enhance.runs')} model runs, {m.counter('enhance.reused')} re-used)")
         print(format_table(snap, ["smooth", "color@128", "enhance", "enhance.model", "total"]))
         mean_total = snap["stages"]["total"]["mean"]
