@@ -20,29 +20,32 @@ def _lab(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img.astype(np.float32) * (1.0 / 255.0), cv2.COLOR_BGR2LAB)
 
 
-def _weights(mask: np.ndarray | None, shape: tuple) -> np.ndarray:
+def _mask_u8(mask: np.ndarray | None, shape: tuple) -> np.ndarray | None:
+    """The region to measure as a uint8 0/1 mask (weight >= 0.5), crop-sized; None = everything."""
     if mask is None:
-        return np.ones(shape[:2], np.float32)
-    m = np.asarray(mask, dtype=np.float32)
+        return None
+    m = np.asarray(mask)
     if m.ndim == 3:
         m = m[..., 0]
-    if m.max(initial=0.0) > 1.0:  # a uint8 0..255 mask
-        m = m * (1.0 / 255.0)
     if m.shape != tuple(shape[:2]):
         m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    return np.clip(m, 0.0, 1.0)
+    if m.dtype == np.uint8:
+        thresh = 1 if m.max(initial=0) <= 1 else 128  # a 0/1 or a 0..255 mask
+    else:
+        thresh = 0.5
+    return (m >= thresh).astype(np.uint8)
+
+
+def _stats(lab: np.ndarray, m: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if m is not None and not m.any():
+        raise ValueError("the mask is empty")
+    mean, std = cv2.meanStdDev(lab, mask=m)
+    return mean.reshape(3), std.reshape(3)
 
 
 def lab_stats(img_bgr: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Mask-weighted per-channel (mean, std) of ``img_bgr`` in LAB, each shape (3,)."""
-    lab = _lab(img_bgr).reshape(-1, 3)
-    w = _weights(mask, img_bgr.shape).reshape(-1)
-    total = float(w.sum())
-    if total < 1e-6:
-        raise ValueError("the mask is empty")
-    mean = (lab * w[:, None]).sum(0) / total
-    var = (((lab - mean) ** 2) * w[:, None]).sum(0) / total
-    return mean, np.sqrt(np.maximum(var, 0.0))
+    """Per-channel (mean, std) of ``img_bgr`` in LAB inside ``mask`` (weight >= 0.5), each shape (3,)."""
+    return _stats(_lab(img_bgr), _mask_u8(mask, img_bgr.shape))
 
 
 def match_color(swapped_bgr: np.ndarray, target_bgr: np.ndarray, mask: np.ndarray | None = None,
@@ -50,9 +53,10 @@ def match_color(swapped_bgr: np.ndarray, target_bgr: np.ndarray, mask: np.ndarra
     """Return ``swapped_bgr`` re-coloured so its LAB mean/std inside ``mask`` match ``target_bgr``'s.
 
     Both crops are the same aligned view (e.g. the inswapper output and the 128 px crop it was
-    made from); ``mask`` (float 0..1 or uint8, crop-sized or resizable to it) selects the skin
-    to measure, e.g. :func:`mirage_desktop.vision.blend.face_mask`. The transfer is applied to
-    the whole crop (paste-back masks it anyway). ``strength`` 0..1 blends towards the original.
+    made from); ``mask`` (float 0..1, uint8 0..255 or 0/1; crop-sized or resizable to it;
+    pixels weighing at least one half count) selects the skin to measure, e.g.
+    :func:`mirage_desktop.vision.blend.face_mask`. The transfer is applied to the whole crop
+    (paste-back masks it anyway). ``strength`` 0..1 blends towards the original.
     An empty mask returns the input unchanged.
     """
     if swapped_bgr.shape[:2] != target_bgr.shape[:2]:
@@ -61,17 +65,19 @@ def match_color(swapped_bgr: np.ndarray, target_bgr: np.ndarray, mask: np.ndarra
     strength = min(max(float(strength), 0.0), 1.0)
     if strength == 0.0:
         return swapped_bgr.copy()
+    m = _mask_u8(mask, swapped_bgr.shape)
+    lab = _lab(swapped_bgr)
     try:
-        mu_s, sd_s = lab_stats(swapped_bgr, mask)
-        mu_t, sd_t = lab_stats(target_bgr, mask)
+        mu_s, sd_s = _stats(lab, m)
+        mu_t, sd_t = _stats(_lab(target_bgr), m)
     except ValueError:
         return swapped_bgr.copy()
-    ratio = np.clip(sd_t / np.maximum(sd_s, 1e-3), _RATIO_MIN, _RATIO_MAX).astype(np.float32)
+    ratio = np.clip(sd_t / np.maximum(sd_s, 1e-3), _RATIO_MIN, _RATIO_MAX)
     if strength < 1.0:
         ratio = 1.0 + strength * (ratio - 1.0)
         mu_t = mu_s + strength * (mu_t - mu_s)
-    lab = _lab(swapped_bgr)
-    lab = (lab - mu_s.astype(np.float32)) * ratio + mu_t.astype(np.float32)
+    # (lab - mu_s) * ratio + mu_t, as one multiply-add per pixel
+    lab = cv2.transform(lab, np.hstack([np.diag(ratio), (mu_t - mu_s * ratio)[:, None]]).astype(np.float32))
     lab[..., 0] = np.clip(lab[..., 0], 0.0, 100.0)
-    out = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
-    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out = np.clip(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR), 0.0, 1.0, out=None)
+    return cv2.convertScaleAbs(out, alpha=255.0)  # rounds and saturates to uint8

@@ -65,6 +65,8 @@ def test_strength_and_degenerate_masks(target_crop):
     assert full < half < orig
     empty = np.zeros((128, 128), np.float32)
     np.testing.assert_array_equal(match_color(swapped, target_crop, empty), swapped)
-    u8 = (mask * 255).astype(np.uint8)  # uint8 masks work as well
+    u8 = (mask * 255).astype(np.uint8)  # uint8 masks work as well, 0..255 or 0/1
+    np.testing.assert_array_equal(match_color(swapped, target_crop, (mask >= 0.5).astype(np.uint8)),
+                                  match_color(swapped, target_crop, mask))
     np.testing.assert_allclose(match_color(swapped, target_crop, u8).astype(int),
                                match_color(swapped, target_crop, mask).astype(int), atol=2)
