@@ -1,0 +1,71 @@
+"""Latency plots and the health banner follow the engine's metrics."""
+
+from __future__ import annotations
+
+import math
+
+
+def _snap(t_p50, t_p95, fps, dropped, running=True, level="green", reasons=("running well",)):
+    return {"stages": {"total": {"count": 100, "p50": t_p50, "p95": t_p95},
+                       "swap": {"count": 100, "p50": t_p50 / 2, "p95": t_p95 / 2},
+                       "voice.chunk": {"count": 5, "p50": 1.0, "p95": 2.0}},
+            "counters": {"frames.out": 100, "dropped.worker_busy": dropped},
+            "gauges": {"fps": fps}, "status": {"running": running},
+            "health": {"level": level, "reasons": list(reasons)}}
+
+
+def test_history_keeps_rolling_p50_p95_fps_and_drops():
+    from mirage_desktop.gui.plots import MetricsHistory
+
+    h = MetricsHistory(window_s=10, max_points=5)
+    h.add(_snap(10, 20, 30, 0), now=0.0)
+    h.add(_snap(12, 40, 25, 5), now=1.0)
+    assert h.stage_names() == ["total", "swap"]  # voice stages are not video latency
+    assert h.latest("total") == (12, 40) and h.latest("swap") == (6, 20)
+    assert list(h.fps) == [30, 25] and list(h.dropped_rate) == [0.0, 5.0] and h.dropped_total == 5
+    for i in range(10):
+        h.add(_snap(1, 2, 30, 5), now=2.0 + i)
+    assert len(h.t) == 5 and len(h.stages["total"][0]) == 5  # rolling
+    # a stage that appears later lines up with the time axis
+    s = _snap(1, 2, 30, 5)
+    s["stages"]["enhance"] = {"count": 3, "p50": 7.0, "p95": 9.0}
+    h.add(s, now=20.0)
+    assert len(h.stages["enhance"][0]) == len(h.t) and h.latest("enhance") == (7.0, 9.0)
+
+
+def test_plot_widgets_repaint_from_snapshots_and_banner_shows_health(qtbot, make_window):
+    win = make_window()
+    win.controller.timer.stop()  # only the snapshots below
+    qtbot.waitUntil(lambda: not win.controller._snap_inflight, timeout=3000)
+    lat0, rate0 = win.latency_plot.paints, win.rate_plot.paints
+    win._on_snapshot(_snap(15, 35, 28, 3, level="yellow", reasons=["P95 latency 95 ms, above 80 ms"]))
+    qtbot.waitUntil(lambda: win.latency_plot.paints > lat0 and win.rate_plot.paints > rate0, timeout=3000)
+    assert win.history.latest("total") == (15, 35)
+    assert win.banner.level == "yellow" and "P95 latency 95 ms" in win.banner.text.text()
+    assert "28.0 FPS" == win.sb_fps.text()
+    win._on_snapshot(_snap(15, 35, 28, 3, level="red", reasons=["pass-through: no swapper model"]))
+    assert win.banner.level == "red" and win.banner.title.text() == "Needs attention"
+    # the plot draws distinct pixels for the total's line
+    img = win.latency_plot.grab().toImage()
+    assert img.width() > 100
+    colors = {img.pixelColor(x, y).name() for x in range(0, img.width(), 3) for y in range(0, img.height(), 3)}
+    assert "#f2f4f8" in colors or len(colors) > 20
+
+
+def test_plots_follow_the_running_engine(qtbot, make_window):
+    win = make_window()
+    win.start()
+    qtbot.waitUntil(lambda: win.engine.running, timeout=10000)
+    qtbot.waitUntil(lambda: win.history.updates >= 4 and "total" in win.history.stages, timeout=10000)
+    p50, p95 = win.history.latest("total")
+    assert not math.isnan(p50) and p95 >= p50 > 0
+    snap = win.controller.last_snapshot
+    assert snap["stages"]["total"]["count"] > 0
+    assert win.history.fps[-1] > 0
+    assert win.latency_plot.paints > 0 and win.rate_plot.paints > 0
+    # no face chosen yet: frames pass through, and the banner says why
+    assert win.banner.level == "red" and "no source face chosen" in win.banner.text.text()
+    # a few times a second, not once per frame
+    u0 = win.history.updates
+    qtbot.wait(1000)
+    assert 2 <= win.history.updates - u0 <= 6
