@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not start the camera when the window opens")
     parser.add_argument("--screenshot", metavar="PNG",
                         help="render the window (with --input as the camera), save it as PNG and exit")
+    parser.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)  # smoke tests
 
 
 def parse_models(items: list[str]) -> dict[str, str]:
@@ -90,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
     app.lastWindowClosed.connect(closed.set)
     app.aboutToQuit.connect(closed.set)
     win.show()
+    if getattr(args, "quit_after", None):
+        async def quit_later():
+            await asyncio.sleep(args.quit_after)  # runs on the qasync loop, beside Qt's events
+            win.close()
+
+        loop.create_task(quit_later())
     with loop:
         loop.run_until_complete(closed.wait())
     return 0

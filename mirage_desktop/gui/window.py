@@ -277,12 +277,12 @@ class MainWindow(QMainWindow):
             lambda _: self._output_option({"vcam_backend": self.backend.currentData()}))
         fl.addRow("Backend", self.backend)
         self.resolution = QComboBox()
-        for text, wh in RESOLUTIONS:
-            self.resolution.addItem(text, wh)
-        cur = (s.output_width, s.output_height)
-        i = next((k for k, (_, wh) in enumerate(RESOLUTIONS) if wh == cur), -1)
+        for text, (rw, rh) in RESOLUTIONS:
+            self.resolution.addItem(text, f"{rw}x{rh}")
+        cur = f"{s.output_width}x{s.output_height}"
+        i = self.resolution.findData(cur)
         if i < 0:
-            self.resolution.addItem(f"{cur[0]} × {cur[1]}", cur)
+            self.resolution.addItem(f"{s.output_width} × {s.output_height}", cur)
             i = self.resolution.count() - 1
         self.resolution.setCurrentIndex(i)
         self.resolution.currentIndexChanged.connect(self._resolution_changed)
@@ -434,7 +434,7 @@ class MainWindow(QMainWindow):
             self.start()
 
     def _resolution_changed(self, _i: int) -> None:
-        w, h = self.resolution.currentData()
+        w, h = (int(x) for x in str(self.resolution.currentData() or "0x0").split("x"))
         self._output_option({"output_width": int(w), "output_height": int(h)})
 
     def _output_option(self, values: dict) -> None:
