@@ -116,9 +116,10 @@ class Engine:
             st.enhancer = "off"
             return
         try:
-            from .vision.enhancer import EnhanceStage, load_enhancer
+            from .vision.enhancer import REGISTRY_NAMES, EnhanceStage, load_enhancer
 
-            enh = load_enhancer(self.settings.enhancer, self.settings, overrides=self.overrides)
+            kind = self.settings.enhancer
+            enh = load_enhancer(kind, self.settings, path=self.overrides.get(REGISTRY_NAMES[kind]))
             self.enhance_stage = EnhanceStage(enh, interval=self.settings.enhancer_interval,
                                               blend=self.settings.enhancer_blend, metrics=self.metrics)
             st.enhancer = self.settings.enhancer

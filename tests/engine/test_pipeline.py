@@ -99,14 +99,14 @@ def test_missing_virtual_camera_says_how_to_install_it():
 
 def test_file_sink_writes_a_playable_video(engine, astronaut, tmp_path):
     out = tmp_path / "out.mp4"
-    engine.start(ImageSource(astronaut, fps=60, frames=15), [FileSink(out)])
+    engine.start(ImageSource(astronaut, fps=20, frames=15), [FileSink(out)])
     assert engine.wait(30)
     engine.stop()
     cap = cv2.VideoCapture(str(out))
     n = 0
     while cap.read()[0]:
         n += 1
-    assert 10 <= n <= 15
+    assert n == engine.metrics.counter("frames.out") >= 5  # every frame sent is in the file
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (512, 512)
 
 
