@@ -209,6 +209,11 @@ class Engine:
                 p._subscribers[token] = fn
             p.start()
             self.pipeline = p
+            if self._status.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+                from .control.gpu import GpuMemoryMonitor
+
+                self._gpu_monitor = GpuMemoryMonitor(self.metrics)
+                self._gpu_monitor.start()
             self._status.running = True
             self._status.source = src.name
             self._status.outputs = [x.describe() for x in sinks]
@@ -250,6 +255,9 @@ class Engine:
             if self.pipeline is not None:
                 self.pipeline.stop()
                 self.pipeline = None
+            if getattr(self, "_gpu_monitor", None) is not None:
+                self._gpu_monitor.stop()
+                self._gpu_monitor = None
             self._status.running = False
 
     def wait(self, timeout: float | None = None) -> bool:
