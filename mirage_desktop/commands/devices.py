@@ -29,7 +29,8 @@ def run(args) -> int:
         return 0
     print("Cameras:")
     for c in info["cameras"] or [{"index": "-", "name": "none found (plug one in, or use --input FILE)"}]:
-        print(f"  {c.get('index', '-'):>3}  {c.get('name', '')}  {c.get('device', '')}")
+        idx = c.get("index")
+        print(f"  {'-' if idx is None else idx:>3}  {c.get('name', '')}  {c.get('device', '')}")
     print("Virtual camera backends:")
     for b in info["virtual_camera_backends"]:
         print(f"  {b['backend']:<14} {'ready' if b['available'] else 'NOT READY'}  {b['detail']}")
@@ -42,5 +43,7 @@ def run(args) -> int:
             continue
         io = ("in " if d.get("max_input_channels") else "   ") + ("out" if d.get("max_output_channels") else "   ")
         tag = "  [virtual cable]" if d.get("is_virtual_cable") else ""
-        print(f"  {d.get('index', ''):>3}  {io}  {d.get('name', '')}{tag}")
+        idx = d.get("index")
+        where = f"  ({d['hostapi']})" if d.get("hostapi") and idx is None else ""
+        print(f"  {'-' if idx is None else idx:>3}  {io}  {d.get('name', '')}{where}{tag}")
     return 0

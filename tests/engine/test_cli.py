@@ -94,6 +94,9 @@ def test_devices_and_doctor(capsys):
     info = json.loads(capsys.readouterr().out)
     assert {"cameras", "virtual_camera_backends", "audio"} <= set(info)
     assert any(b["backend"] == "v4l2loopback" for b in info["virtual_camera_backends"]) or sys.platform != "linux"
+    assert main(["devices"]) == 0  # the human-readable listing too
+    listing = capsys.readouterr().out
+    assert "Cameras:" in listing and "Virtual camera backends:" in listing and "Audio devices:" in listing
     rc = main(["doctor"])
     out = capsys.readouterr().out
     assert rc == 0
