@@ -77,8 +77,9 @@ def test_virtual_camera_backend_receives_swapped_frames(engine, astronaut):
     engine.start(ImageSource(astronaut, fps=60, frames=20), [sink])
     assert engine.wait(30)
     engine.stop()
-    assert RecordingBackend.opened == [(640, 360, 30.0, pyvirtualcam.PixelFormat.BGR.value and
-                                        RecordingBackend.opened[0][3])]
+    from pyvirtualcam.util import encode_fourcc
+
+    assert RecordingBackend.opened == [(640, 360, 30.0, encode_fourcc(pyvirtualcam.PixelFormat.BGR.value))]
     assert len(RecordingBackend.frames) >= 10
     f = RecordingBackend.frames[-1]
     assert f.dtype == np.uint8 and f.size == 640 * 360 * 3  # BGR, as requested
