@@ -45,12 +45,12 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def invert_affine(m: np.ndarray) -> np.ndarray:
-    a = m[:, :2]
-    ai = np.linalg.inv(a)
-    out = np.empty((2, 3), dtype=np.float64)
-    out[:, :2] = ai
-    out[:, 2] = -ai @ m[:, 2]
-    return out
+    """Inverse of a 2x3 affine matrix (closed-form 2x2 inverse: this runs several times a frame)."""
+    a, b, c, d = m[0, 0], m[0, 1], m[1, 0], m[1, 1]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    tx, ty = m[0, 2], m[1, 2]
+    return np.array([[ia, ib, -(ia * tx + ib * ty)], [ic, id_, -(ic * tx + id_ * ty)]], dtype=np.float64)
 
 
 def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:

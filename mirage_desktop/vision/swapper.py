@@ -67,9 +67,9 @@ class InSwapper:
         pred = self.handle.run({"target": blob, "source": latent}, [self.output_name])[0]
         if metrics is not None:
             metrics.record("swap.model", (time.perf_counter() - t) * 1000)
-        img = pred[0].astype(np.float32).transpose(1, 2, 0)
-        out = np.clip(img * 255.0, 0, 255).astype(np.uint8)
-        return cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
+        # CHW RGB [0,1] → HWC BGR uint8: flip the channel axis first, one conversion pass
+        img = pred[0, ::-1].transpose(1, 2, 0)
+        return cv2.convertScaleAbs(np.ascontiguousarray(img, dtype=np.float32), alpha=255.0)
 
     def swap(self, frame: np.ndarray, face: Face, latent: np.ndarray, *, mouth_mask: bool = False,
              color_fn=None, metrics=None) -> tuple | None:

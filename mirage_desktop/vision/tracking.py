@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .align import invert_affine as _inverse
+from .align import transform_points as _apply
 from .face import Face
 
 
@@ -65,23 +67,29 @@ def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts @ m[:, :2].T + m[:, 2]
-
-
-def _inverse(m: np.ndarray) -> np.ndarray:
-    ai = np.linalg.inv(m[:, :2])
-    out = np.empty((2, 3))
-    out[:, :2] = ai
-    out[:, 2] = -ai @ m[:, 2]
-    return out
-
-
 def _gray(frame: np.ndarray, box: tuple) -> np.ndarray:
     """Grayscale of one region only (the full frame is never converted)."""
     x0, y0, x1, y1 = box
     roi = frame[y0:y1, x0:x1]
     return cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY) if roi.ndim == 3 and roi.size else roi.copy()
+
+
+# a 5x5 grid over the inner 70 % of a face box, in box-relative units
+_GRID = np.stack(np.meshgrid(np.linspace(0.15, 0.85, 5), np.linspace(0.15, 0.85, 5)), -1).reshape(-1, 2)
+
+
+def _region(bbox: np.ndarray, w: int, h: int) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = bbox
+    bw, bh = x2 - x1, y2 - y1
+    return (int(max(0, x1 - 0.4 * bw)), int(max(0, y1 - 0.4 * bh)),
+            int(min(w, x2 + 0.4 * bw)), int(min(h, y2 + 0.4 * bh)))
+
+
+def _inside(bbox: np.ndarray, region: tuple, margin: float = 0.2) -> bool:
+    """Is the face still comfortably inside the region flow runs on (so it can be kept)?"""
+    x1, y1, x2, y2 = bbox
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    return x1 - mx >= region[0] and y1 - my >= region[1] and x2 + mx <= region[2] and y2 + my <= region[3]
 
 
 IDENTITY = np.array([[1.0, 0, 0], [0, 1.0, 0]])
@@ -172,14 +180,13 @@ class FaceTracker:
         h, w = frame.shape[:2]
         for t in self.tracks:
             m = None
+            cur = None
             if t.prev_gray is not None and t.prev_box is not None:
                 rx0, ry0, rx1, ry1 = t.prev_box  # the same region in both frames
                 cur = _gray(frame, t.prev_box)
                 x1, y1, x2, y2 = t.face.bbox
-                bw, bh = x2 - x1, y2 - y1
-                gx, gy = np.meshgrid(np.linspace(x1 + 0.15 * bw, x2 - 0.15 * bw, 5),
-                                     np.linspace(y1 + 0.15 * bh, y2 - 0.15 * bh, 5))
-                pts = np.concatenate([np.stack([gx.ravel(), gy.ravel()], 1), t.face.kps]) - [rx0, ry0]
+                grid = _GRID * [x2 - x1, y2 - y1] + [x1, y1]
+                pts = np.concatenate([grid, t.face.kps]) - [rx0, ry0]
                 pts = np.clip(pts, 0, [max(rx1 - rx0 - 1, 0), max(ry1 - ry0 - 1, 0)])
                 if cur.shape == t.prev_gray.shape and min(cur.shape[:2]) >= 16:
                     p0 = pts.astype(np.float32).reshape(-1, 1, 2)
@@ -201,12 +208,11 @@ class FaceTracker:
                           t.face.embedding, t.id, t.face.stable)
                 t.face = nf
             t.motion.append((frame_index, t.acc.copy()))
-            x1, y1, x2, y2 = t.face.bbox
-            bw, bh = x2 - x1, y2 - y1
-            nbox = (int(max(0, x1 - 0.4 * bw)), int(max(0, y1 - 0.4 * bh)),
-                    int(min(w, x2 + 0.4 * bw)), int(min(h, y2 + 0.4 * bh)))
-            t.prev_box = nbox
-            t.prev_gray = _gray(frame, nbox)
+            if cur is not None and _inside(t.face.bbox, t.prev_box):
+                t.prev_gray = cur  # the face is still well inside: keep the region, re-use its grey
+            else:
+                t.prev_box = _region(t.face.bbox, w, h)
+                t.prev_gray = _gray(frame, t.prev_box)
 
     def note_frame(self, frame: np.ndarray, frame_index: int) -> None:
         """On a frame where the tracks were set from a detection: remember the region for flow."""
@@ -214,10 +220,7 @@ class FaceTracker:
         for t in self.tracks:
             if not t.motion or t.motion[-1][0] != frame_index:
                 t.motion.append((frame_index, t.acc.copy()))
-            x1, y1, x2, y2 = t.face.bbox
-            bw, bh = x2 - x1, y2 - y1
-            box = (int(max(0, x1 - 0.4 * bw)), int(max(0, y1 - 0.4 * bh)),
-                   int(min(w, x2 + 0.4 * bw)), int(min(h, y2 + 0.4 * bh)))
+            box = _region(t.face.bbox, w, h)
             t.prev_box = box
             t.prev_gray = _gray(frame, box)
 
