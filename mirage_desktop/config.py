@@ -67,6 +67,8 @@ class Settings:
     codeformer_fidelity: float = 0.75
     enhancer_interval: int = 1
     enhancer_blend: float = 1.0
+    enhancer_async: bool = True  # run the enhancer on its own thread; the video never waits for it
+    enhancer_device: str = "auto"  # torch device for CodeFormer: auto | cuda | cpu
     # --- runtime ---
     providers: str = "auto"  # "auto" or comma list, e.g. "CUDAExecutionProvider,CPUExecutionProvider"
     # --- video io ---

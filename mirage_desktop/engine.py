@@ -111,6 +111,8 @@ class Engine:
 
     def _load_enhancer(self) -> None:
         st = self._status
+        if self.enhance_stage is not None:
+            self.enhance_stage.close()
         self.enhance_stage = None
         if not self.settings.enable_enhancer:
             st.enhancer = "off"
@@ -121,7 +123,8 @@ class Engine:
             kind = self.settings.enhancer
             enh = load_enhancer(kind, self.settings, path=self.overrides.get(REGISTRY_NAMES[kind]))
             self.enhance_stage = EnhanceStage(enh, interval=self.settings.enhancer_interval,
-                                              blend=self.settings.enhancer_blend, metrics=self.metrics)
+                                              blend=self.settings.enhancer_blend, metrics=self.metrics,
+                                              background=self.settings.enhancer_async)
             st.enhancer = self.settings.enhancer
         except (MirageError, ImportError) as exc:
             st.enhancer = "none"

@@ -37,6 +37,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="CodeFormer fidelity 0..1 (MIRAGE_CODEFORMER_FIDELITY, default 0.75)")
     e.add_argument("--enhancer-interval", type=int, help="enhance every k-th frame, re-use in between (default 1)")
     e.add_argument("--enhancer-blend", type=float, help="0..1 mix of the enhanced face over the raw swap")
+    e.add_argument("--enhancer-sync", dest="enhancer_async", action="store_false", default=None,
+                   help="run the enhancer inline (every result is fresh; the frame waits for it)")
     c = p.add_argument_group("identity")
     c.add_argument("--source", action="append", default=[], metavar="PHOTO",
                    help="photo(s) of the face to use (several photos of one person are averaged)")
@@ -47,7 +49,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 SETTING_ARGS = ("max_faces", "det_size", "detect_interval", "providers", "swapper_precision", "enable_swap",
                 "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer", "enable_smoothing",
-                "enable_enhancer", "enhancer", "codeformer_fidelity", "enhancer_interval", "enhancer_blend")
+                "enable_enhancer", "enhancer", "codeformer_fidelity", "enhancer_interval", "enhancer_blend",
+                "enhancer_async")
 
 
 def settings_from_args(args, extra: dict | None = None):

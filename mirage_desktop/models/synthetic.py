@@ -201,3 +201,17 @@ def build_model_set(folder: Path, faces: list[ScriptedFace], det_size: int = 640
         "w600k_r50": build_arcface(folder / "w600k_r50.onnx", gmac=6.3 if realistic else 0.0),
         "inswapper_128": build_inswapper(folder / "inswapper_128.onnx", gmac=12.0 if realistic else 0.0),
     }
+
+
+def build_gfpgan(path: Path, size: int = 512) -> Path:
+    """GFPGAN v1.4 ONNX signature: ``input`` 1x3x512x512 RGB in [-1, 1] → same shape.
+
+    Computes ``0.5 * input`` (a visibly flatter face) so tests can see where it was pasted.
+    """
+    onnx, TensorProto, helper, numpy_helper = _onnx()
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    graph = helper.make_graph([helper.make_node("Mul", ["input", "half"], ["output"])], "gfpgan_synthetic",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, size, size])],
+                              [half])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

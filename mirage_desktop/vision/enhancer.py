@@ -33,6 +33,7 @@ from ..errors import ModelError
 from ..metrics import Metrics
 from .align import FFHQ_512, align_matrix, invert_affine, warp_crop
 from .face import Face
+from .slot import LatestSlot
 
 log = logging.getLogger(__name__)
 
@@ -365,12 +366,17 @@ class EnhanceStage:
     A raising enhancer does not stop the stream: the face is left as it is, the error counted
     (``enhance.errors``) and kept in :attr:`last_error`.
 
+    With ``background=True`` the model runs on a thread of its own: the video thread hands it
+    the newest aligned crop of each face that is due and pastes the newest finished result
+    (re-warped to the face as it is now), so a slow enhancer lowers how fresh the enhancement
+    is, never the frame rate. A face has no enhancement until its first result is ready.
+
     Metrics: ``enhance`` (whole stage per frame), ``enhance.model`` (network call only),
-    counters ``enhance.runs``, ``enhance.reused``, ``enhance.errors``.
+    counters ``enhance.runs``, ``enhance.reused``, ``enhance.errors``, ``enhance.superseded``.
     """
 
     def __init__(self, enhancer: Enhancer, interval: int = 1, blend: float = 1.0,
-                 metrics: Metrics | None = None, *, max_age: int = 30):
+                 metrics: Metrics | None = None, *, max_age: int = 30, background: bool = False):
         self.enhancer = check_enhancer(enhancer)
         self.size = int(enhancer.size)
         self.metrics = metrics if metrics is not None else Metrics()
@@ -384,6 +390,39 @@ class EnhanceStage:
         self._frame = 0
         self.last_error: str | None = None
         self._mask = ffhq_face_mask(self.size)
+        self.background = background
+        self._inflight: set[int] = set()
+        self._requests = LatestSlot(on_drop=self._dropped)
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._background_loop, name="mirage-enhancer", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background thread (if any)."""
+        self._requests.close()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+    def _dropped(self, requests) -> None:
+        self.metrics.incr("enhance.superseded")
+        with self._lock:
+            self._inflight.difference_update(tid for tid, _, _ in requests)
+
+    def _background_loop(self) -> None:
+        while True:
+            requests = self._requests.get(timeout=0.2)
+            if requests is None:
+                if self._requests.closed:
+                    return
+                continue
+            for tid, raw, index in requests:
+                enhanced = self._run_model(raw)
+                with self._lock:
+                    self._inflight.discard(tid)
+                    if enhanced is not None:
+                        self._cache[tid] = _TrackCache(enhanced, index, index)
 
     # -- live settings (any thread) --
     @property
@@ -433,11 +472,32 @@ class EnhanceStage:
         if blend <= 0.0 or not faces:
             return
         with self.metrics.timer("enhance"):
+            due: list = []
             for face in faces:
-                self._process_face(frame, face, index, interval, blend)
+                self._process_face(frame, face, index, interval, blend, due)
+            if due:
+                self._requests.put(due)
             self._evict(index)
 
-    def _process_face(self, frame: np.ndarray, face: Face, index: int, interval: int, blend: float) -> None:
+    def _run_model(self, raw: np.ndarray) -> np.ndarray | None:
+        try:
+            with self.metrics.timer("enhance.model"):
+                enhanced = self.enhancer.enhance(raw)
+        except Exception as exc:  # pass-through: never stop the stream
+            self.metrics.incr("enhance.errors")
+            if self.last_error is None:
+                log.warning("face enhancer %s failed, face left unenhanced: %s", self.enhancer.name, exc)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return None
+        if enhanced.shape != (self.size, self.size, 3) or enhanced.dtype != np.uint8:
+            self.metrics.incr("enhance.errors")
+            self.last_error = f"enhancer returned {enhanced.dtype} {enhanced.shape}"
+            return None
+        self.metrics.incr("enhance.runs")
+        return enhanced
+
+    def _process_face(self, frame: np.ndarray, face: Face, index: int, interval: int, blend: float,
+                      due: list) -> None:
         box = face_box(face, frame.shape)
         kps = np.asarray(face.kps, dtype=np.float64)
         if box is None or kps.shape != (5, 2) or not np.isfinite(kps).all():
@@ -446,23 +506,24 @@ class EnhanceStage:
         tid = int(face.track_id)
         with self._lock:
             entry = self._cache.get(tid) if tid >= 0 else None
-        need_raw = entry is None or index - entry.frame_index >= interval or blend < 1.0
+            stale = entry is None or index - entry.frame_index >= interval
+            submit = self.background and tid >= 0 and stale and tid not in self._inflight
+            if submit:
+                self._inflight.add(tid)
+        need_raw = stale or blend < 1.0
         raw = warp_crop(frame, m, self.size) if need_raw else None
-        if entry is None or index - entry.frame_index >= interval:
-            try:
-                with self.metrics.timer("enhance.model"):
-                    enhanced = self.enhancer.enhance(raw)
-            except Exception as exc:  # pass-through: never stop the stream
-                self.metrics.incr("enhance.errors")
-                if self.last_error is None:
-                    log.warning("face enhancer %s failed, face left unenhanced: %s", self.enhancer.name, exc)
-                self.last_error = f"{type(exc).__name__}: {exc}"
+        if submit:
+            due.append((tid, raw, index))
+        if self.background and tid >= 0:
+            if entry is None:
+                return  # the first result for this face is not ready yet
+            enhanced = entry.enhanced
+            entry.last_seen = index
+            self.metrics.incr("enhance.reused")
+        elif stale:
+            enhanced = self._run_model(raw)
+            if enhanced is None:
                 return
-            if enhanced.shape != (self.size, self.size, 3) or enhanced.dtype != np.uint8:
-                self.metrics.incr("enhance.errors")
-                self.last_error = f"enhancer returned {enhanced.dtype} {enhanced.shape}"
-                return
-            self.metrics.incr("enhance.runs")
             if tid >= 0:
                 with self._lock:
                     self._cache[tid] = _TrackCache(enhanced, index, index)
@@ -470,6 +531,8 @@ class EnhanceStage:
             enhanced = entry.enhanced
             entry.last_seen = index
             self.metrics.incr("enhance.reused")
+        if blend < 1.0 and raw is None:
+            raw = warp_crop(frame, m, self.size)
         out = enhanced if blend >= 1.0 else cv2.addWeighted(enhanced, blend, raw, 1.0 - blend, 0.0)
         paste_in_box(frame, out, m, self._mask, box)
 
