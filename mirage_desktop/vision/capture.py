@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+def _pace(due: float, fps: float) -> float:
+    """Sleep until ``due``; return when the next frame is due (never more than 0.5 s behind)."""
+    delay = due - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+    return max(due + 1.0 / fps, time.perf_counter() - 0.5)
+
+
 class CameraSource:
     kind = "camera"
 
@@ -127,10 +135,7 @@ class VideoFileSource:
         if self.cap is None:
             self.open()
         if self.realtime:
-            delay = self._next - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            self._next = max(self._next + 1.0 / self.fps, time.perf_counter() - 0.5)
+            self._next = _pace(self._next, self.fps)
         ok, frame = self.cap.read()
         if not ok:
             if not self.loop:
@@ -187,10 +192,7 @@ class ImageSource:
         if self.frames is not None and self._n >= self.frames:
             return None
         if self.realtime:
-            delay = self._next - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            self._next = max(self._next + 1.0 / self.fps, time.perf_counter() - 0.5)
+            self._next = _pace(self._next, self.fps)
         self._n += 1
         return self._img.copy()
 
