@@ -61,6 +61,7 @@ def run(args) -> int:
     outputs = args.output or ["virtualcam"]
     stop = threading.Event()
     old = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    voice_status = None
     try:
         engine.start(src, outputs)
         print(f"mirage: running {engine.status().source} -> {', '.join(engine.status().outputs)} "
@@ -85,6 +86,8 @@ def run(args) -> int:
                 if sys.stderr.isatty():
                     print(f"\r{fps:5.1f} FPS  total P50 {tot.get('p50') or 0:6.1f} ms  P95 {tot.get('p95') or 0:6.1f} ms"
                           f"  {snap['health']['level']}", end="", file=sys.stderr, flush=True)
+        if engine.voice is not None:
+            voice_status = engine.voice.status()
     finally:
         engine.stop()
         signal.signal(signal.SIGINT, old)
@@ -97,4 +100,11 @@ def run(args) -> int:
     print(f"frames in {c.get('frames.in', 0)}, out {c.get('frames.out', 0)}, dropped "
           f"{sum(v for k, v in c.items() if k.startswith('dropped.'))}, swapped faces {c.get('faces.swapped', 0)}",
           file=sys.stderr)
+    if voice_status is not None:
+        v = voice_status
+        print(f"voice: {v.get('converter')} {v.get('input')} -> {v.get('output')}, {v.get('chunks', 0)} chunks, "
+              f"latency {v.get('algorithmic_latency_ms') or 0:.0f} ms algorithmic / "
+              f"{v.get('measured_latency_ms') or 0:.0f} ms measured"
+              + (f", pass-through: {v['passthrough_reason']}" if v.get("passthrough_reason") else "")
+              + (f", error: {v['error']}" if v.get("error") else ""), file=sys.stderr)
     return 0
