@@ -99,4 +99,7 @@ def run(args: argparse.Namespace) -> int:
         loop.create_task(quit_later())
     with loop:
         loop.run_until_complete(closed.wait())
+    from .screenshot import release
+
+    release(win)
     return 0

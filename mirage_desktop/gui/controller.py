@@ -15,10 +15,12 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+
 from ..config import Settings
 from ..errors import DeviceError, MirageError
 from .jobs import Jobs
 from .preview import FrameFeed
+from .qtcompat import emit
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,9 @@ class EngineController(QObject):
             return self.engine.status()
 
         def done(st):
-            self.models_loaded.emit(st)
-            self.status_changed.emit(st)
-            self.running_changed.emit(self.engine.running)
+            emit(self.models_loaded, st)
+            emit(self.status_changed, st)
+            emit(self.running_changed, self.engine.running)
 
         return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
 
@@ -105,17 +107,17 @@ class EngineController(QObject):
 
         def done(note):
             if note:
-                self.notice.emit(note)
-            self.running_changed.emit(self.engine.running)
-            self.status_changed.emit(self.engine.status())
+                emit(self.notice, note)
+            emit(self.running_changed, self.engine.running)
+            emit(self.status_changed, self.engine.status())
 
         return self.jobs.submit(self._start_now, source, list(outputs), serial=True, on_done=done,
                                 on_error=self._fail)
 
     def stop(self):
         def done(_):
-            self.running_changed.emit(False)
-            self.status_changed.emit(self.engine.status())
+            emit(self.running_changed, False)
+            emit(self.status_changed, self.engine.status())
 
         return self.jobs.submit(self.engine.stop, serial=True, on_done=done, on_error=self._fail)
 
@@ -131,9 +133,9 @@ class EngineController(QObject):
 
         def done(note):
             if note:
-                self.notice.emit(note)
-            self.running_changed.emit(self.engine.running)
-            self.status_changed.emit(self.engine.status())
+                emit(self.notice, note)
+            emit(self.running_changed, self.engine.running)
+            emit(self.status_changed, self.engine.status())
 
         return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
 
@@ -144,8 +146,8 @@ class EngineController(QObject):
             return self.engine.settings
 
         def done(_settings):
-            self.option_applied.emit(name, getattr(_settings, name, value))
-            self.status_changed.emit(self.engine.status())
+            emit(self.option_applied, name, getattr(_settings, name, value))
+            emit(self.status_changed, self.engine.status())
 
         return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
 
@@ -153,12 +155,12 @@ class EngineController(QObject):
     def set_identity(self, identity):
         """Give the engine an identity; refused unless the person confirmed consent for it."""
         if identity is not None and not getattr(identity, "consent", False):
-            self.error.emit(f"“{identity.name}” has no consent confirmation, so it is not used")
+            emit(self.error, f"“{identity.name}” has no consent confirmation, so it is not used")
             return None
 
         def done(_):
-            self.identity_changed.emit(identity.name if identity is not None else "")
-            self.status_changed.emit(self.engine.status())
+            emit(self.identity_changed, identity.name if identity is not None else "")
+            emit(self.status_changed, self.engine.status())
 
         return self.jobs.submit(self.engine.set_identity, identity, serial=True, on_done=done,
                                 on_error=self._fail)
@@ -202,7 +204,7 @@ class EngineController(QObject):
         def done(snap):
             self._snap_inflight = False
             self.last_snapshot = snap
-            self.snapshot_ready.emit(snap)
+            emit(self.snapshot_ready, snap)
 
         def failed(exc):
             self._snap_inflight = False
@@ -213,9 +215,9 @@ class EngineController(QObject):
     # ---- errors and shutdown -----------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         log.warning("engine call failed: %s", exc)
-        self.error.emit(_words(exc))
-        self.running_changed.emit(self.engine.running)
-        self.status_changed.emit(self.engine.status())
+        emit(self.error, _words(exc))
+        emit(self.running_changed, self.engine.running)
+        emit(self.status_changed, self.engine.status())
 
     def shutdown(self) -> None:
         """Stop the stream and the helper threads; safe to call twice."""

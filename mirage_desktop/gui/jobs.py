@@ -16,11 +16,13 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
 
+from .qtcompat import emit
+
 log = logging.getLogger(__name__)
 
 
 class _Invoker(QObject):
-    """Lives on the Qt thread; ``call.emit(fn)`` from any thread runs ``fn`` there."""
+    """Lives on the Qt thread; ``emit(self.call, fn)`` from any thread runs ``fn`` there."""
 
     call = Signal(object)
 
@@ -100,13 +102,13 @@ class Jobs(QObject):
 
     def _post(self, fn: Callable[[], None]) -> None:
         try:
-            self._invoker.call.emit(fn)
+            emit(self._invoker.call, fn)
         except RuntimeError:  # the invoker is gone: the window closed
             pass
 
     def _set_busy(self, n: int) -> None:
         self._busy = max(0, n)
-        self.busy_changed.emit(self._busy)
+        emit(self.busy_changed, self._busy)
 
     def shutdown(self, wait: bool = True) -> None:
         self._closed = True

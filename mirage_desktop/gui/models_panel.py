@@ -34,7 +34,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+
 from . import theme
+from .qtcompat import emit
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +260,7 @@ class ModelsPanel(QWidget):
             self._current = None
             self._show_progress(False)
             self.refresh()
-            self.models_changed.emit()
+            emit(self.models_changed)
             return
         spec = self._queue.pop(0)
         self._current = spec.name
@@ -304,7 +306,7 @@ class ModelsPanel(QWidget):
                 return
         self._last_progress = now
         try:
-            self._progress.emit(name, int(done), int(total) if total else None)
+            emit(self._progress, name, int(done), int(total) if total else None)
         except RuntimeError:
             pass
 

@@ -31,7 +31,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+
 from . import theme
+from .qtcompat import emit
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class DropZone(QLabel):
         paths = self._paths(event)
         if paths:
             event.acceptProposedAction()
-            self.files_dropped.emit(paths)
+            emit(self.files_dropped, paths)
 
 
 class SourcePicker(QWidget):
@@ -252,7 +254,7 @@ class SourcePicker(QWidget):
         self._busy = max(0, self._busy + delta)
         self.busy.setVisible(self._busy > 0)
         self.add_btn.setEnabled(self._busy == 0)
-        self.busy_changed.emit(self._busy > 0)
+        emit(self.busy_changed, self._busy > 0)
 
     @property
     def is_busy(self) -> bool:
@@ -414,7 +416,7 @@ class SourcePicker(QWidget):
             return
         self.active = ident.name
         self.active_label.setText(f"Live face: {ident.name}")
-        self.active_changed.emit(ident.name)
+        emit(self.active_changed, ident.name)
 
     def _delete_selected(self) -> None:
         item = self.gallery.currentItem()
@@ -427,7 +429,7 @@ class SourcePicker(QWidget):
                 self.active = ""
                 self.active_label.setText("No face chosen")
                 self.controller.set_identity(None)
-                self.active_changed.emit("")
+                emit(self.active_changed, "")
             self.refresh()
 
         self.controller.jobs.submit(self.store.delete, name, on_done=done)

@@ -19,8 +19,10 @@ from PySide6.QtCore import QObject, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+
 from ..vision.slot import LatestSlot
 from . import theme
+from .qtcompat import emit
 
 MODES = ("output", "side_by_side")
 
@@ -99,7 +101,7 @@ class FrameFeed(QObject):
             self.frames_shown += 1
             if notify:
                 try:
-                    self.image_ready.emit()
+                    emit(self.image_ready)
                 except RuntimeError:  # the feed was deleted while closing
                     break
 

@@ -40,10 +40,23 @@ def demo_engine(folder: Path):
                                                "inswapper_128_fp16": paths["inswapper_128"]})
 
 
+def release(win) -> None:
+    """Destroy a closed window now, while the interpreter is whole (not during finalisation,
+    where PySide may free objects in an order that crashes)."""
+    import gc
+
+    from PySide6.QtCore import QCoreApplication, QEvent
+
+    win.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.processEvents()
+    gc.collect()
+
+
 def render_window(png: str | os.PathLike, *, engine=None, image=None, source_photo=None, notices=None,
                   seconds: float = 3.0, size: tuple[int, int] = (1480, 920), view: str = "side_by_side") -> Path:
     """Open the window, stream ``image`` (a path or BGR array) for ``seconds``, save a PNG."""
-    from PySide6.QtCore import QCoreApplication, QEventLoop, QTimer
+    from PySide6.QtCore import QCoreApplication, QEventLoop
 
     from ..vision.capture import ImageSource
     from .cli import create_app
@@ -100,7 +113,7 @@ def render_window(png: str | os.PathLike, *, engine=None, image=None, source_pho
     pm = win.grab()
     ok = pm.save(str(png), "PNG")
     win.close()
-    QTimer.singleShot(0, lambda: None)
+    release(win)
     spin(0.2)
     if tmp is not None:
         tmp.cleanup()

@@ -23,7 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+
 from ..config import Settings
+from .qtcompat import emit
 
 DET_SIZES = (160, 224, 256, 320, 384, 416, 480, 512, 576, 640, 736, 800, 960, 1024)
 
@@ -46,7 +48,7 @@ class _Slider(QWidget):
         lay.addWidget(self.slider, 1)
         lay.addWidget(self.label)
         self.slider.valueChanged.connect(self._changed)
-        self._changed(self.slider.value(), emit=False)
+        self._changed(self.slider.value(), notify=False)
 
     def value(self) -> float:
         return round(self.lo + self.slider.value() * self.step, 6)
@@ -55,12 +57,12 @@ class _Slider(QWidget):
         self.slider.blockSignals(True)
         self.slider.setValue(int(round((v - self.lo) / self.step)))
         self.slider.blockSignals(False)
-        self._changed(self.slider.value(), emit=False)
+        self._changed(self.slider.value(), notify=False)
 
-    def _changed(self, _pos: int, emit: bool = True) -> None:
+    def _changed(self, _pos: int, notify: bool = True) -> None:
         self.label.setText(self.fmt.format(self.value()))
-        if emit:
-            self.value_changed.emit(self.value())
+        if notify:
+            emit(self.value_changed, self.value())
 
 
 class LiveControls(QWidget):
@@ -90,7 +92,7 @@ class LiveControls(QWidget):
         self.max_faces.setRange(0, 32)
         self.max_faces.setSpecialValueText("all")
         self.max_faces.setToolTip("How many faces to swap, largest first (0: all)")
-        self.max_faces.valueChanged.connect(lambda v: self.option_changed.emit("max_faces", int(v)))
+        self.max_faces.valueChanged.connect(lambda v: emit(self.option_changed, "max_faces", int(v)))
         self.controls["max_faces"] = self.max_faces
         fl.addRow("Max faces", self.max_faces)
         lay.addWidget(face)
@@ -104,7 +106,7 @@ class LiveControls(QWidget):
         el.addRow(self.enhancer)
         self.fidelity = _Slider(0.0, 1.0, 0.05)
         self.fidelity.setToolTip("CodeFormer fidelity: 0 = most restoration, 1 = closest to the input")
-        self.fidelity.value_changed.connect(lambda v: self.option_changed.emit("codeformer_fidelity", float(v)))
+        self.fidelity.value_changed.connect(lambda v: emit(self.option_changed, "codeformer_fidelity", float(v)))
         self.controls["codeformer_fidelity"] = self.fidelity
         el.addRow("Fidelity", self.fidelity)
         self.enhancer.toggled.connect(self.fidelity.setEnabled)
@@ -118,7 +120,7 @@ class LiveControls(QWidget):
         self.detect_interval.setRange(1, 60)
         self.detect_interval.setSuffix(" frames")
         self.detect_interval.setToolTip("Run the face detector every N frames; a tracker carries faces between")
-        self.detect_interval.valueChanged.connect(lambda v: self.option_changed.emit("detect_interval", int(v)))
+        self.detect_interval.valueChanged.connect(lambda v: emit(self.option_changed, "detect_interval", int(v)))
         self.controls["detect_interval"] = self.detect_interval
         dl.addRow("Detect every", self.detect_interval)
         self.det_size = QComboBox()
@@ -126,7 +128,7 @@ class LiveControls(QWidget):
             self.det_size.addItem(f"{s} px", s)
         self.det_size.setToolTip("Detector input size: smaller is faster, larger finds smaller faces")
         self.det_size.currentIndexChanged.connect(
-            lambda i: self.option_changed.emit("det_size", int(self.det_size.itemData(i))))
+            lambda i: emit(self.option_changed, "det_size", int(self.det_size.itemData(i))))
         self.controls["det_size"] = self.det_size
         dl.addRow("Detection size", self.det_size)
         lay.addWidget(det)
@@ -140,7 +142,7 @@ class LiveControls(QWidget):
     def _check(self, name: str, text: str, tip: str) -> QCheckBox:
         cb = QCheckBox(text)
         cb.setToolTip(tip)
-        cb.toggled.connect(lambda on, n=name: self.option_changed.emit(n, bool(on)))
+        cb.toggled.connect(lambda on, n=name: emit(self.option_changed, n, bool(on)))
         self.controls[name] = cb
         return cb
 
@@ -189,13 +191,13 @@ class VoiceControls(QGroupBox):
         self.form.setVerticalSpacing(9)
         self.enable = QCheckBox("Voice changer")
         self.enable.setToolTip("Change your voice and send it to the 'Mirage Microphone'")
-        self.enable.toggled.connect(lambda on: self.option_changed.emit("enable_voice", bool(on)))
+        self.enable.toggled.connect(lambda on: emit(self.option_changed, "enable_voice", bool(on)))
         self.form.addRow(self.enable)
         self.pitch = _Slider(-12.0, 12.0, 0.5, "{:+.1f} st")
-        self.pitch.value_changed.connect(lambda v: self.option_changed.emit("voice_pitch", float(v)))
+        self.pitch.value_changed.connect(lambda v: emit(self.option_changed, "voice_pitch", float(v)))
         self.form.addRow("Pitch", self.pitch)
         self.formant = _Slider(0.5, 2.0, 0.05, "×{:.2f}")
-        self.formant.value_changed.connect(lambda v: self.option_changed.emit("voice_formant", float(v)))
+        self.formant.value_changed.connect(lambda v: emit(self.option_changed, "voice_formant", float(v)))
         self.form.addRow("Formant", self.formant)
         self.load(settings)
 

@@ -119,3 +119,27 @@ def test_build_window_from_command_line_arguments(qtbot, tmp_path, astronaut, gu
         qtbot.waitUntil(lambda: win.preview.painted_frames > 0 or win.preview.image is not None, timeout=10000)
     finally:
         win.close()
+
+
+def test_signal_emits_do_not_drain_the_reference_count_of_true(qtbot):
+    """PySide6 6.12 returns a borrowed True from emit(); thousands of preview frames would
+    then abort CPython ('bool_dealloc'). Every emit in the GUI gives the reference back."""
+    import sys
+
+    from mirage_desktop.gui.preview import FrameFeed
+
+    class P:
+        frame = np.zeros((8, 8, 3), np.uint8)
+        original = None
+
+    feed = FrameFeed(max_fps=10_000)
+    try:
+        before = sys.getrefcount(True)
+        for i in range(200):
+            feed.on_packet(P())
+            qtbot.waitUntil(lambda: feed.frames_shown > i, timeout=2000)
+            qtbot.waitUntil(lambda: feed.take_image() is not None or not feed._pending, timeout=2000)
+        assert feed.frames_shown == 200
+        assert sys.getrefcount(True) - before > -40  # without the fix: about -frames_shown
+    finally:
+        feed.close()
