@@ -155,6 +155,10 @@ def create_session(path: str | os.PathLike, providers: str | Sequence[str] | Non
     so.intra_op_num_threads = intra_threads or 0
     so.log_severity_level = 3
     reasons: list[str] = []
+    if cache_dir is None:
+        from ..config import cache_dir as _user_cache
+
+        cache_dir = _user_cache()  # TensorRT engine cache: built once per model and GPU, then reused
     candidates = resolve_providers(providers)
     for i, prov in enumerate(candidates):
         chain = [(prov, _provider_options(prov, cache_dir, fp16))]
