@@ -213,3 +213,49 @@ def test_multiple_faces_up_to_max(model_factory, t1_path):
     eng.set_option("max_faces", 6)
     got = _collect(eng, ImageSource(img, fps=60), 10)
     assert got[-1].swapped == min(6, len(got[-1].faces)) and got[-1].swapped >= 5
+
+
+class FlakyCamera:
+    """A camera that is unplugged for a while, then comes back (DeviceError in between)."""
+
+    kind = "camera"
+    name = "camera 0"
+    fps = 30.0
+    measured_fps = 0.0
+
+    def __init__(self, img, fail_from=5, fail_for=2):
+        self.img, self.n = img, 0
+        self.fail_from, self.fail_for = fail_from, fail_for
+        self.size = (img.shape[1], img.shape[0])
+        self.unplugged = False
+
+    def read(self):
+        from mirage_desktop.errors import DeviceError
+
+        self.n += 1
+        time.sleep(1 / 30)
+        if self.unplugged:
+            raise DeviceError("camera 0 stopped delivering frames", "check the cable, or pick another camera")
+        return self.img.copy()
+
+    def close(self):
+        pass
+
+
+def test_unplugged_camera_is_reported_and_the_stream_resumes(engine, astronaut):
+    cam = FlakyCamera(astronaut)
+    engine.start(cam, [NullSink()])
+    time.sleep(0.5)
+    cam.unplugged = True
+    time.sleep(0.5)
+    st = engine.status()
+    assert any("stopped delivering frames" in p and "check the cable" in p for p in st.problems)
+    assert engine.snapshot()["health"]["level"] == "red"
+    out_before = engine.metrics.counter("frames.out")
+    cam.unplugged = False
+    deadline = time.time() + 6
+    while engine.metrics.counter("frames.out") < out_before + 5 and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.metrics.counter("frames.out") >= out_before + 5  # back without a restart
+    assert not any("stopped delivering" in p for p in engine.status().problems)
+    engine.stop()
