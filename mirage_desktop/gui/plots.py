@@ -202,7 +202,7 @@ class LatencyPlot(_PlotBase):
         names = h.stage_names()
         # legend: one row of "stage p50/p95", right of the title, wrapping as needed
         legend_h = self._legend(p, r, names)
-        area = QRectF(r.left() + 58, r.top() + 34 + legend_h, r.width() - 72, r.height() - 58 - legend_h)
+        area = QRectF(r.left() + 68, r.top() + 34 + legend_h, r.width() - 82, r.height() - 58 - legend_h)
         if area.height() < 20:
             p.end()
             return
@@ -233,7 +233,7 @@ class LatencyPlot(_PlotBase):
             p.setPen(QPen(QColor(theme.BORDER), 1, Qt.SolidLine if v == lo else Qt.DotLine))
             p.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
             p.setPen(QColor(theme.MUTED))
-            p.drawText(QRectF(area.left() - 50, y - 8, 44, 16), Qt.AlignRight | Qt.AlignVCenter,
+            p.drawText(QRectF(area.left() - 62, y - 8, 56, 16), Qt.AlignRight | Qt.AlignVCenter,
                        f"{v:g} ms")
             e += 1
         p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft, f"-{self.history.window_s:.0f} s")

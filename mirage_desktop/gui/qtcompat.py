@@ -5,6 +5,12 @@ emit from Python takes one reference from ``True``; after a few thousand emits (
 frames a second do that in minutes) CPython aborts with "bool_dealloc: deallocating True
 or False". :func:`emit` emits and, only where the probe saw the bug, gives the reference back.
 All emits in ``mirage_desktop.gui`` go through it.
+
+Worse, the same build returns ``None`` borrowed from every void method on Python < 3.12
+(``QPainter.setPen``, ``QPainterPath.lineTo``...; it looks built for 3.12's immortal
+singletons), so painting alone drains ``None``. Where the probe sees that, :func:`guard_singletons`
+does what Python 3.12 does itself: it gives ``None``, ``True`` and ``False`` a huge reference
+count so they can never be freed. Report upstream / pin PySide6 < 6.12 on Python < 3.12.
 """
 
 from __future__ import annotations
@@ -36,6 +42,38 @@ def _emit_borrows_result(n: int = 8) -> bool:
 
 
 EMIT_RETURNS_BORROWED = _emit_borrows_result()
+
+
+def _void_returns_borrowed_none(n: int = 16) -> bool:
+    from PySide6.QtGui import QPainterPath
+
+    path = QPainterPath()
+    before = sys.getrefcount(None)
+    for _ in range(n):
+        path.lineTo(1.0, 1.0)
+    lost = before - sys.getrefcount(None)
+    for _ in range(max(0, lost)):
+        _incref(None)
+    return lost >= n
+
+
+VOID_RETURNS_BORROWED_NONE = _void_returns_borrowed_none()
+_GUARD = 1 << 40
+
+
+def guard_singletons() -> bool:
+    """On Python < 3.12 with a binding that leaks them: make None/True/False practically immortal."""
+    if sys.version_info >= (3, 12) or not (VOID_RETURNS_BORROWED_NONE or EMIT_RETURNS_BORROWED):
+        return False
+    if sys.getrefcount(None) > _GUARD // 2:
+        return True  # already done
+    for obj in (None, True, False):
+        # ob_refcnt is the first field of every object in a release build of CPython 3.10/3.11
+        ctypes.c_ssize_t.from_address(id(obj)).value += _GUARD
+    return True
+
+
+GUARDED = guard_singletons()
 
 
 def emit(signal, *args):

@@ -143,3 +143,18 @@ def test_signal_emits_do_not_drain_the_reference_count_of_true(qtbot):
         assert sys.getrefcount(True) - before > -40  # without the fix: about -frames_shown
     finally:
         feed.close()
+
+
+def test_painting_does_not_drain_the_reference_count_of_none(qtbot, make_window):
+    """Same binding bug for None on Python < 3.12: a running window must not get near zero."""
+    import sys
+
+    from PySide6.QtGui import QPainterPath
+
+    win = make_window()
+    path = QPainterPath()
+    for _ in range(20000):
+        path.lineTo(1.0, 1.0)
+    win.start()
+    qtbot.waitUntil(lambda: win.preview.painted_frames > 10, timeout=10000)
+    assert sys.getrefcount(None) > 1_000_000 and sys.getrefcount(True) > 1_000_000 or sys.version_info >= (3, 12)
