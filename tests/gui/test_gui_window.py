@@ -152,9 +152,11 @@ def test_painting_does_not_drain_the_reference_count_of_none(qtbot, make_window)
     from PySide6.QtGui import QPainterPath
 
     win = make_window()
+    before_none, before_true = sys.getrefcount(None), sys.getrefcount(True)
     path = QPainterPath()
     for _ in range(20000):
         path.lineTo(1.0, 1.0)
     win.start()
     qtbot.waitUntil(lambda: win.preview.painted_frames > 10, timeout=10000)
-    assert sys.getrefcount(None) > 1_000_000 and sys.getrefcount(True) > 1_000_000 or sys.version_info >= (3, 12)
+    # without a fixed binding (or the guard in gui/qtcompat.py) each call above loses a reference
+    assert sys.getrefcount(None) - before_none > -1000 and sys.getrefcount(True) - before_true > -1000
