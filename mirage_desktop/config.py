@@ -210,7 +210,19 @@ def load(cli_overrides: Mapping[str, Any] | None = None, path: Path | None = Non
     return LoadResult(validate(Settings(**values)), notices)
 
 
-def save(settings: Settings, path: Path | None = None) -> Path:
+def save(settings: Settings, path: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Write the settings file atomically. Values that merely came from ``MIRAGE_*`` variables are
+    not written (the file keeps what it had), so a one-off environment override does not stick."""
     path = path or settings_path()
-    atomic_write_text(path, json.dumps(settings.to_dict(), indent=2, sort_keys=True))
+    values = settings.to_dict()
+    env = from_env(environ)
+    if env:
+        previous, _ = load_file(path) if path.exists() else ({}, [])
+        for k, v in env.items():
+            if values.get(k) == v:
+                if k in previous:
+                    values[k] = previous[k]
+                else:
+                    values.pop(k, None)
+    atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True))
     return path

@@ -71,7 +71,9 @@ class Engine:
 
     # ---- models ----------------------------------------------------------------------------
     def load_models(self) -> EngineStatus:
-        """Load what is there; anything missing or broken becomes a pass-through reason."""
+        """Load what is there; anything missing or broken becomes a pass-through reason.
+
+        Safe while running (after a download, say): the new models take over from the next frame."""
         from .models.runtime import create_session
         from .vision.analysis import FaceAnalyzer, resolve_model
         from .vision.swapper import InSwapper
@@ -106,6 +108,10 @@ class Engine:
         self._load_enhancer()
         if self.identity is not None:
             self._update_latent()
+        p = self.pipeline
+        if p is not None:  # hand the new models to the running stream (reference swaps)
+            p.analyzer, p.swapper = self.analyzer, self.swapper
+            p.set_latent(self.latent)
         self._refresh_passthrough()
         return st
 

@@ -176,11 +176,18 @@ class IdentityBuilder:
     def build(self, sources: list, name: str | None = None) -> SourceIdentity:
         if not sources:
             raise InputImageError("no source photo given", "pass --source PHOTO")
-        reports = [self.analyse_photo(s) for s in sources]
+        return self.build_from_reports([self.analyse_photo(s) for s in sources], name)
+
+    def build_from_reports(self, reports: list[PhotoReport], name: str | None = None) -> SourceIdentity:
+        """An identity from photos already analysed (so a picker can show each report first).
+
+        Raises InputImageError (with ``.reports`` attached) when no photo passed."""
         good = [r for r in reports if r.passed]
         if not good:
             why = "; ".join(f"{Path(r.source).name}: {r.summary()}" for r in reports)
-            raise InputImageError(f"no usable face in the source photo(s): {why}")
+            err = InputImageError(f"no usable face in the source photo(s): {why}")
+            err.reports = reports
+            raise err
         emb = None
         embs = [r.embedding for r in good if r.embedding is not None]
         if embs:

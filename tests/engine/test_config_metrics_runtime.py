@@ -116,3 +116,15 @@ def test_spinning_is_off_and_missing_file_names_the_fix(tmp_path):
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(MirageError, match="mirage models download"):
         runtime.create_session(tmp_path / "missing.onnx")
+
+
+def test_environment_overrides_are_not_written_to_the_settings_file(tmp_path):
+    path = tmp_path / "settings.json"
+    config.save(config.Settings(max_faces=2), path, environ={})
+    env = {"MIRAGE_ENABLE_SWAP": "0"}
+    s = config.load(path=path, environ=env).settings
+    config.save(s.replace(det_size=320), path, environ=env)
+    saved = json.loads(path.read_text())
+    assert saved["det_size"] == 320 and saved["max_faces"] == 2
+    assert saved["enable_swap"] is True  # the file keeps its own value; the override was one-off
+    assert config.load(path=path, environ={}).settings.enable_swap is True

@@ -259,3 +259,24 @@ def test_unplugged_camera_is_reported_and_the_stream_resumes(engine, astronaut):
     assert engine.metrics.counter("frames.out") >= out_before + 5  # back without a restart
     assert not any("stopped delivering" in p for p in engine.status().problems)
     engine.stop()
+
+
+def test_models_downloaded_while_running_take_over_without_a_restart(model_factory, astronaut):
+    eng = Engine(Settings(enable_ai_mark=False))
+    eng.load_models()  # nothing downloaded: pass-through
+    seen = []
+    eng.subscribe_frames(lambda p: seen.append(p.swapped))
+    eng.start(ImageSource(astronaut, fps=30), [NullSink()])
+    try:
+        time.sleep(0.4)
+        assert seen and not any(seen)
+        eng.overrides.update(model_factory(astronaut))  # as if the models had just been downloaded
+        eng.load_models()
+        eng.set_source_photos([astronaut], "self")
+        n = len(seen)
+        deadline = time.time() + 5
+        while time.time() < deadline and not any(seen[n:]):
+            time.sleep(0.05)
+        assert any(seen[n:]) and eng.status().passthrough == []
+    finally:
+        eng.stop()
