@@ -69,7 +69,8 @@ class EngineController(QObject):
             self._load_models_now()
 
     def load_models(self, restart: bool = False):
-        """(Re)load models; when running and ``restart``, the stream restarts to pick them up."""
+        """(Re)load models; a running stream picks them up from the next frame (no restart needed,
+        ``restart`` is kept for callers that want a fresh stream anyway)."""
 
         def job():
             was = self.engine.running
@@ -191,8 +192,7 @@ class EngineController(QObject):
             return reports, None, ("the face is fine, but the recognition model (w600k_r50) is missing — "
                                    "download buffalo_l in the Models tab")
         nm = name or Path(str(good[0].source)).stem
-        ident = builder.build([r._image for r in good], nm)  # embeddings come from the cache
-        ident.reports = reports
+        ident = builder.build_from_reports(reports, nm)
         return reports, ident, ""
 
     # ---- metrics -----------------------------------------------------------------------------

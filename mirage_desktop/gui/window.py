@@ -183,7 +183,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self._scroll(self.toggles), "Live")
         self.tabs.addTab(self._scroll(self._output_panel()), "Output")
         self.models = ModelsPanel(self.controller.jobs)
-        self.models.models_changed.connect(lambda: self.controller.load_models(restart=True))
+        self.models.models_changed.connect(lambda: self.controller.load_models())
         self.tabs.addTab(self.models, "Models")
         split.addWidget(self.tabs)
         split.setStretchFactor(0, 0)
