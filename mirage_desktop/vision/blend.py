@@ -70,12 +70,13 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, m: np.ndarray, mask: np.ndar
     im[:, 2] -= (x0, y0)
     w, h = x1 - x0, y1 - y0
     # one warp for colour and mask together: the crop with the mask as a 4th channel
-    rgba = np.dstack([crop, _mask_u8(mask)])
-    warped = cv2.warpAffine(rgba, im, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                            borderValue=(0, 0, 0, 0))
-    alpha = warped[:, :, 3].astype(np.float32) * (1.0 / 255.0)
+    # (cv2.merge/split: measured faster than two warps, and than numpy stacking and slicing)
+    warped = cv2.warpAffine(cv2.merge([crop, _mask_u8(mask)]), im, (w, h), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+    b, g, r, a8 = cv2.split(warped)
+    alpha = a8.astype(np.float32) * (1.0 / 255.0)
     roi = frame[y0:y1, x0:x1]
-    roi[:] = cv2.blendLinear(np.ascontiguousarray(warped[:, :, :3]), roi, alpha, 1.0 - alpha)
+    roi[:] = cv2.blendLinear(cv2.merge([b, g, r]), roi, alpha, 1.0 - alpha)
     return box
 
 
