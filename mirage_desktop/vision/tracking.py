@@ -118,7 +118,7 @@ class FaceTracker:
         self.smoother = smoother  # callable(track_id, kps, t) -> kps, or None
         self.tracks: list[Track] = []
         self._ids = itertools.count(1)
-        self._lk = dict(winSize=(21, 21), maxLevel=3,
+        self._lk = dict(winSize=(15, 15), maxLevel=2,
                         criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
 
     # ---- detections --------------------------------------------------------------------
