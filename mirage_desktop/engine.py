@@ -173,6 +173,8 @@ class Engine:
             self.identity = identity
             self._status.identity = identity.name if identity is not None else ""
             self._update_latent()
+            if self.enhance_stage is not None:
+                self.enhance_stage.reset()  # cached enhanced faces show the previous identity
             self._refresh_passthrough()
 
     def _update_latent(self) -> None:
@@ -191,7 +193,8 @@ class Engine:
 
     # ---- run -------------------------------------------------------------------------------
     def start(self, source: str | int | Any = 0, outputs: list[str | Any] | None = None, *,
-              realtime: bool = True, detector_async: bool = True) -> None:
+              realtime: bool = True, detector_async: bool = True, lossless: bool = False) -> None:
+        """Start streaming. ``lossless``: process and write every frame (file to file), never drop."""
         from .outputs.sinks import make_sink
         from .vision.capture import open_source
         from .vision.pipeline import VideoPipeline
@@ -204,19 +207,25 @@ class Engine:
             s = self.settings
             src = source if hasattr(source, "read") else open_source(
                 source, width=s.capture_width, height=s.capture_height, fps=s.capture_fps, realtime=realtime)
-            if hasattr(src, "open") and getattr(src, "cap", "n/a") is None:
-                src.open()  # surface a missing camera now, with its fix
-            sinks = [o if hasattr(o, "send") else make_sink(o, backend=s.vcam_backend, width=s.output_width,
-                                                            height=s.output_height, fps=s.output_fps)
-                     for o in (outputs or ["virtualcam"])]
-            smoother = self._make_smoother()
-            color_fn = self._color_fn()
-            p = VideoPipeline(s, self.metrics, src, sinks, self.analyzer, self.swapper, self.latent,
-                              self.enhance_stage, smoother, color_fn, getattr(self, "_reference", None),
-                              detector_async=detector_async)
-            for token, fn in self._frame_subs.items():
-                p._subscribers[token] = fn
-            p.start()
+            try:
+                if hasattr(src, "open") and getattr(src, "cap", "n/a") is None:
+                    src.open()  # surface a missing camera now, with its fix
+                sinks = [o if hasattr(o, "send") else make_sink(o, backend=s.vcam_backend, width=s.output_width,
+                                                                height=s.output_height, fps=s.output_fps)
+                         for o in (outputs or ["virtualcam"])]
+                p = VideoPipeline(s, self.metrics, src, sinks, self.analyzer, self.swapper, self.latent,
+                                  self.enhance_stage, self._make_smoother(), self._color_fn(),
+                                  getattr(self, "_reference", None),
+                                  detector_async=detector_async and not lossless, lossless=lossless)
+                for token, fn in self._frame_subs.items():
+                    p._subscribers[token] = fn
+                p.start()
+            except BaseException:
+                try:  # nothing may stay open after a failed start (the camera would be busy)
+                    src.close()
+                except Exception:
+                    pass
+                raise
             self.pipeline = p
             if self._status.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
                 from .control.gpu import GpuMemoryMonitor
@@ -286,6 +295,10 @@ class Engine:
             self.settings = new
             if self.pipeline is not None and name in LIVE_OPTIONS:
                 self.pipeline.set_option(name, value)
+            elif name == "det_size" and self.analyzer is not None:
+                self.analyzer.detector.set_det_size(value)
+            if name in ("enable_swap", "enable_enhancer") and self.enhance_stage is not None:
+                self.enhance_stage.reset()  # never re-paste a face made under the old setting
             if name == "enable_enhancer" and value and self.enhance_stage is None:
                 self._load_enhancer()
             if self.enhance_stage is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -101,7 +100,6 @@ class SessionHandle:
     path: Path
     provider: str
     fallback_reasons: list[str] = field(default_factory=list)
-    _binding_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def inputs(self):
@@ -124,20 +122,20 @@ class SessionHandle:
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
         """Run with inputs cast to the model's declared types (fp16 models take fp16 feeds).
 
-        On CUDA/TensorRT inputs and outputs go through IO binding so onnxruntime copies each
-        tensor once and does not allocate a fresh output per call.
+        On CUDA/TensorRT the call goes through IO binding: inputs are bound from host memory and
+        outputs are produced in device memory and copied back once, each call on its own binding
+        (so several threads can run one session).
         """
         cast = {k: np.ascontiguousarray(v, dtype=self.input_dtype(k)) for k, v in feeds.items()}
         if not self.on_gpu:
             return self.session.run(output_names, cast)
-        with self._binding_lock:
-            binding = self.session.io_binding()
-            for k, v in cast.items():
-                binding.bind_cpu_input(k, v)
-            for o in output_names or [o.name for o in self.outputs]:
-                binding.bind_output(o, "cuda")
-            self.session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()
+        binding = self.session.io_binding()
+        for k, v in cast.items():
+            binding.bind_cpu_input(k, v)
+        for o in output_names or [o.name for o in self.outputs]:
+            binding.bind_output(o, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
 
 def create_session(path: str | os.PathLike, providers: str | Sequence[str] | None = "auto", *,

@@ -391,6 +391,7 @@ class EnhanceStage:
         self.last_error: str | None = None
         self._mask = ffhq_face_mask(self.size)
         self.background = background
+        self._generation = 0
         self._inflight: set[int] = set()
         self._requests = LatestSlot(on_drop=self._dropped)
         self._thread: threading.Thread | None = None
@@ -408,7 +409,7 @@ class EnhanceStage:
     def _dropped(self, requests) -> None:
         self.metrics.incr("enhance.superseded")
         with self._lock:
-            self._inflight.difference_update(tid for tid, _, _ in requests)
+            self._inflight.difference_update(tid for tid, _, _, _ in requests)
 
     def _background_loop(self) -> None:
         while True:
@@ -417,9 +418,11 @@ class EnhanceStage:
                 if self._requests.closed:
                     return
                 continue
-            for tid, raw, index in requests:
+            for tid, raw, index, generation in requests:
                 enhanced = self._run_model(raw)
                 with self._lock:
+                    if generation != self._generation:
+                        continue  # reset() since this was asked for: the result is out of date
                     self._inflight.discard(tid)
                     if enhanced is not None:
                         self._cache[tid] = _TrackCache(enhanced, index, index)
@@ -452,14 +455,19 @@ class EnhanceStage:
         self.enhancer.set_fidelity(w)
         with self._lock:  # old results were made with the old fidelity: refresh on the next frame
             self._cache.clear()
+            self._inflight.clear()
+            self._generation += 1
 
     def forget(self, track_id: int) -> None:
         with self._lock:
             self._cache.pop(track_id, None)
 
     def reset(self) -> None:
+        """Forget every result, including those still being made (they describe another face)."""
         with self._lock:
             self._cache.clear()
+            self._inflight.clear()
+            self._generation += 1
             self._frame = 0
 
     # -- the hot path (video thread) --
@@ -513,7 +521,7 @@ class EnhanceStage:
         need_raw = stale or blend < 1.0
         raw = warp_crop(frame, m, self.size) if need_raw else None
         if submit:
-            due.append((tid, raw, index))
+            due.append((tid, raw, index, self._generation))
         if self.background and tid >= 0:
             if entry is None:
                 return  # the first result for this face is not ready yet

@@ -250,7 +250,10 @@ class IdentityStore:
         try:
             meta = json.loads((d / "meta.json").read_text())
             emb = np.load(d / "embedding.npy")
-        except (OSError, ValueError) as exc:
+            if emb.shape != (512,) or not np.isfinite(emb).all():
+                raise ValueError(f"embedding has shape {emb.shape}")
+            meta["name"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MirageError(f"saved identity {name!r} cannot be read ({exc})",
                               "add it again from its photos") from None
         thumb = cv2.imread(str(d / "thumb.png")) if (d / "thumb.png").exists() else None

@@ -11,6 +11,9 @@ Hand-offs hold one frame and drop the oldest (counted), so a slow stage never bu
 latency. Inference releases the GIL, so the detector, the swapper and the output overlap.
 Every stage falls back to pass-through: a failing model sends the frame out unswapped,
 counted and logged once per cause.
+
+``lossless=True`` (rendering a file to a file) makes the hand-offs wait instead of dropping,
+so every input frame is processed and written; live use never waits.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class VideoPipeline:
     def __init__(self, settings: Settings, metrics: Metrics, source, sinks: list, analyzer=None,
                  swapper=None, latent: np.ndarray | None = None, enhance_stage=None, smoother=None,
                  color_fn: Callable | None = None, reference: np.ndarray | None = None,
-                 detector_async: bool = True, keep_original: bool = False):
+                 detector_async: bool = True, keep_original: bool = False, lossless: bool = False):
         self.metrics = metrics
         self.source = source
         self.sinks = list(sinks)
@@ -94,6 +97,9 @@ class VideoPipeline:
         self.capture_error: str | None = None
         self._last_det_index = -1
         self._out_times: list[float] = []
+        self._active = False
+        self._results_from = 0
+        self.lossless = lossless
 
     # ---- live control --------------------------------------------------------------------
     def set_option(self, name: str, value: Any) -> None:
@@ -120,8 +126,18 @@ class VideoPipeline:
         self._stop.clear()
         self.finished.clear()
         w, h = self.source.size if hasattr(self.source, "size") else (0, 0)
-        for s in self.sinks:
-            s.open(w, h, getattr(self.source, "fps", 30) or 30)
+        opened = []
+        try:
+            for s in self.sinks:
+                s.open(w, h, getattr(self.source, "fps", 30) or 30)
+                opened.append(s)
+        except BaseException:
+            for s in opened:  # a later sink failed: do not leave the earlier ones open
+                try:
+                    s.close()
+                except Exception:
+                    pass
+            raise
         targets = [("mirage-capture", self._capture_loop), ("mirage-worker", self._worker_loop),
                    ("mirage-output", self._output_loop)]
         if self.detector_async and self.analyzer is not None:
@@ -135,46 +151,62 @@ class VideoPipeline:
         self._stop.set()
         for s in (self.in_slot, self.out_slot, self.det_req, self.det_res):
             s.close()
+        capture_alive = False
         for t in self._threads:
             t.join(timeout)
+            if t.name == "mirage-capture" and t.is_alive():
+                capture_alive = True
         self._threads.clear()
         for s in self.sinks:
             try:
                 s.close()
             except Exception as exc:  # closing must not raise out of stop()
                 log.warning("closing %s failed: %s", s.describe(), exc)
+        if capture_alive:
+            # the capture thread is stuck in read() (a stalled driver): it closes the source
+            # itself when read() returns; closing it under its feet is undefined behaviour
+            log.warning("%s is not answering; it will be released when its read returns", self.source.name)
+
+    def _close_source(self) -> None:
         try:
             self.source.close()
-        except Exception:
-            pass
+        except Exception as exc:
+            log.warning("closing %s failed: %s", getattr(self.source, "name", "source"), exc)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.finished.wait(timeout)
 
     def _capture_loop(self) -> None:
         idx = 0
-        while not self._stop.is_set():
-            try:
-                frame = self.source.read()
-                if self.capture_error:
-                    log.warning("%s is back", self.source.name)
-                self.capture_error = None
-            except MirageError as exc:
-                self.capture_error = str(exc)
-                self.metrics.incr("errors.capture")
-                self._once("capture:" + type(exc).__name__, "capture: %s (retrying every 2 s)", exc)
-                self._stop.wait(2.0)
-                continue
-            if frame is None:
-                if getattr(self.source, "kind", "") == "camera":
+        camera = getattr(self.source, "kind", "") == "camera"
+        try:
+            while not self._stop.is_set():
+                try:
+                    frame = self.source.read()
+                    if self.capture_error:
+                        log.warning("%s is back", self.source.name)
+                    self.capture_error = None
+                except Exception as exc:  # a driver error must not freeze the stream silently
+                    self.capture_error = " ".join(str(exc).split())[:300] or type(exc).__name__
+                    self.metrics.incr("errors.capture")
+                    self._once("capture:" + type(exc).__name__, "capture: %s%s", exc,
+                               " (retrying every 2 s)" if camera else "")
+                    if not camera and not isinstance(exc, MirageError):
+                        break  # a file that fails to decode: end of stream, with the reason shown
+                    self._stop.wait(2.0)
                     continue
-                break  # end of a finite source
-            self.metrics.incr("frames.in")
-            if idx % 30 == 0 and getattr(self.source, "measured_fps", 0):
-                self.metrics.set_gauge("capture.fps", round(self.source.measured_fps, 1))
-            self.in_slot.put(FramePacket(idx, time.perf_counter(), frame))
-            idx += 1
-        self.in_slot.close()
+                if frame is None:
+                    if camera:
+                        continue
+                    break  # end of a finite source
+                self.metrics.incr("frames.in")
+                if idx % 30 == 0 and getattr(self.source, "measured_fps", 0):
+                    self.metrics.set_gauge("capture.fps", round(self.source.measured_fps, 1))
+                self.in_slot.put(FramePacket(idx, time.perf_counter(), frame), block=self.lossless)
+                idx += 1
+        finally:
+            self.in_slot.close()
+            self._close_source()
 
     def _detector_loop(self) -> None:
         while not self._stop.is_set():
@@ -183,11 +215,14 @@ class VideoPipeline:
                 if self.det_req.closed:
                     break
                 continue
-            index, prep = req
-            faces = self._run_detector(prep)
-            self.det_res.put((index, faces))
+            index, prep, full = req
+            faces = None
+            try:
+                faces = self._run_detector(prep, full)
+            finally:
+                self.det_res.put((index, faces))  # always answer, or detection would stop for good
 
-    def _run_detector(self, prep) -> list[Face] | None:
+    def _run_detector(self, prep, full: np.ndarray | None = None) -> list[Face] | None:
         t0 = time.perf_counter()
         try:
             faces = self.analyzer.detector.detect_prepared(prep, 0)
@@ -196,12 +231,11 @@ class VideoPipeline:
             return None
         finally:
             self.metrics.record("detect", (time.perf_counter() - t0) * 1000)
-        if self.reference is not None and self.analyzer.recognizer is not None and faces:
+        if self.reference is not None and self.analyzer.recognizer is not None and faces and full is not None:
             t1 = time.perf_counter()
-            try:
-                img, scale = (prep[3], prep[1]) if isinstance(prep, tuple) else (prep, 1.0)
+            try:  # embeddings from the full-resolution frame, like the reference photo's
                 for f in faces:
-                    f.embedding = self.analyzer.recognizer.embed(img, f.kps * scale)
+                    f.embedding = self.analyzer.recognizer.embed(full, f.kps)
             except Exception as exc:
                 self._model_error("embed", exc)
             self.metrics.record("embed", (time.perf_counter() - t1) * 1000)
@@ -215,6 +249,12 @@ class VideoPipeline:
         self._once(f"{stage}:{type(exc).__name__}:{msg[:60]}", "%s failed, frame sent unswapped: %s", stage, msg)
 
     def _worker_loop(self) -> None:
+        try:
+            self._worker_frames()
+        finally:
+            self.out_slot.close()
+
+    def _worker_frames(self) -> None:
         while True:
             pkt = self.in_slot.get(timeout=0.2)
             if pkt is None:
@@ -231,8 +271,7 @@ class VideoPipeline:
             model_ms = sum(self.metrics.total(n) for n in WORKER_MODEL_STAGES) - model0
             self.metrics.record("worker", worker_ms)
             self.metrics.record("worker.outside_model", max(worker_ms - model_ms, 0.0))
-            self.out_slot.put(pkt)
-        self.out_slot.close()
+            self.out_slot.put(pkt, block=self.lossless)
 
     def _process(self, pkt: FramePacket) -> None:
         o = self.opts
@@ -241,21 +280,31 @@ class VideoPipeline:
         if self.keep_original or self._subscribers:
             pkt.original = frame.copy()
         faces: list[Face] = []
-        if self.analyzer is not None and (o.enable_swap or o.enable_enhancer):
+        active = self.analyzer is not None and (o.enable_swap or o.enable_enhancer)
+        if active and not self._active:
+            # (re)starting: forget faces and results from before, they describe another moment
+            self.tracker.tracks.clear()
+            self.scheduler.countdown, self.scheduler.have_faces = 0, False
+            self._results_from = pkt.index
+        self._active = active
+        if active:
             t = time.perf_counter()
             self.tracker.track(frame, pkt.index)
             requested = False
             det = self.det_res.take_nowait()
             if det is not None:
                 self._det_inflight = False
+                if det[0] < self._results_from:
+                    det = None  # made before the stream was (re)activated
             if self.scheduler.should_detect() and not self._det_inflight:
                 requested = True
                 prep = self.analyzer.detector.prepare(frame)
+                full = frame.copy() if self.reference is not None else None
                 if self.detector_async:
                     self._det_inflight = True
-                    self.det_req.put((pkt.index, prep))
+                    self.det_req.put((pkt.index, prep, full))
                 else:
-                    det = (pkt.index, self._run_detector(prep))
+                    det = (pkt.index, self._run_detector(prep, full if full is not None else frame))
             self.scheduler.on_frame(requested)
             if det is not None:
                 d_index, d_faces = det
@@ -295,6 +344,12 @@ class VideoPipeline:
             draw_ai_mark(frame)
 
     def _output_loop(self) -> None:
+        try:
+            self._output_frames()
+        finally:
+            self.finished.set()
+
+    def _output_frames(self) -> None:
         while True:
             pkt = self.out_slot.get(timeout=0.2)
             if pkt is None:
@@ -321,4 +376,3 @@ class VideoPipeline:
                 self._out_times.pop(0)
             if len(self._out_times) >= 2:
                 self.metrics.set_gauge("fps", (len(self._out_times) - 1) / (self._out_times[-1] - self._out_times[0]))
-        self.finished.set()

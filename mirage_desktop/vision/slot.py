@@ -17,8 +17,11 @@ class LatestSlot:
         self.on_drop = on_drop
         self.dropped = 0
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any, block: bool = False) -> None:
+        """Hand over ``item``. With ``block`` wait until the previous item was taken (no drop)."""
         with self._cv:
+            while block and self._has and not self._closed:
+                self._cv.wait(0.1)
             if self._has:
                 self.dropped += 1
                 if self.on_drop:
@@ -34,6 +37,7 @@ class LatestSlot:
             if not self._has:
                 return None
             item, self._item, self._has = self._item, None, False
+            self._cv.notify_all()
             return item
 
     def take_nowait(self) -> Any:
@@ -41,6 +45,7 @@ class LatestSlot:
             if not self._has:
                 return None
             item, self._item, self._has = self._item, None, False
+            self._cv.notify_all()
             return item
 
     def close(self) -> None:

@@ -68,8 +68,9 @@ class InSwapper:
         if metrics is not None:
             metrics.record("swap.model", (time.perf_counter() - t) * 1000)
         # CHW RGB [0,1] → HWC BGR uint8: flip the channel axis first, one conversion pass
-        img = pred[0, ::-1].transpose(1, 2, 0)
-        return cv2.convertScaleAbs(np.ascontiguousarray(img, dtype=np.float32), alpha=255.0)
+        img = np.ascontiguousarray(pred[0, ::-1].transpose(1, 2, 0), dtype=np.float32)
+        np.clip(img, 0.0, 1.0, out=img)  # convertScaleAbs alone would mirror negatives
+        return cv2.convertScaleAbs(img, alpha=255.0)
 
     def swap(self, frame: np.ndarray, face: Face, latent: np.ndarray, *, mouth_mask: bool = False,
              color_fn=None, metrics=None) -> tuple | None:

@@ -92,6 +92,13 @@ def _inside(bbox: np.ndarray, region: tuple, margin: float = 0.2) -> bool:
     return x1 - mx >= region[0] and y1 - my >= region[1] and x2 + mx <= region[2] and y2 + my <= region[3]
 
 
+def _move_box(m: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Move a box by a similarity: its centre moves, its size scales (its shape stays)."""
+    c = _apply(m, ((box[:2] + box[2:]) / 2)[None])[0]
+    half = (box[2:] - box[:2]) * np.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])) / 2
+    return np.concatenate([c - half, c + half])
+
+
 IDENTITY = np.array([[1.0, 0, 0], [0, 1.0, 0]])
 
 
@@ -103,7 +110,7 @@ class Track:
     misses: int = 0
     embedding: np.ndarray | None = None
     # cumulative motion since the track began, per frame index (to move late detections forward)
-    motion: deque = field(default_factory=lambda: deque(maxlen=64))
+    motion: deque = field(default_factory=lambda: deque(maxlen=256))
     acc: np.ndarray = field(default_factory=lambda: IDENTITY.copy())
     prev_gray: np.ndarray | None = None
     prev_box: tuple | None = None
@@ -126,15 +133,21 @@ class FaceTracker:
         """Merge detections made on ``frame_index`` into the tracks (which may be at a later frame)."""
         unmatched = list(range(len(self.tracks)))
         new_tracks = []
+        unplaceable = False  # some track cannot take a detection this old
         for f in sorted(faces, key=lambda f: -f.score):
-            best, best_iou = None, 0.3
+            best, best_iou, best_moved = None, 0.3, None
             for ti in unmatched:
                 t = self.tracks[ti]
-                det_box = self._forward(t, f, frame_index).bbox
-                v = iou(det_box, t.face.bbox)
+                moved = self._forward(t, f, frame_index)
+                if moved is None:
+                    unplaceable = True
+                    continue
+                v = iou(moved.bbox, t.face.bbox)
                 if v > best_iou:
-                    best, best_iou = ti, v
+                    best, best_iou, best_moved = ti, v, moved
             if best is None:
+                if unplaceable:
+                    continue  # too old to tell whether it is a tracked face: do not make a ghost
                 tr = Track(next(self._ids), f)
                 tr.motion.append((frame_index, IDENTITY.copy()))
                 tr.high_streak = 1 if f.score >= self.stable_confidence else 0
@@ -144,13 +157,15 @@ class FaceTracker:
                 continue
             unmatched.remove(best)
             t = self.tracks[best]
-            moved = self._forward(t, f, frame_index)
+            moved = best_moved
             t.high_streak = t.high_streak + 1 if f.score >= self.stable_confidence else 0
             t.misses = 0
             moved.track_id = t.id
             moved.stable = t.high_streak >= self.stable_count
             moved.embedding = f.embedding if f.embedding is not None else t.face.embedding
             t.face = moved
+        if unplaceable:
+            unmatched = []  # a stale result says nothing about which faces are gone
         for ti in unmatched:
             self.tracks[ti].misses += 1
         self.tracks = [t for t in self.tracks if t.misses <= self.max_misses] + new_tracks
@@ -160,19 +175,21 @@ class FaceTracker:
             if forget:
                 forget(alive)
 
-    def _forward(self, t: Track, f: Face, frame_index: int) -> Face:
-        """Move a detection made on ``frame_index`` by the motion the track saw since then."""
+    def _forward(self, t: Track, f: Face, frame_index: int) -> Face | None:
+        """Move a detection made on ``frame_index`` by the motion the track saw since then.
+
+        None when the detection is older than the track's motion history (it cannot be placed)."""
         then = None
         for idx, acc in t.motion:
             if idx == frame_index:
                 then = acc
                 break
         if then is None:
+            if t.motion and frame_index < t.motion[0][0]:
+                return None
             return Face(f.bbox.copy(), f.kps.copy(), f.score, f.embedding)
         m = _compose(t.acc, _inverse(then))
-        kps = _apply(m, f.kps)
-        corners = _apply(m, f.bbox.reshape(2, 2))
-        return Face(np.concatenate([corners.min(0), corners.max(0)]), kps, f.score, f.embedding)
+        return Face(_move_box(m, f.bbox), _apply(m, f.kps), f.score, f.embedding)
 
     # ---- between detections --------------------------------------------------------------
     def track(self, frame: np.ndarray, frame_index: int) -> None:
@@ -202,11 +219,8 @@ class FaceTracker:
                             m[:, 2] = m[:, 2] + r - m[:, :2] @ r
             if m is not None:
                 t.acc = _compose(m, t.acc)
-                kps = _apply(m, t.face.kps)
-                corners = _apply(m, t.face.bbox.reshape(2, 2))
-                nf = Face(np.concatenate([corners.min(0), corners.max(0)]), kps, t.face.score,
-                          t.face.embedding, t.id, t.face.stable)
-                t.face = nf
+                t.face = Face(_move_box(m, t.face.bbox), _apply(m, t.face.kps), t.face.score,
+                              t.face.embedding, t.id, t.face.stable)
             t.motion.append((frame_index, t.acc.copy()))
             if cur is not None and _inside(t.face.bbox, t.prev_box):
                 t.prev_gray = cur  # the face is still well inside: keep the region, re-use its grey

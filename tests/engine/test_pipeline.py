@@ -280,3 +280,68 @@ def test_models_downloaded_while_running_take_over_without_a_restart(model_facto
         assert any(seen[n:]) and eng.status().passthrough == []
     finally:
         eng.stop()
+
+
+class BrokenDecoder(FlakyCamera):
+    """A file source whose decoder raises a non-Mirage error (cv2.error, OSError...)."""
+
+    kind = "file"
+
+    def read(self):
+        self.n += 1
+        if self.n > 5:
+            raise OSError("Input/output error")
+        return self.img.copy()
+
+
+def test_a_source_that_raises_ends_the_stream_with_the_reason(engine, astronaut):
+    engine.start(BrokenDecoder(astronaut), [NullSink()])
+    assert engine.wait(5), "the stream must end, not freeze"
+    assert any("Input/output error" in p for p in engine.status().problems)
+    engine.stop()
+
+
+class CountingSource(FlakyCamera):
+    closed = 0
+
+    def close(self):
+        CountingSource.closed += 1
+
+
+def test_a_failed_start_closes_what_it_opened(engine, astronaut, tmp_path):
+    from mirage_desktop.errors import DeviceError
+
+    src = CountingSource(astronaut)
+    file_sink = FileSink(tmp_path / "o.mp4")
+    with pytest.raises(DeviceError):
+        engine.start(src, [file_sink, VirtualCameraSink(backend="v4l2loopback")])
+    assert CountingSource.closed == 1 and file_sink.writer is None
+    assert not engine.running
+
+
+def test_lossless_render_writes_every_frame(engine, astronaut, tmp_path):
+    out = tmp_path / "all.mp4"
+    engine.start(ImageSource(astronaut, fps=1000, frames=40, realtime=False), [FileSink(out)], lossless=True)
+    assert engine.wait(60)
+    engine.stop()
+    assert engine.metrics.counter("frames.out") == 40
+    assert sum(v for k, v in engine.metrics.snapshot()["counters"].items() if k.startswith("dropped.")) == 0
+    assert int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT)) == 40
+
+
+def test_switching_swap_back_on_forgets_old_face_positions(engine, astronaut):
+    engine.start(ImageSource(astronaut, fps=30), [NullSink()])
+    time.sleep(0.5)
+    engine.set_option("enable_swap", False)
+    time.sleep(0.3)
+    engine.pipeline.tracker.tracks[0].face.bbox += 200  # a stale position from long ago
+    engine.set_option("enable_swap", True)
+    time.sleep(0.5)
+    faces = engine.pipeline.tracker.faces()
+    engine.stop()
+    assert faces and faces[0].bbox[0] < 300  # re-detected where the face really is
+
+
+def test_det_size_applies_while_stopped(engine):
+    engine.set_option("det_size", 320)
+    assert engine.analyzer.detector.det_size == 320

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mirage_desktop.vision.face import Face
 from mirage_desktop.vision.tracking import DetectionScheduler, FaceTracker, select_faces
@@ -92,3 +93,28 @@ def test_select_largest_first_and_by_identity():
     assert select_faces([a, b, c], 2)[0] is b
     assert select_faces([a, b, c], 5, reference=e[2]) == [c]
     assert select_faces([a, b, c], 0) == []
+
+
+def test_box_keeps_its_shape_when_the_head_rolls():
+    from mirage_desktop.vision.tracking import _move_box
+
+    th = np.radians(20)
+    m = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0]])
+    box = _move_box(m, np.array([100.0, 100, 193, 193]))
+    assert box[2] - box[0] == pytest.approx(93) and box[3] - box[1] == pytest.approx(93)
+
+
+def test_a_detection_older_than_the_history_makes_no_ghost(astronaut):
+    from tests_support import shifted
+
+    from mirage_desktop.vision.detector import HaarFaceDetector
+
+    (face,) = HaarFaceDetector().detect(astronaut)
+    tr = FaceTracker()
+    tr.update([face], 0)
+    tr.note_frame(astronaut, 0)
+    for i in range(1, 300):
+        tr.track(shifted(astronaut, min(i, 60), 0), i)
+    tr.update([face], 1)  # from frame 1, long gone from the motion history
+    assert len(tr.tracks) == 1
+    np.testing.assert_allclose(tr.faces()[0].kps - face.kps, np.tile([60, 0], (5, 1)), atol=2)

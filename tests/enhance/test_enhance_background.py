@@ -51,3 +51,26 @@ def test_background_enhancer_does_not_block_and_result_follows_the_face():
         assert not changed.any()  # only the face box was touched
     finally:
         stage.close()
+
+
+def test_reset_drops_results_still_being_made():
+    enh = SlowSolid()
+    m = Metrics()
+    stage = EnhanceStage(enh, interval=1, metrics=m, background=True)
+    try:
+        face = make_face(160, 120)
+        stage.process(make_frame(), [face])  # a result for the old identity is being made
+        stage.reset()  # identity switched / swap turned off
+        enh.release.set()
+        deadline = time.time() + 5
+        while m.counter("enhance.runs") < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        frame = make_frame(seed=2)
+        before = frame.copy()
+        enh.release.clear()  # hold the next run so the frame can only show a stale result
+        stage.process(frame, [face])
+        assert np.array_equal(frame, before)  # the out-of-date result was never pasted
+    finally:
+        enh.release.set()
+        stage.close()
