@@ -59,11 +59,15 @@ def run(args) -> int:
         src = open_source(int(args.camera or settings.camera), width=settings.capture_width,
                           height=settings.capture_height, fps=settings.capture_fps)
     outputs = args.output or ["virtualcam"]
+    # file in, files out: render every frame as fast as the machine allows, drop nothing
+    lossless = bool(args.input) and all(o.startswith("file:") for o in outputs) and not args.loop
+    if lossless:
+        src.realtime = False
     stop = threading.Event()
     old = signal.signal(signal.SIGINT, lambda *_: stop.set())
     voice_status = None
     try:
-        engine.start(src, outputs)
+        engine.start(src, outputs, lossless=lossless)
         print(f"mirage: running {engine.status().source} -> {', '.join(engine.status().outputs)} "
               f"on {st.provider}; Ctrl-C to stop", file=sys.stderr)
         t0 = last = time.perf_counter()

@@ -55,6 +55,7 @@ def test_run_to_a_file_with_metrics(photos, tmp_path, capsys):
     assert rc == 0, err
     snap = json.loads(metrics.read_text())
     assert snap["counters"]["frames.out"] >= 20
+    assert not any(k.startswith("dropped.") for k in snap["counters"])  # file to file: nothing dropped
     for stage in ("worker", "swap", "total", "output"):
         assert snap["stages"][stage]["p95"] is not None
     assert snap["status"]["provider"] == "CPUExecutionProvider"
