@@ -72,4 +72,6 @@ def test_engine_metrics_and_raising_converter():
     for stage in ("voice.encode", "voice.f0", "voice.convert", "voice.post", "voice.chunk"):
         assert snap["stages"][stage]["count"] > 0
     assert snap["counters"]["voice.chunks"] == 5 and snap["gauges"]["voice.block_ms"] == 192.0
-    assert eng2.algorithmic_latency_ms() == 192.0 + 40.0 + 10.0
+    assert eng2.algorithmic_latency_ms() == 192.0 + 16.0 + 8.0  # block + crossfade + SOLA search
+    st = eng2.status()
+    assert (st["crossfade_ms"], st["search_ms"], st["algorithmic_latency_ms"]) == (16.0, 8.0, 216.0)

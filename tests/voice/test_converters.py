@@ -91,3 +91,18 @@ def test_real_speech_pitch_shift(speech):
     ratio = np.median(f_out[f_out > 0]) / np.median(f_in[f_in > 0])
     assert abs(ratio - 2 ** (4 / 12)) / 2 ** (4 / 12) < 0.05, ratio
     assert np.all(np.isfinite(y)) and np.max(np.abs(y)) <= 1.0
+
+
+@pytest.mark.parametrize("f0", [150.0, 100.0])
+def test_chunk_joins_do_not_dip_in_level(f0):
+    """The (short) default crossfade + SOLA search line chunks up well enough that the level does
+    not sag at the joins (a misaligned crossfade of two voiced signals partly cancels)."""
+    x = harmonic_signal(f0, 3.0, vibrato=0.02)
+    eng = VoiceEngine(WorldConverter(pitch=3.0), adapt=False)
+    y = eng.process(x, flush=False).astype(np.float64)
+    w, block, xf = 160, eng.block, eng.sola.crossfade
+    rms = np.sqrt(np.convolve(y * y, np.ones(w) / w, mode="same"))
+    bounds = np.arange(block, y.size - 1, block)[1:-1]
+    at_joins = min(rms[b - w // 2: b + xf + w // 2].min() for b in bounds)
+    mid_block = min(rms[b + block // 2 - 300: b + block // 2 + 300].min() for b in bounds)
+    assert at_joins >= 0.9 * mid_block, (at_joins, mid_block)
