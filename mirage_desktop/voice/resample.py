@@ -18,6 +18,7 @@ class StreamResampler:
         g = math.gcd(self.sr_in, self.sr_out)
         self.up, self.down = self.sr_out // g, self.sr_in // g
         self.identity = self.sr_in == self.sr_out
+        self._n_out = 0  # next output index
         if self.identity:
             self.half = 0
             return
@@ -32,8 +33,12 @@ class StreamResampler:
         # start with ``half`` zeros of history so output 0 sits at input time 0
         self._hist = np.zeros(self.half, dtype=np.float64)
         self._base = -self.half  # absolute input index of _hist[0]
-        self._n_out = 0  # next output index
         self._n_in = 0  # input samples received
+
+    @property
+    def n_out(self) -> int:
+        """Output samples produced so far."""
+        return self._n_out
 
     @property
     def delay_s(self) -> float:
@@ -42,6 +47,7 @@ class StreamResampler:
     def process(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32).reshape(-1)
         if self.identity:
+            self._n_out += x.size
             return x.copy()
         self._hist = np.concatenate([self._hist, x.astype(np.float64)])
         self._n_in += x.size
