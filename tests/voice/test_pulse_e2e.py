@@ -120,7 +120,11 @@ def test_end_to_end_pitch_and_latency(mirage_mic, null_sink):
           f"algorithmic latency {status['algorithmic_latency_ms']:.0f} ms; "
           f"pipeline-measured latency P50 {status['measured_latency_ms']:.0f} ms "
           f"(P95 {status['measured_latency_p95_ms']:.0f}); onset-to-onset {measured_external * 1000:.0f} ms; "
-          f"chunks {status['chunks']}, underruns {m.counter('voice.underruns')}")
+          f"chunks {status['chunks']}, underruns {m.counter('voice.underruns')}, device underflows "
+          f"{m.counter('voice.output_status')}, output margin {status['output_margin_ms']:.0f} ms, "
+          f"longest conversion {status['proc_ref_ms']:.0f} ms")
+    # The product brief's "< 250 ms end to end" is not asserted: with 192 ms blocks it cannot be met on
+    # this path (192 block + 24 SOLA + ~40 device + 25-40 conversion + margin; see docs/voice.md).
     assert status["measured_latency_ms"] is not None and status["measured_latency_ms"] > 0
     assert 0.1 < measured_external < 1.5
     assert m.counter("voice.chunks") > 5
