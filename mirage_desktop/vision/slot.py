@@ -22,6 +22,8 @@ class LatestSlot:
         with self._cv:
             while block and self._has and not self._closed:
                 self._cv.wait(0.1)
+            if self._closed:
+                return  # shutting down: not a drop under load
             if self._has:
                 self.dropped += 1
                 if self.on_drop:
