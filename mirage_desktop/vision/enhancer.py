@@ -395,12 +395,17 @@ class EnhanceStage:
         self._inflight: set[int] = set()
         self._requests = LatestSlot(on_drop=self._dropped)
         self._thread: threading.Thread | None = None
-        if background:
-            self._thread = threading.Thread(target=self._background_loop, name="mirage-enhancer", daemon=True)
+
+    def _ensure_thread(self) -> None:
+        """Start the background thread on first use (again after close())."""
+        if self._thread is None or not self._thread.is_alive():
+            self._requests = LatestSlot(on_drop=self._dropped)
+            self._thread = threading.Thread(target=self._background_loop, args=(self._requests,),
+                                            name="mirage-enhancer", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
-        """Stop the background thread (if any)."""
+        """Stop the background thread (if any); the stage can be used again afterwards."""
         self._requests.close()
         if self._thread is not None:
             self._thread.join(5.0)
@@ -411,11 +416,11 @@ class EnhanceStage:
         with self._lock:
             self._inflight.difference_update(tid for tid, _, _, _ in requests)
 
-    def _background_loop(self) -> None:
+    def _background_loop(self, slot: LatestSlot) -> None:
         while True:
-            requests = self._requests.get(timeout=0.2)
+            requests = slot.get(timeout=0.2)
             if requests is None:
-                if self._requests.closed:
+                if slot.closed:
                     return
                 continue
             for tid, raw, index, generation in requests:
@@ -484,6 +489,7 @@ class EnhanceStage:
             for face in faces:
                 self._process_face(frame, face, index, interval, blend, due)
             if due:
+                self._ensure_thread()
                 self._requests.put(due)
             self._evict(index)
 

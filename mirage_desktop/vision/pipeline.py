@@ -157,6 +157,8 @@ class VideoPipeline:
             if t.name == "mirage-capture" and t.is_alive():
                 capture_alive = True
         self._threads.clear()
+        if self.enhance_stage is not None and hasattr(self.enhance_stage, "close"):
+            self.enhance_stage.close()  # its background thread; it restarts with the next stream
         for s in self.sinks:
             try:
                 s.close()
