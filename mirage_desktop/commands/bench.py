@@ -136,7 +136,7 @@ def run_scenario(n_faces: int, args, workdir: Path, log=print) -> dict:
     c = snap["counters"]
     out = c.get("frames.out", 0)
     res = {
-        "faces": n_faces, "frames_out": out, "seconds": elapsed, "fps": out / elapsed if elapsed else 0.0,
+        "faces": n_faces, "size": f"{args.width}x{args.height}", "frames_out": out, "seconds": elapsed, "fps": out / elapsed if elapsed else 0.0,
         "dropped": {k: v for k, v in c.items() if k.startswith("dropped.")},
         "faces_swapped_per_frame": c.get("faces.swapped", 0) / max(out, 1),
         "detector_runs": c.get("detect.runs", 0), "provider": st.provider,
@@ -146,7 +146,7 @@ def run_scenario(n_faces: int, args, workdir: Path, log=print) -> dict:
 
 
 def format_result(r: dict) -> str:
-    lines = [f"--- {r['faces']} face(s), 1280x720 -> {r['frames_out']} frames in {r['seconds']:.1f} s: "
+    lines = [f"--- {r['faces']} face(s), {r['size']} -> {r['frames_out']} frames in {r['seconds']:.1f} s: "
              f"{r['fps']:.1f} FPS out, {r['faces_swapped_per_frame']:.2f} faces swapped/frame, "
              f"detector ran {r['detector_runs']}x, dropped {sum(r['dropped'].values())} ({r['provider']})",
              f"{'stage':<22}{'count':>7}{'P50 ms':>9}{'P95 ms':>9}{'P99 ms':>9}"]
