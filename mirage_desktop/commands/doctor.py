@@ -93,7 +93,9 @@ def _models() -> list[Check]:
 
 def _audio() -> list[Check]:
     try:
-        import sounddevice  # noqa: F401
+        import sounddevice
+
+        sounddevice.get_portaudio_version()
     except OSError:
         return [Check("audio", False, "PortAudio library not found", "Debian/Ubuntu: sudo apt install libportaudio2")]
     except ImportError:

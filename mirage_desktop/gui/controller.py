@@ -76,7 +76,7 @@ class EngineController(QObject):
             was = self.engine.running
             if was and restart:
                 self.engine.stop()
-            st = self._load_models_now()
+            self._load_models_now()
             if was and restart and self.last_start is not None:
                 self._start_now(*self.last_start)
             return self.engine.status()

@@ -43,12 +43,7 @@ class LatestSlot:
             return item
 
     def take_nowait(self) -> Any:
-        with self._cv:
-            if not self._has:
-                return None
-            item, self._item, self._has = self._item, None, False
-            self._cv.notify_all()
-            return item
+        return self.get(0.0)
 
     def close(self) -> None:
         with self._cv:

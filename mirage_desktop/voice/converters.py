@@ -45,6 +45,14 @@ def check_converter(obj: Any) -> Any:
     return obj
 
 
+
+def check_pitch(value: Any) -> float:
+    """A pitch shift in semitones, -24..+24, or a one-line error."""
+    v = float(value)
+    if not -24.0 <= v <= 24.0:
+        raise MirageError(f"pitch {v:+g} is out of range", "use -24..+24 semitones")
+    return v
+
 class _Stage:
     """``with _Stage(timings, "f0"): ...`` adds elapsed ms to timings["f0"]."""
 
@@ -111,10 +119,7 @@ class WorldConverter:
     def set_option(self, name: str, value: Any) -> None:
         with self._lock:
             if name == "pitch":
-                v = float(value)
-                if not -24.0 <= v <= 24.0:
-                    raise MirageError(f"pitch {v:+g} is out of range", "use -24..+24 semitones")
-                self.pitch, self.preset = v, "custom"
+                self.pitch, self.preset = check_pitch(value), "custom"
             elif name == "formant":
                 v = float(value)
                 if not 0.5 <= v <= 2.0:

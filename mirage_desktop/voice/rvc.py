@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import MirageError, ModelError
 from . import SAMPLE_RATE
-from .converters import _Stage
+from .converters import _Stage, check_pitch
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +248,7 @@ class RvcConverter:
     def set_option(self, name: str, value: Any) -> None:
         with self._lock:
             if name == "pitch":
-                v = float(value)
-                if not -24.0 <= v <= 24.0:
-                    raise MirageError(f"pitch {v:+g} is out of range", "use -24..+24 semitones")
-                self.pitch = v
+                self.pitch = check_pitch(value)
             elif name == "f0_method":
                 if value == "rmvpe" and self.rmvpe is None:
                     raise ModelError("F0 method rmvpe needs an RMVPE model", "pass --rmvpe rmvpe.onnx or use --f0 harvest")

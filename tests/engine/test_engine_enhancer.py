@@ -52,7 +52,7 @@ def test_enhancer_runs_as_its_own_stage_every_third_frame(model_factory, astrona
 
 def test_background_enhancer_keeps_the_stream_going(model_factory, astronaut, tmp_path):
     eng = _engine(model_factory, astronaut, tmp_path, enhancer_async=True)
-    frames = _run(eng, astronaut)
+    _run(eng, astronaut)
     snap = eng.snapshot()
     assert snap["counters"]["enhance.runs"] >= 1
     assert snap["counters"].get("frames.out", 0) >= 20

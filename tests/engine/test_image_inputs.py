@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
+
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from mirage_desktop.errors import InputImageError, MirageError, ModelError
+from mirage_desktop.errors import InputImageError, ModelError
 from mirage_desktop.models.runtime import create_session
 from mirage_desktop.vision.image_io import load_image
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import pyvirtualcam
-import pyvirtualcam.camera as pvc
+
 
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
