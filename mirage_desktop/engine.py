@@ -257,7 +257,9 @@ class Engine:
             from .voice.pipeline import VoicePipeline
 
             self.voice = VoicePipeline(self.settings, self.metrics)
-            self.voice.start()
+            if not self.voice.start():  # device errors do not raise here: they are reported
+                self._status.problems.append(f"voice: {self.voice.error}")
+                log.warning("voice could not start: %s", self.voice.error)
         except (MirageError, ImportError) as exc:
             self.voice = None
             self._status.problems.append(f"voice: {exc}")
@@ -309,6 +311,7 @@ class Engine:
                 elif name == "enhancer_blend":
                     self.enhance_stage.set_blend(value)
             if name == "enable_voice":
+                self._status.problems = [p for p in self._status.problems if not p.startswith("voice:")]
                 if value and self.voice is None and self.pipeline is not None:
                     self._start_voice()
                 elif not value and self.voice is not None:
