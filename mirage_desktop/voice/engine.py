@@ -5,14 +5,19 @@ returns one block of converted audio. Tests drive it directly; the pipeline driv
 worker thread between the device streams.
 
 Real-time control (:class:`RealtimeController`), per chunk, ratio = processing time / block
-duration:
+duration, checked in this order:
 
 - a chunk is *accepted* when ratio < 0.65 (``voice.accept_ratio`` = accepted / processed);
-- **grow**: the mean over the last 40 chunks > 0.75, the block is below its maximum and the mean
-  is < 1.0 (a bigger block can still catch up): block += 32 ms;
-- **fallback**: otherwise, 40 consecutive chunks > 0.80 → pass-through, with the reason in
-  :meth:`status` (so a converter that is hopeless, or already at the largest block, stops
-  wasting the CPU);
+- **fallback**: 40 consecutive chunks > 0.80 → pass-through, with the reason in :meth:`status`
+  (checked first: a converter that is steadily too slow stops at chunk 40, it is not first grown
+  to the largest block);
+- **grow**: the mean over the last 40 chunks > 0.75 and the block is below its maximum:
+  block += 32 ms (however slow the mean: a bigger block amortises per-chunk overheads, and a
+  converter that is only slow now and then never makes 40 consecutive slow chunks);
+- **fallback (on average)**: the mean over the last 40 chunks > 0.80 and the block cannot grow
+  (already at its maximum, or adaptation off) → pass-through, with the reason. Without it a
+  converter slower than real time on average but with the odd fast chunk would drop input for
+  ever;
 - **shrink**: the mean over the last 120 chunks < 0.55 and the block is above its minimum:
   block -= 32 ms.
 
@@ -54,7 +59,8 @@ SEARCH_MS = 8.0
 
 class RealtimeController:
     """Pure decision logic; :meth:`update` takes a ratio and returns "grow", "shrink",
-    "fallback" or None. Block sizes are in samples at 16 kHz."""
+    "fallback" (the reason in :attr:`fallback_cause`) or None. Block sizes are in samples at
+    16 kHz. See the module docstring for the rules and their order."""
 
     def __init__(self, block: int, min_block: int, max_block: int, step: int = STEP_MS * SAMPLE_RATE // 1000,
                  adapt: bool = True):
@@ -63,6 +69,7 @@ class RealtimeController:
         self.consecutive_slow = 0
         self.processed = 0
         self.accepted = 0
+        self.fallback_cause: str | None = None  # why the last "fallback" was returned
 
     def reset_windows(self) -> None:
         self.recent.clear()
@@ -74,15 +81,23 @@ class RealtimeController:
             self.accepted += 1
         self.recent.append(ratio)
         self.consecutive_slow = self.consecutive_slow + 1 if ratio > FALLBACK_ABOVE else 0
+        if self.consecutive_slow >= FALLBACK_COUNT:
+            self.fallback_cause = f"runtime/real > {FALLBACK_ABOVE} for {FALLBACK_COUNT} consecutive chunks"
+            self.reset_windows()
+            return "fallback"
         if len(self.recent) >= GROW_WINDOW:
             mean40 = float(np.mean(list(self.recent)[-GROW_WINDOW:]))
-            if self.adapt and mean40 > GROW_ABOVE and mean40 < 1.0 and self.block < self.max_block:
+            can_grow = self.adapt and self.block < self.max_block
+            if can_grow and mean40 > GROW_ABOVE:
                 self.block = min(self.max_block, self.block + self.step)
                 self.reset_windows()
                 return "grow"
-        if self.consecutive_slow >= FALLBACK_COUNT:
-            self.reset_windows()
-            return "fallback"
+            if not can_grow and mean40 > FALLBACK_ABOVE:
+                where = "at the largest block" if self.adapt else "(block adaptation off)"
+                self.fallback_cause = (f"mean runtime/real {mean40:.2f} > {FALLBACK_ABOVE} over the last "
+                                       f"{GROW_WINDOW} chunks {where}")
+                self.reset_windows()
+                return "fallback"
         if self.adapt and len(self.recent) >= SHRINK_WINDOW and float(np.mean(self.recent)) < SHRINK_BELOW \
                 and self.block > self.min_block:
             self.block = max(self.min_block, self.block - self.step)
@@ -251,8 +266,8 @@ class VoiceEngine:
                 m.incr("voice.accepted")
             m.set_gauge("voice.accept_ratio", self.control.accept_ratio)
             if action == "fallback" and self.allow_fallback:
-                self.fallback_reason = (f"converter {conv.name} too slow: runtime/real > {FALLBACK_ABOVE} for "
-                                        f"{FALLBACK_COUNT} consecutive chunks at {_ms(block):.0f} ms")
+                self.fallback_reason = (f"converter {conv.name} too slow: {self.control.fallback_cause} "
+                                        f"at {_ms(block):.0f} ms")
                 log.warning("voice: %s; passing the voice through", self.fallback_reason)
                 m.incr("voice.fallbacks")
             elif action in ("grow", "shrink"):
