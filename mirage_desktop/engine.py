@@ -67,6 +67,7 @@ class Engine:
         self._lock = threading.RLock()
         self._status = EngineStatus()
         self._frame_subs: dict[int, Callable] = {}
+        self._originals: dict[int, bool] = {}
         self._next_token = 0
 
     # ---- models ----------------------------------------------------------------------------
@@ -120,6 +121,7 @@ class Engine:
         if self.enhance_stage is not None:
             self.enhance_stage.close()
         self.enhance_stage = None
+        st.problems = [p for p in st.problems if not p.startswith("enhancer:")]
         if not self.settings.enable_enhancer:
             st.enhancer = "off"
             return
@@ -134,7 +136,7 @@ class Engine:
             st.enhancer = self.settings.enhancer
         except (MirageError, ImportError) as exc:
             st.enhancer = "none"
-            st.problems.append(f"enhancer: {exc}")
+            st.problems = [p for p in st.problems if not p.startswith("enhancer:")] + [f"enhancer: {exc}"]
         if self.pipeline is not None:
             self.pipeline.enhance_stage = self.enhance_stage
 
@@ -217,8 +219,8 @@ class Engine:
                                   self.enhance_stage, self._make_smoother(), self._color_fn(),
                                   getattr(self, "_reference", None),
                                   detector_async=detector_async and not lossless, lossless=lossless)
-                for token, fn in self._frame_subs.items():
-                    p._subscribers[token] = fn
+                p._subscribers = dict(self._frame_subs)
+                p.keep_original = any(self._originals.values())
                 p.start()
             except BaseException:
                 try:  # nothing may stay open after a failed start (the camera would be busy)
@@ -322,33 +324,45 @@ class Engine:
             self._refresh_passthrough()
 
     # ---- observation -------------------------------------------------------------------------
-    def subscribe_frames(self, fn: Callable) -> int:
+    def subscribe_frames(self, fn: Callable, want_original: bool = False) -> int:
+        """Call ``fn(FramePacket)`` on the output thread for every frame. ``pkt.original`` (a copy
+        of the input frame) is made only while some subscriber wants it."""
         with self._lock:
             self._next_token += 1
             self._frame_subs[self._next_token] = fn
-            if self.pipeline is not None:
-                self.pipeline._subscribers[self._next_token] = fn
+            self._originals[self._next_token] = bool(want_original)
+            self._sync_subscriptions()
             return self._next_token
+
+    def set_frame_subscription(self, token: int, want_original: bool) -> None:
+        with self._lock:
+            if token in self._frame_subs:
+                self._originals[token] = bool(want_original)
+                self._sync_subscriptions()
 
     def unsubscribe_frames(self, token: int) -> None:
         with self._lock:
             self._frame_subs.pop(token, None)
-            if self.pipeline is not None:
-                self.pipeline.unsubscribe(token)
+            self._originals.pop(token, None)
+            self._sync_subscriptions()
 
-    def status(self) -> EngineStatus:
-        st = self._status
+    def _sync_subscriptions(self) -> None:
         p = self.pipeline
         if p is not None:
-            extra = [f"{k} failing: {v}" for k, v in p.errors.items()]
+            p._subscribers = dict(self._frame_subs)  # replaced, not mutated: the output thread iterates it
+            p.keep_original = any(self._originals.values())
+
+    def status(self) -> EngineStatus:
+        """A snapshot of the status (never changes the engine's state)."""
+        with self._lock:
+            st = EngineStatus(**self._status.to_dict())
+        p = self.pipeline
+        if p is not None:
+            live = [f"{k} failing: {v}" for k, v in list(p.errors.items())]
             if p.capture_error:
-                extra.insert(0, p.capture_error)
-            st.problems = [x for x in st.problems if not x.startswith(("detect failing", "swap failing"))]
-            live = extra
-        else:
-            live = []
-        out = EngineStatus(**{**st.to_dict(), "problems": list(st.problems) + live})
-        return out
+                live.insert(0, p.capture_error)
+            st.problems = list(st.problems) + live
+        return st
 
     def snapshot(self) -> dict:
         from .control.health import verdict

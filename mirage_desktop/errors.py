@@ -26,3 +26,7 @@ class ModelError(MirageError):
 
 class DeviceError(MirageError):
     """A camera, virtual camera or audio device that cannot be opened."""
+
+
+class VirtualCameraError(DeviceError):
+    """The virtual camera (v4l2loopback, OBS, Unity Capture) cannot be opened."""

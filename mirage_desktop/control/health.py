@@ -17,6 +17,8 @@ def verdict(snapshot: dict) -> dict:
     for p in status.get("problems", []):
         if "failing" in p or "camera" in p:
             reasons_red.append(p)
+        elif p.startswith(("enhancer:", "voice:")):
+            reasons_yellow.append(p)  # an optional stage is off, the video itself is fine
     if status.get("running"):
         fps = gauges.get("fps")
         if isinstance(fps, (int, float)) and counters.get("frames.out", 0) > 30 and fps < TARGET_FPS:

@@ -12,7 +12,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from ..errors import DeviceError, MirageError
+from ..errors import MirageError, VirtualCameraError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class VirtualCameraSink:
             self.cam = pyvirtualcam.Camera(int(w), int(h), float(f), fmt=pyvirtualcam.PixelFormat.BGR,
                                            backend=self.backend, device=self.device)
         except Exception as exc:  # pyvirtualcam raises RuntimeError/ValueError with the backends' reasons
-            raise DeviceError(f"no virtual camera could be started ({' '.join(str(exc).split())[:300]})",
+            raise VirtualCameraError(f"no virtual camera could be started ({' '.join(str(exc).split())[:300]})",
                               _vcam_fix()) from None
         log.info("virtual camera %s via %s at %dx%d %.0f fps", self.cam.device, self.cam.backend, w, h, f)
 

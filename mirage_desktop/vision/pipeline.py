@@ -90,8 +90,7 @@ class VideoPipeline:
         self._stop = threading.Event()
         self.finished = threading.Event()  # set when a finite source ran out and all was sent
         self._threads: list[threading.Thread] = []
-        self._subscribers: dict[int, Callable] = {}
-        self._sub_id = 0
+        self._subscribers: dict[int, Callable] = {}  # replaced as a whole by the engine
         self._once = _OnceLogger()
         self.errors: dict[str, str] = {}  # cause -> last message, for the status bar
         self.capture_error: str | None = None
@@ -113,13 +112,6 @@ class VideoPipeline:
     def set_latent(self, latent: np.ndarray | None) -> None:
         self.latent = latent  # an atomic reference swap: the next frame uses it
 
-    def subscribe(self, fn: Callable[[FramePacket], None]) -> int:
-        self._sub_id += 1
-        self._subscribers[self._sub_id] = fn
-        return self._sub_id
-
-    def unsubscribe(self, token: int) -> None:
-        self._subscribers.pop(token, None)
 
     # ---- threads ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -279,7 +271,7 @@ class VideoPipeline:
         o = self.opts
         m = self.metrics
         frame = pkt.frame
-        if self.keep_original or self._subscribers:
+        if self.keep_original:
             pkt.original = frame.copy()
         faces: list[Face] = []
         active = self.analyzer is not None and (o.enable_swap or o.enable_enhancer)
@@ -364,7 +356,7 @@ class VideoPipeline:
                     s.send(pkt.frame)
                 except Exception as exc:
                     self._model_error(f"output:{s.name}", exc)
-            for fn in list(self._subscribers.values()):
+            for fn in self._subscribers.values():
                 try:
                     fn(pkt)
                 except Exception as exc:

@@ -61,7 +61,7 @@ def _collect(engine, source, n, **kw):
         if len(got) >= n:
             done.set()
 
-    tok = engine.subscribe_frames(keep)  # before start: every frame carries its original
+    tok = engine.subscribe_frames(keep, want_original=True)  # before start: every frame has its original
     engine.start(source, [CallbackSink(lambda f: None)], **kw)
     assert done.wait(30), f"only {len(got)} frames arrived"
     engine.unsubscribe_frames(tok)
@@ -345,3 +345,16 @@ def test_switching_swap_back_on_forgets_old_face_positions(engine, astronaut):
 def test_det_size_applies_while_stopped(engine):
     engine.set_option("det_size", 320)
     assert engine.analyzer.detector.det_size == 320
+
+
+def test_the_input_frame_is_copied_only_while_a_subscriber_wants_it(engine, astronaut):
+    got = []
+    tok = engine.subscribe_frames(got.append)
+    engine.start(ImageSource(astronaut, fps=30), [NullSink()])
+    time.sleep(0.4)
+    assert got and all(p.original is None for p in got)  # output-only preview: no per-frame copy
+    engine.set_frame_subscription(tok, True)  # side-by-side view
+    n = len(got)
+    time.sleep(0.4)
+    engine.stop()
+    assert got[-1].original is not None and len(got) > n
