@@ -210,11 +210,34 @@ class IdentityStore:
     def __init__(self, root: Path | None = None):
         self.root = root or (data_dir() / "identities")
 
+    def _find(self, name: str) -> Path | None:
+        """The folder holding the identity called ``name`` (folder names are only slugs)."""
+        if not self.root.exists():
+            return None
+        for d in sorted(self.root.iterdir()):
+            try:
+                if json.loads((d / "meta.json").read_text())["name"] == name:
+                    return d
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return None
+
+    def _dir_for(self, name: str) -> Path:
+        """The existing folder for ``name``, or a new one whose slug no other identity uses."""
+        d = self._find(name)
+        if d is not None:
+            return d
+        base = _slug(name)
+        d, i = self.root / base, 2
+        while d.exists():  # "Иван" and "Пётр" share a slug: never overwrite another person
+            d, i = self.root / f"{base}-{i}", i + 1
+        return d
+
     def save(self, ident: SourceIdentity) -> Path:
         if ident.embedding is None:
             raise MirageError(f"identity {ident.name!r} has no embedding",
                               "download the recognition model with `mirage models download buffalo_l`")
-        d = self.root / _slug(ident.name)
+        d = self._dir_for(ident.name)
         import io
 
         buf = io.BytesIO()
@@ -246,7 +269,7 @@ class IdentityStore:
         return out
 
     def load(self, name: str) -> SourceIdentity:
-        d = self.root / _slug(name)
+        d = self._find(name) or self.root / _slug(name)
         try:
             meta = json.loads((d / "meta.json").read_text())
             emb = np.load(d / "embedding.npy")
@@ -262,7 +285,9 @@ class IdentityStore:
         return ident
 
     def set_consent(self, name: str, consent: bool = True) -> None:
-        d = self.root / _slug(name)
+        d = self._find(name)
+        if d is None:
+            raise MirageError(f"no saved identity called {name!r}", "add it from its photos")
         meta = json.loads((d / "meta.json").read_text())
         meta["consent"] = bool(consent)
         atomic_write_text(d / "meta.json", json.dumps(meta, indent=2))
@@ -270,4 +295,6 @@ class IdentityStore:
     def delete(self, name: str) -> None:
         import shutil
 
-        shutil.rmtree(self.root / _slug(name), ignore_errors=True)
+        d = self._find(name)
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)

@@ -119,3 +119,18 @@ def test_identities_persist_with_consent(analyzer, astronaut, tmp_path):
     assert store.names() == ["Eileen"]
     store.delete("Eileen")
     assert store.names() == []
+
+
+def test_names_with_the_same_folder_slug_never_overwrite_each_other(analyzer, astronaut, grace_hopper_path, tmp_path):
+    store = IdentityStore(tmp_path / "ids")
+    b = IdentityBuilder(analyzer)
+    ivan, petr = b.build([astronaut], "Иван"), b.build([grace_hopper_path], "Пётр")
+    store.save(ivan)
+    store.save(petr)
+    assert sorted(store.names()) == ["Иван", "Пётр"]
+    np.testing.assert_array_equal(store.load("Иван").embedding, ivan.embedding)
+    np.testing.assert_array_equal(store.load("Пётр").embedding, petr.embedding)
+    store.set_consent("Пётр")
+    assert store.load("Пётр").consent and not store.load("Иван").consent
+    store.delete("Иван")
+    assert store.names() == ["Пётр"]
