@@ -15,6 +15,7 @@ PulseAudio restart; run ``mirage mic setup`` again after one.
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from ..errors import DeviceError
@@ -44,9 +45,20 @@ def _modules() -> list[tuple[str, str, str]]:
     return out
 
 
+def _arg_tokens(args: str) -> list[str]:
+    """A module's argument string split into ``key=value`` tokens (quotes honoured when balanced)."""
+    try:
+        return shlex.split(args)
+    except ValueError:  # unbalanced quotes in someone else's arguments
+        return args.split()
+
+
+# whole-token matches only: ``sink_name=mirage_mic_sink_user`` is someone else's sink
+_OUR_ARG = {"module-null-sink": f"sink_name={SINK}", "module-remap-source": f"source_name={SOURCE}"}
+
+
 def _ours() -> list[tuple[str, str, str]]:
-    return [m for m in _modules() if m[1] in ("module-null-sink", "module-remap-source")
-            and (f"sink_name={SINK}" in m[2] or f"source_name={SOURCE}" in m[2])]
+    return [m for m in _modules() if m[1] in _OUR_ARG and _OUR_ARG[m[1]] in _arg_tokens(m[2])]
 
 
 def status() -> dict:
