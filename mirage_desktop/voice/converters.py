@@ -53,6 +53,35 @@ def check_pitch(value: Any) -> float:
         raise MirageError(f"pitch {v:+g} is out of range", "use -24..+24 semitones")
     return v
 
+
+def check_formant(value: Any) -> float:
+    """A formant ratio, 0.5..2.0, or a one-line error."""
+    v = float(value)
+    if not 0.5 <= v <= 2.0:
+        raise MirageError(f"formant {v:g} is out of range", "use 0.5..2.0 (1.0 = unchanged)")
+    return v
+
+
+def check_option(name: str, value: Any) -> None:
+    """Checks that hold for every converter (a value stored in the settings must let any converter
+    start later); each converter's ``set_option`` adds its own. Raises MirageError."""
+    try:
+        if name == "pitch":
+            check_pitch(value)
+        elif name == "formant":
+            check_formant(value)
+        elif name == "preset":
+            if str(value).lower() not in PRESETS:
+                raise MirageError(f"unknown voice preset {value!r}", f"use one of: {', '.join(PRESETS)}")
+        elif name == "f0_method":
+            if value not in ("dio", "harvest", "rmvpe"):
+                raise MirageError(f"unknown F0 method {value!r}", "use dio, harvest or rmvpe")
+        elif name == "speaker":
+            int(value)
+    except (TypeError, ValueError) as exc:
+        raise MirageError(f"bad value {value!r} for voice option {name}: {exc}", "pass a number") from None
+
+
 class _Stage:
     """``with _Stage(timings, "f0"): ...`` adds elapsed ms to timings["f0"]."""
 
@@ -121,10 +150,7 @@ class WorldConverter:
             if name == "pitch":
                 self.pitch, self.preset = check_pitch(value), "custom"
             elif name == "formant":
-                v = float(value)
-                if not 0.5 <= v <= 2.0:
-                    raise MirageError(f"formant {v:g} is out of range", "use 0.5..2.0 (1.0 = unchanged)")
-                self.formant, self.preset = v, "custom"
+                self.formant, self.preset = check_formant(value), "custom"
             elif name == "preset":
                 key = str(value).lower()
                 if key not in PRESETS:

@@ -309,18 +309,24 @@ class VoicePipeline:
             if self.engine is not None:
                 self._pending_options.put(("converter", value))
             return
+        if name not in ("pitch", "formant", "preset", "f0_method", "speaker"):
+            raise MirageError(f"unknown voice option {name!r}",
+                              "use pitch, formant, preset, f0_method, speaker, enabled, bypass or converter")
+        # validate before anything is stored: a rejected value must not reach the settings (the
+        # next start() would fail on it)
+        from .converters import check_option
+
+        check_option(name, value)
+        if self.engine is not None:
+            self.engine.converter.set_option(name, value)  # the converter's own checks; applies live
         if name == "pitch":
             self.settings.voice_pitch = float(value)
         elif name == "formant":
             self.settings.voice_formant = float(value)
-        elif name in ("preset", "f0_method", "speaker"):
+        else:
             key = {"preset": "voice_preset", "f0_method": "voice_f0_method", "speaker": "voice_speaker"}[name]
             self.settings.extra = {**(self.settings.extra or {}), key: value}
-        else:
-            raise MirageError(f"unknown voice option {name!r}",
-                              "use pitch, formant, preset, f0_method, speaker, enabled, bypass or converter")
         if self.engine is not None:
-            self.engine.converter.set_option(name, value)  # validates; raises MirageError if bad
             self.engine.clear_fallback()
 
     # --- status --------------------------------------------------------------
