@@ -205,6 +205,10 @@ class VoicePipeline:
         from .resample import StreamResampler
 
         self.error = None
+        # fresh queues: input blocks left from a previous run must not be played, and a converter
+        # switch queued while stopped is already in converter_kind (built just below)
+        self._in_q = queue.Queue(maxsize=256)
+        self._pending_options = queue.Queue()
         self.engine = self._build_engine()
         self.engine.bypass = bool(_extra(self.settings, "voice_bypass", False))
         self.input_dev = resolve_device(self.settings.voice_input, "input")
