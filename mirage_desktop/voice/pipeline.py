@@ -237,14 +237,14 @@ class VoicePipeline:
         self._thread = threading.Thread(target=self._work, name="VoiceWorker", daemon=True)
         self._running = True
         self._thread.start()
-        try:
-            self._out_stream.start()
-            self._in_stream.start()
-        except Exception as exc:
-            from .audio_io import device_error
+        from .audio_io import device_error
 
-            self.stop()
-            raise device_error(exc, self.output_dev) from exc
+        for stream, dev in ((self._out_stream, self.output_dev), (self._in_stream, self.input_dev)):
+            try:
+                stream.start()
+            except Exception as exc:  # name the device whose stream failed
+                self.stop()
+                raise device_error(exc, dev) from exc
         log.info("voice: %s @%d Hz -> %s @%d Hz, converter %s", self.input_dev.label(), self.sr_in,
                  self.output_dev.label(), self.sr_out, self.engine.converter.name)
 
