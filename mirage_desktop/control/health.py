@@ -19,6 +19,12 @@ def verdict(snapshot: dict) -> dict:
             reasons_red.append(p)
         elif p.startswith(("enhancer:", "voice:")):
             reasons_yellow.append(p)  # an optional stage is off, the video itself is fine
+    voice = snapshot.get("voice") or {}  # the voice pipeline's own status (errors after start too)
+    if voice.get("error"):  # devices missing/busy or a dead stream: the virtual microphone is silent
+        reasons_red.append(f"voice: {voice['error']}")
+        reasons_yellow = [r for r in reasons_yellow if r not in reasons_red]  # the same line from problems
+    elif voice.get("passthrough_reason") and not voice.get("bypass"):  # the user's own bypass is no problem
+        reasons_yellow.append(f"voice pass-through: {voice['passthrough_reason']}")
     if status.get("running"):
         fps = gauges.get("fps")
         if isinstance(fps, (int, float)) and counters.get("frames.out", 0) > 30 and fps < TARGET_FPS:
