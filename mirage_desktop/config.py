@@ -144,6 +144,10 @@ def validate(s: Settings) -> Settings:
         problems.append("enhancer_interval must be >= 1")
     if s.swapper_precision not in ("fp16", "fp32"):
         problems.append("swapper_precision must be fp16 or fp32")
+    if not -24.0 <= s.voice_pitch <= 24.0:
+        problems.append("voice_pitch must be -24..+24 semitones")
+    if not 0.5 <= s.voice_formant <= 2.0:
+        problems.append("voice_formant must be 0.5..2.0")
     if s.enhancer not in ("codeformer", "gfpgan"):
         problems.append("enhancer must be codeformer or gfpgan")
     if problems:

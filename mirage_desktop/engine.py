@@ -320,6 +320,7 @@ class Engine:
                     self.voice.stop()
                     self.voice = None
             if name in ("voice_pitch", "voice_formant") and self.voice is not None:
+                self.voice.settings = new  # the voice pipeline reads the same settings object
                 self.voice.set_option(name.replace("voice_", ""), value)
             self._refresh_passthrough()
 

@@ -128,3 +128,12 @@ def test_environment_overrides_are_not_written_to_the_settings_file(tmp_path):
     assert saved["det_size"] == 320 and saved["max_faces"] == 2
     assert saved["enable_swap"] is True  # the file keeps its own value; the override was one-off
     assert config.load(path=path, environ={}).settings.enable_swap is True
+
+
+def test_out_of_range_voice_settings_are_refused_and_not_stored():
+    from mirage_desktop.engine import Engine
+
+    eng = Engine(config.Settings())
+    with pytest.raises(MirageError, match="voice_pitch"):
+        eng.set_option("voice_pitch", 99)
+    assert eng.settings.voice_pitch == 0.0
