@@ -4,6 +4,10 @@ The engine never imports Qt; this object is the only place the two meet. Calls t
 the engine go through one serial executor (so they apply in the order the user made them);
 the preview gets frames through :class:`~mirage_desktop.gui.preview.FrameFeed`; metrics are
 snapshotted a few times a second on a pool thread.
+
+Only start, stop and restart report ``running_changed``, and only once none of them is
+still queued or running (:attr:`EngineController.run_pending`), so the window never offers
+Start while a start is still opening the camera.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 
 from ..config import Settings
-from ..errors import DeviceError, MirageError
+from ..errors import MirageError, VirtualCameraError
 from .jobs import Jobs
 from .preview import FrameFeed
 from .qtcompat import emit
 
 log = logging.getLogger(__name__)
+
+
+_OPTIONAL_STAGES = {"enable_enhancer": "enhancer:", "enable_voice": "voice:"}
 
 
 def _words(exc: BaseException) -> str:
@@ -44,8 +51,11 @@ class EngineController(QObject):
         self.engine = engine
         self.jobs = Jobs(self)
         self.feed = FrameFeed(self)
-        self._sub = engine.subscribe_frames(self.feed.on_packet)
+        # the input frame is copied for the preview only while the view is side by side
+        self._sub = engine.subscribe_frames(self.feed.on_packet, want_original=False)
+        self._want_original = False
         self._models_lock = threading.Lock()
+        self._run_pending = 0  # start/stop/restart jobs queued or running (counted on the Qt thread)
         self.models_ready = threading.Event()
         self._snap_inflight = False
         self._closed = False
@@ -64,9 +74,14 @@ class EngineController(QObject):
             return st
 
     def ensure_models(self) -> None:
-        """On a worker thread: load the models unless that already happened."""
-        if not self.models_ready.is_set():
-            self._load_models_now()
+        """On a worker thread: load the models unless that already happened (or is happening:
+        a caller that waits for a load in progress does not load them a second time)."""
+        if self.models_ready.is_set():
+            return
+        with self._models_lock:
+            if not self.models_ready.is_set():
+                self.engine.load_models()
+                self.models_ready.set()
 
     def load_models(self, restart: bool = False):
         """(Re)load models; a running stream picks them up from the next frame (no restart needed,
@@ -84,18 +99,57 @@ class EngineController(QObject):
         def done(st):
             emit(self.models_loaded, st)
             emit(self.status_changed, st)
-            emit(self.running_changed, self.engine.running)
 
+        if restart:  # stops and starts: reported like a start
+            return self._run_job(job, then=done)
         return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
 
     # ---- run ---------------------------------------------------------------------------------
+    @property
+    def run_pending(self) -> bool:
+        """A start, stop or restart is queued or running (the window ignores Start/Stop meanwhile)."""
+        return self._run_pending > 0
+
+    def _run_job(self, fn, *args, then=None):
+        """Submit a job that starts or stops the stream. When it ends (done or failed) and no
+        other such job is pending, ``running_changed`` reports whether the stream runs."""
+        if self.jobs.closed:
+            return self.jobs.submit(fn, *args)  # refused: an already failed future
+        self._run_pending += 1
+
+        def report():
+            emit(self.status_changed, self.engine.status())
+            if not self._run_pending:
+                emit(self.running_changed, self.engine.running)
+
+        def done(res):
+            self._run_pending = max(0, self._run_pending - 1)
+            try:
+                if then is not None:
+                    then(res)
+                elif isinstance(res, str) and res:
+                    emit(self.notice, res)
+            finally:
+                report()
+
+        def failed(exc):
+            self._run_pending = max(0, self._run_pending - 1)  # first: the window reads it on error
+            log.warning("engine call failed: %s", exc)
+            try:
+                emit(self.error, _words(exc))
+            finally:
+                report()
+
+        return self.jobs.submit(fn, *args, serial=True, on_done=done, on_error=failed)
+
     def _start_now(self, source, outputs: list) -> str | None:
-        """Start; if the virtual camera cannot open, keep the preview going and say why."""
+        """Start; if the virtual camera cannot open, keep the preview going and say why. Any
+        other device error (the webcam is busy or gone) fails the start."""
         self.ensure_models()
         note = None
         try:
             self.engine.start(source=source, outputs=outputs)
-        except DeviceError as exc:
+        except VirtualCameraError as exc:
             rest = [o for o in outputs if not (isinstance(o, str) and o in ("virtualcam", "vcam", ""))]
             if len(rest) == len(outputs):
                 raise
@@ -105,22 +159,10 @@ class EngineController(QObject):
 
     def start(self, source, outputs: list):
         self.last_start = (source, list(outputs))
-
-        def done(note):
-            if note:
-                emit(self.notice, note)
-            emit(self.running_changed, self.engine.running)
-            emit(self.status_changed, self.engine.status())
-
-        return self.jobs.submit(self._start_now, source, list(outputs), serial=True, on_done=done,
-                                on_error=self._fail)
+        return self._run_job(self._start_now, source, list(outputs))
 
     def stop(self):
-        def done(_):
-            emit(self.running_changed, False)
-            emit(self.status_changed, self.engine.status())
-
-        return self.jobs.submit(self.engine.stop, serial=True, on_done=done, on_error=self._fail)
+        return self._run_job(self.engine.stop)
 
     def restart(self):
         """Stop and start again with the last source (for settings that are read at start)."""
@@ -132,23 +174,39 @@ class EngineController(QObject):
             self.engine.stop()
             return self._start_now(src, outs)
 
-        def done(note):
-            if note:
-                emit(self.notice, note)
-            emit(self.running_changed, self.engine.running)
-            emit(self.status_changed, self.engine.status())
+        return self._run_job(job)
 
-        return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
+    # ---- preview -----------------------------------------------------------------------------
+    def set_view(self, mode: str) -> None:
+        """Preview mode; the engine copies each input frame only while side by side shows it."""
+        self.feed.set_mode(mode)
+        want = mode == "side_by_side"
+        if want == self._want_original or self._closed:
+            return
+        self._want_original = want
+        # in order with the other engine calls, and never on the Qt thread (a start holds the
+        # engine's lock while it opens the camera)
+        self.jobs.submit(self.engine.set_frame_subscription, self._sub, want, serial=True,
+                         on_error=lambda exc: log.warning("preview subscription: %s", exc))
 
     # ---- live options ------------------------------------------------------------------------
     def set_option(self, name: str, value: Any):
         def job():
             self.engine.set_option(name, value)
-            return self.engine.settings
+            st = self.engine.status()
+            why = ""
+            if name in _OPTIONAL_STAGES and getattr(self.engine.settings, name, False) is True:
+                # a stage that could not turn on says why in the status, not by raising
+                prefix = _OPTIONAL_STAGES[name]
+                why = next((p for p in st.problems if p.startswith(prefix)), "")
+            return self.engine.settings, st, why
 
-        def done(_settings):
-            emit(self.option_applied, name, getattr(_settings, name, value))
-            emit(self.status_changed, self.engine.status())
+        def done(res):
+            settings, st, why = res
+            emit(self.option_applied, name, getattr(settings, name, value))
+            emit(self.status_changed, st)
+            if why:
+                emit(self.error, why)
 
         return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
 
@@ -216,11 +274,12 @@ class EngineController(QObject):
     def _fail(self, exc: BaseException) -> None:
         log.warning("engine call failed: %s", exc)
         emit(self.error, _words(exc))
-        emit(self.running_changed, self.engine.running)
         emit(self.status_changed, self.engine.status())
 
     def shutdown(self) -> None:
-        """Stop the stream and the helper threads; safe to call twice."""
+        """Stop the stream and the helper threads; safe to call twice. Pool jobs (analysis,
+        snapshots) are cancelled or left to end on their own; only the engine calls already
+        queued are waited for, so the engine is stopped after them."""
         if self._closed:
             return
         self._closed = True
@@ -229,7 +288,7 @@ class EngineController(QObject):
             self.engine.unsubscribe_frames(self._sub)
         except Exception:
             pass
-        self.jobs.shutdown(wait=True)
+        self.jobs.shutdown(wait=True, wait_pool=False)
         try:
             self.engine.stop()
         except Exception as exc:

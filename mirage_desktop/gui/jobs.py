@@ -110,7 +110,13 @@ class Jobs(QObject):
         self._busy = max(0, n)
         emit(self.busy_changed, self._busy)
 
-    def shutdown(self, wait: bool = True) -> None:
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def shutdown(self, wait: bool = True, wait_pool: bool | None = None) -> None:
+        """Refuse new jobs and cancel queued ones. ``wait``: wait for the serial (engine) job
+        that is running; ``wait_pool`` (default: ``wait``): also for the running pool jobs."""
         self._closed = True
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._pool.shutdown(wait=wait if wait_pool is None else wait_pool, cancel_futures=True)
         self._serial.shutdown(wait=wait, cancel_futures=True)

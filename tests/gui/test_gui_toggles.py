@@ -47,7 +47,7 @@ def test_ai_mark_toggle_changes_the_output(qtbot, make_window, astronaut):
     win.toggles.swap.click()  # keep the face out of it
     _run(qtbot, win)
     frames = []
-    win.engine.subscribe_frames(lambda pkt: frames.append((pkt.frame, pkt.original)))
+    win.engine.subscribe_frames(lambda pkt: frames.append((pkt.frame, pkt.original)), want_original=True)
 
     def corner_differs():
         f, o = frames[-1]
