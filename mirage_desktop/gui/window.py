@@ -103,7 +103,7 @@ class MainWindow(QMainWindow):
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(400)
         self._save_timer.timeout.connect(self.save_settings)
-        self._starting = False
+        self._camera_index = 0  # the camera selector's last real choice (kept when a file dialog is cancelled)
         self.last_error = ""
         self.setWindowTitle("Mirage")
         self.resize(1480, 920)
@@ -245,8 +245,8 @@ class MainWindow(QMainWindow):
             lay.addWidget(b)
         self.view_group.setExclusive(True)
         (self.view_sbs if self.gui_prefs.get("view") == "side_by_side" else self.view_output).setChecked(True)
-        self.controller.feed.set_mode(self.gui_prefs.get("view", "output")
-                                      if self.gui_prefs.get("view") in ("output", "side_by_side") else "output")
+        self.controller.set_view(self.gui_prefs.get("view", "output")
+                                 if self.gui_prefs.get("view") in ("output", "side_by_side") else "output")
         self.view_group.buttonClicked.connect(lambda b: self.set_view(b.property("mode")))
         lay.addSpacing(12)
         self.start_btn = QPushButton("Start")
@@ -355,6 +355,7 @@ class MainWindow(QMainWindow):
         if self._source is not None:
             i = 0
         self.camera.setCurrentIndex(i)
+        self._camera_index = i
         self.camera.blockSignals(False)
         if cams is not None and self._autostart:
             self._autostart = False
@@ -367,13 +368,14 @@ class MainWindow(QMainWindow):
             path, _ = QFileDialog.getOpenFileName(self, "Use an image or video as the camera", str(Path.home()),
                                                   "Images and videos (*.jpg *.jpeg *.png *.bmp *.webp *.mp4 "
                                                   "*.mov *.mkv *.avi *.webm)")
-            if not path:
-                self.camera.setCurrentIndex(0)
+            if not path:  # cancelled: back to what was chosen before
+                self.camera.setCurrentIndex(min(self._camera_index, self.camera.count() - 1))
                 return
             self.camera.insertItem(0, Path(path).name, ("path", path))
             self.camera.setCurrentIndex(0)
         elif kind == "camera" and isinstance(value, int):
             self.set_option("camera", value)
+        self._camera_index = self.camera.currentIndex()
         if self.engine.running:
             self.controller.stop()
             self.start()
@@ -396,6 +398,8 @@ class MainWindow(QMainWindow):
 
     # ---- run -----------------------------------------------------------------------------------
     def toggle_running(self) -> None:
+        if self.controller.run_pending:  # a start or stop is still under way: wait for it
+            return
         if self.engine.running:
             self.stop()
         else:
@@ -406,7 +410,6 @@ class MainWindow(QMainWindow):
         if src is None:
             self._on_error("No camera to start: connect one, or choose “Image or video file…”.")
             return
-        self._starting = True
         self.start_btn.setEnabled(False)
         self.preview.set_message("Starting…")
         self.controller.start(src, self.current_outputs())
@@ -416,7 +419,6 @@ class MainWindow(QMainWindow):
         self.controller.stop()
 
     def _on_running(self, running: bool) -> None:
-        self._starting = False
         self.start_btn.setEnabled(True)
         self.start_btn.setText("Stop" if running else "Start")
         self.start_btn.setObjectName("Danger" if running else "Primary")
@@ -443,7 +445,7 @@ class MainWindow(QMainWindow):
         self.controller.restart()
 
     def set_view(self, mode: str) -> None:
-        self.controller.feed.set_mode(mode)
+        self.controller.set_view(mode)
         (self.view_sbs if mode == "side_by_side" else self.view_output).setChecked(True)
         self.gui_prefs["view"] = mode
         self._remember_gui()
@@ -466,12 +468,13 @@ class MainWindow(QMainWindow):
         self._save_timer.start()
 
     def save_settings(self, wait: bool = False):
-        """Write the settings file atomically (off the Qt thread unless ``wait``)."""
+        """Write the settings file atomically (off the Qt thread unless ``wait``). Saves go
+        through the serial executor, so they land in the order they were made."""
         self._save_timer.stop()
         s = self.settings
         if wait:
             return config.save(s)
-        return self.controller.jobs.submit(config.save, s, on_error=lambda e: self._on_error(
+        return self.controller.jobs.submit(config.save, s, serial=True, on_error=lambda e: self._on_error(
             f"Settings could not be saved: {e}"))
 
     def _on_identity_chosen(self, name: str) -> None:
@@ -481,7 +484,7 @@ class MainWindow(QMainWindow):
 
     # ---- engine → window ------------------------------------------------------------------------
     def _on_models_loaded(self, st) -> None:
-        if not self.engine.running:
+        if not self.engine.running and not self.controller.run_pending:
             self.preview.set_message("Press Start to begin",
                                      "Pick a source face on the left, then start the camera.")
         name = self.settings.source_identity
@@ -516,7 +519,7 @@ class MainWindow(QMainWindow):
         self.last_error = text
         self.statusBar().showMessage(text, 15000)
         self.notice_bar.add(text)
-        if not self.engine.running:
+        if not self.engine.running and not self.controller.run_pending:
             self.start_btn.setEnabled(True)
 
     def show_models(self) -> None:
@@ -524,12 +527,13 @@ class MainWindow(QMainWindow):
 
     # ---- closing ------------------------------------------------------------------------------
     def closeEvent(self, event) -> None:  # noqa: N802
+        self.hide()  # gone at once, even while a running engine call (a model load) is waited for
         self.models.cancel()
-        try:
+        self.controller.shutdown()
+        try:  # after the queued saves (shutdown waited for them or cancelled them): this one is last
             self.save_settings(wait=True)
         except Exception as exc:  # closing must not fail
             log.warning("settings could not be saved: %s", exc)
-        self.controller.shutdown()
         super().closeEvent(event)
 
 

@@ -160,3 +160,123 @@ def test_painting_does_not_drain_the_reference_count_of_none(qtbot, make_window)
     qtbot.waitUntil(lambda: win.preview.painted_frames > 10, timeout=10000)
     # without a fixed binding (or the guard in gui/qtcompat.py) each call above loses a reference
     assert sys.getrefcount(None) - before_none > -1000 and sys.getrefcount(True) - before_true > -1000
+
+
+def test_start_button_stays_disabled_until_the_start_finishes(qtbot, make_window):
+    """A model load that ends, or an error, while a start is still opening the camera must
+    not offer Start again (a second press used to fail with 'already running')."""
+    import threading
+    import time
+
+    win = make_window()
+    eng = win.engine
+    gate = threading.Event()
+    real_load, real_start = eng.load_models, eng.start
+
+    def slow_load():
+        time.sleep(0.2)
+        return real_load()
+
+    def held_start(*a, **k):  # opening a real webcam and virtual camera takes a while
+        gate.wait(10)
+        return real_start(*a, **k)
+
+    eng.load_models, eng.start = slow_load, held_start
+    loaded = []
+    win.controller.models_loaded.connect(loaded.append)
+    win.controller.load_models()  # e.g. after a download in the Models tab
+    win.start_btn.click()
+    assert not win.start_btn.isEnabled()
+    qtbot.waitUntil(lambda: bool(loaded), timeout=5000)
+    assert not eng.running and not win.start_btn.isEnabled()
+    assert win.preview._message == "Starting…"
+    win.set_option("det_size", 123)  # an error meanwhile
+    assert "det_size" in win.last_error and not win.start_btn.isEnabled()
+    win.toggle_running()  # a press now is ignored
+    gate.set()
+    qtbot.waitUntil(lambda: eng.running and win.start_btn.isEnabled(), timeout=10000)
+    qtbot.wait(300)
+    assert eng.running and win.start_btn.text() == "Stop"
+    assert "already" not in win.last_error
+
+
+def test_closing_hides_the_window_at_once_and_does_not_wait_for_pool_jobs(qtbot, make_window):
+    import threading
+    import time
+
+    win = make_window()
+    gate = threading.Event()
+    win.controller.jobs.submit(gate.wait, 10)  # e.g. a photo check still running
+    seen = {}
+    real = win.controller.shutdown
+
+    def shutdown():
+        seen["visible"] = win.isVisible()
+        real()
+
+    win.controller.shutdown = shutdown
+    t = time.monotonic()
+    try:
+        win.close()
+        took = time.monotonic() - t
+    finally:
+        gate.set()
+    assert seen == {"visible": False}  # hidden before anything is waited for
+    assert took < 3.0, took
+
+
+def test_settings_saves_land_in_the_order_they_were_made(qtbot, make_window, monkeypatch):
+    import time
+
+    from mirage_desktop import config
+
+    win = make_window()
+    real = config.save
+    landed = []
+
+    def save(s):
+        if s.output_fps == 15:
+            time.sleep(0.3)  # the first write is slow (a busy disk)
+        landed.append(s.output_fps)
+        return real(s)
+
+    monkeypatch.setattr(config, "save", save)
+    win.settings = win.settings.replace(output_fps=15)
+    win.save_settings()
+    win.settings = win.settings.replace(output_fps=30)
+    win.save_settings()
+    qtbot.waitUntil(lambda: len(landed) == 2, timeout=5000)
+    assert landed == [15, 30]
+    assert config.load().settings.output_fps == 30
+
+
+def test_cancelled_file_dialog_keeps_the_chosen_camera(qtbot, make_window, monkeypatch):
+    from mirage_desktop.gui import window as window_mod
+
+    win = make_window()
+    win._fill_cameras([{"index": 0, "name": "Cam A"}, {"index": 1, "name": "Cam B"}])
+    b = win.camera.findText("Cam B")
+    win.camera.setCurrentIndex(b)
+    win._camera_chosen(b)
+    assert win.current_source() == 1
+    monkeypatch.setattr(window_mod.QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: ("", "")))
+    f = win.camera.count() - 1
+    assert win.camera.itemData(f)[0] == "file"
+    win.camera.setCurrentIndex(f)
+    win._camera_chosen(f)
+    assert win.camera.currentIndex() == b and win.current_source() == 1
+
+
+def test_input_frames_are_copied_only_while_side_by_side(qtbot, make_window):
+    win = make_window()
+    assert win.controller.feed.mode == "output"
+    win.start()
+    qtbot.waitUntil(lambda: win.engine.running and win.preview.image is not None, timeout=10000)
+    p = win.engine.pipeline
+    assert not p.keep_original
+    win.view_sbs.click()
+    qtbot.waitUntil(lambda: p.keep_original, timeout=5000)
+    qtbot.waitUntil(lambda: win.preview.image is not None and win.preview.image.width() > 1.8 * win.preview.image.height(),
+                    timeout=10000)
+    win.view_output.click()
+    qtbot.waitUntil(lambda: not p.keep_original, timeout=5000)
