@@ -2,11 +2,13 @@
 
 ``models.toml`` (repo root; ``mirage_desktop/models/models.toml`` links to it) lists every
 model. This module reads it, applies ``MIRAGE_<NAME>_URL`` / ``MIRAGE_<NAME>_SHA256``
+/ ``MIRAGE_<NAME>_SIZE``
 overrides, and answers the three questions the app asks:
 
 - :func:`model_path` — where a model's file goes (inside :func:`~mirage_desktop.config.models_dir`);
 - :func:`status` — present / missing / corrupt / unverified, cheaply: SHA-256 results are
-  cached by (path, size, mtime) in the models dir, so only the first check reads the file;
+  cached by (path, size, mtime, ctime, inode) in the models dir, so only the first check
+  reads the file;
 - :func:`require` — the path of a verified model, or a :class:`ModelError` naming the fix.
 
 A partial download (``*.part``) is never reported present nor returned. Models whose
@@ -26,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlsplit
 
 try:  # Python 3.11+
     import tomllib
@@ -51,6 +54,17 @@ _json_lock = threading.RLock()
 # ---------------------------------------------------------------------------- specs
 
 @dataclass(frozen=True)
+class ArchiveMember:
+    """One model the archive serves (a sibling of the model being downloaded)."""
+
+    name: str                 # model name, e.g. "w600k_r50"
+    filename: str             # its file in the models dir
+    member: str               # base name inside the archive
+    sha256: str | None        # after MIRAGE_<NAME>_SHA256; None: pinned on first extraction
+    size: int | None
+
+
+@dataclass(frozen=True)
 class ArchiveSpec:
     """A model that ships inside an archive (e.g. insightface's ``buffalo_l.zip``)."""
 
@@ -62,6 +76,13 @@ class ArchiveSpec:
     member: str               # the member to extract (matched by base name)
     url_env: str              # the variable that overrides ``url``
     members: tuple[str, ...] = ()  # filenames of every model taken from this archive
+    # every model still extracted from it (not made a direct download by MIRAGE_<NAME>_URL)
+    served: tuple[ArchiveMember, ...] = ()
+
+    @property
+    def members_confirmed(self) -> bool:
+        """Every model the archive serves has a confirmed hash: the archive needs no pin."""
+        return bool(self.served) and all(m.sha256 is not None for m in self.served)
 
 
 @dataclass(frozen=True)
@@ -189,8 +210,59 @@ def _env_override(environ, names: Iterable[str]) -> tuple[str | None, str | None
     return None, None
 
 
+def _check_url(url: str, where: str, fix: str) -> str:
+    """Only http(s) URLs with a host can be downloaded; anything else is a clear error."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ModelError(f"{where}: {url!r} is not an http:// or https:// URL", fix)
+    return url
+
+
+def _env_url(environ, names: Iterable[str]) -> str | None:
+    url, var = _env_override(environ, names)
+    if url:
+        _check_url(url, var, f"set {var} to an http:// or https:// URL of the file, or unset it")
+    return url
+
+
+def _env_sha(environ, var: str) -> str | None:
+    val = environ.get(var)
+    return _opt_sha(val, Path(var), "environment") if val else None
+
+
+def _env_size(environ, var: str) -> int | None:
+    """``MIRAGE_<NAME>_SIZE``: the expected size in bytes; "" or 0 = unknown."""
+    val = (environ.get(var) or "").strip()
+    if not val:
+        return None
+    if not val.isdigit():
+        raise ModelError(f"{var}: size must be a whole number of bytes, got {val!r}",
+                         f"set {var} to the file's size in bytes, or unset it")
+    return int(val) or None
+
+
+def _sha_and_size(table: dict, environ, prefix: str, path: Path, where: str) -> tuple[str | None, int | None]:
+    """A file's expected hash and size after the ``MIRAGE_<NAME>_SHA256`` / ``_SIZE`` overrides.
+
+    A SHA-256 override means another file (e.g. another export), so the size in
+    models.toml no longer applies: it is unknown unless ``MIRAGE_<NAME>_SIZE`` gives it.
+    """
+    sha = _opt_sha(table.get("sha256"), path, where)
+    size = _opt_size(table.get("size"), path, where)
+    env_sha = _env_sha(environ, prefix + "_SHA256")
+    if env_sha:
+        sha, size = env_sha, None
+    if environ.get(prefix + "_SIZE", "").strip():
+        size = _env_size(environ, prefix + "_SIZE")
+    return sha, size
+
+
 def load_registry(path: str | os.PathLike | None = None, environ=None) -> Registry:
-    """Read ``models.toml`` and apply ``MIRAGE_<NAME>_URL`` / ``_SHA256`` overrides."""
+    """Read ``models.toml`` and apply ``MIRAGE_<NAME>_URL`` / ``_SHA256`` / ``_SIZE`` overrides."""
     environ = os.environ if environ is None else environ
     path = Path(path) if path is not None else default_registry_path()
     try:
@@ -207,13 +279,8 @@ def load_registry(path: str | os.PathLike | None = None, environ=None) -> Regist
     if not isinstance(models_raw, dict) or not models_raw:
         raise _bad(path, "no [models.*] tables")
 
-    # archive -> model names using it, and their filenames
-    archive_users: dict[str, list[tuple[str, str]]] = {}
-    for name, m in models_raw.items():
-        if isinstance(m, dict) and m.get("archive"):
-            archive_users.setdefault(m["archive"], []).append((name, m.get("filename", "")))
-
-    specs: list[ModelSpec] = []
+    # First pass: each model's own fields after the environment overrides.
+    entries: list[dict] = []
     filenames: dict[str, str] = {}
     for name, m in models_raw.items():
         where = f"[models.{name}]"
@@ -225,56 +292,75 @@ def load_registry(path: str | os.PathLike | None = None, environ=None) -> Regist
         if filename in filenames:
             raise _bad(path, f"{where}: filename {filename} is also used by {filenames[filename]}")
         filenames[filename] = name
+        prefix = env_prefix(name)
+        aliases = tuple(m.get("url_env", ()))
+        sha, size = _sha_and_size(m, environ, prefix, path, where)
+        override = _env_url(environ, (prefix + "_URL", *aliases))
+        entries.append(dict(name=name, m=m, where=where, filename=filename, prefix=prefix,
+                            aliases=aliases, sha=sha, size=size, override=override))
+
+    # archive -> model names using it, and their filenames
+    archive_users: dict[str, list[tuple[str, str]]] = {}
+    # archive -> the models still extracted from it (no URL override)
+    archive_served: dict[str, list[ArchiveMember]] = {}
+    for e in entries:
+        m = e["m"]
+        if m.get("archive"):
+            archive_users.setdefault(m["archive"], []).append((e["name"], e["filename"]))
+            if not e["override"] and m.get("member"):
+                archive_served.setdefault(m["archive"], []).append(ArchiveMember(
+                    name=e["name"], filename=e["filename"], member=m["member"],
+                    sha256=e["sha"], size=e["size"]))
+
+    specs: list[ModelSpec] = []
+    built_archives: dict[str, tuple] = {}
+    for e in entries:
+        name, m, where, prefix = e["name"], e["m"], e["where"], e["prefix"]
         lic_key = m.get("license", "")
         lic = licenses.get(lic_key)
         if not isinstance(lic, dict):
             raise _bad(path, f"{where}: license {lic_key!r} has no [licenses.{lic_key}] table")
-        prefix = env_prefix(name)
-        aliases = tuple(m.get("url_env", ()))
-        sha = _opt_sha(m.get("sha256"), path, where)
-        env_sha = environ.get(prefix + "_SHA256")
-        if env_sha:
-            sha = _opt_sha(env_sha, Path(prefix + "_SHA256"), "environment")
-        size = _opt_size(m.get("size"), path, where)
-        override, _var = _env_override(environ, (prefix + "_URL", *aliases))
 
         archive: ArchiveSpec | None = None
-        if override:
-            url = override
-            if m.get("archive"):
-                # a direct file now: the pack's hash/size rules no longer apply to it
-                pass
+        if e["override"]:
+            # a direct file now: the pack's hash/size rules no longer apply to it
+            url = e["override"]
         elif m.get("archive"):
             aname = m["archive"]
             a = archives_raw.get(aname)
             if not isinstance(a, dict):
                 raise _bad(path, f"{where}: archive {aname!r} has no [archives.{aname}] table")
-            a_prefix = env_prefix(aname)
-            a_url, _ = _env_override(environ, (a_prefix + "_URL",))
-            a_sha = _opt_sha(a.get("sha256"), path, f"[archives.{aname}]")
-            if environ.get(a_prefix + "_SHA256"):
-                a_sha = _opt_sha(environ[a_prefix + "_SHA256"], Path(a_prefix + "_SHA256"), "environment")
-            if not (a_url or a.get("url")) or not a.get("filename") or not m.get("member"):
+            if aname not in built_archives:
+                a_where = f"[archives.{aname}]"
+                a_prefix = env_prefix(aname)
+                a_url = _env_url(environ, (a_prefix + "_URL",))
+                if not a_url and a.get("url"):
+                    _check_url(a["url"], f"{path}: {a_where}", "fix models.toml (see the comments at its top)")
+                a_sha, a_size = _sha_and_size(a, environ, a_prefix, path, a_where)
+                built_archives[aname] = (a_url or a.get("url"), a_sha, a_size, a_prefix)
+            a_url, a_sha, a_size, a_prefix = built_archives[aname]
+            if not a_url or not a.get("filename") or not m.get("member"):
                 raise _bad(path, f"{where}: archive entries need url, filename and member")
             archive = ArchiveSpec(
-                name=aname, url=a_url or a["url"], filename=a["filename"], sha256=a_sha,
-                size=_opt_size(a.get("size"), path, f"[archives.{aname}]"),
+                name=aname, url=a_url, filename=a["filename"], sha256=a_sha, size=a_size,
                 member=m["member"], url_env=a_prefix + "_URL",
                 members=tuple(fn for _n, fn in archive_users.get(aname, ())),
+                served=tuple(archive_served.get(aname, ())),
             )
             url = archive.url
         else:
             url = m.get("url", "")
             if not url:
                 raise _bad(path, f"{where}: needs url, or archive + member")
+            _check_url(url, f"{path}: {where}", "fix models.toml (see the comments at its top)")
 
         specs.append(ModelSpec(
-            name=name, filename=filename, url=url, sha256=sha, size=size,
+            name=name, filename=e["filename"], url=url, sha256=e["sha"], size=e["size"],
             license=str(lic.get("name", lic_key)), license_url=str(lic.get("url", "")),
             commercial_use=bool(lic.get("commercial_use", False)),
             needed_by=list(m.get("needed_by", [])), description=str(m.get("description", "")),
             archive=archive, sha256_source=str(m.get("sha256_source", "")),
-            url_env=prefix + "_URL", url_env_aliases=aliases, url_overridden=bool(override),
+            url_env=prefix + "_URL", url_env_aliases=e["aliases"], url_overridden=bool(e["override"]),
             license_id=str(lic_key),
         ))
 
@@ -361,15 +447,22 @@ def _cache_key(path: Path) -> str:
     return str(path.resolve())
 
 
+def _stat_key(st: os.stat_result) -> dict:
+    # mtime alone can be restored (cp -p, rsync -t, utime); ctime cannot be set by the user
+    # and changes on any write, and a file copied or renamed over this one has another inode.
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "ino": st.st_ino}
+
+
 def cached_sha256(path: Path, *, refresh: bool = False) -> str:
-    """SHA-256 of ``path``, cached in the models dir by (path, size, mtime)."""
+    """SHA-256 of ``path``, cached in the models dir by (path, size, mtime, ctime, inode)."""
     st = path.stat()
     cache_file = models_dir() / VERIFY_CACHE_FILE
     key = _cache_key(path)
     if not refresh:
         entry = _read_json(cache_file).get(key)
-        if (isinstance(entry, dict) and entry.get("size") == st.st_size
-                and entry.get("mtime_ns") == st.st_mtime_ns and _HEX64.match(str(entry.get("sha256", "")))):
+        if (isinstance(entry, dict) and _HEX64.match(str(entry.get("sha256", "")))
+                and all(entry.get(k) == v for k, v in _stat_key(st).items())):
             return entry["sha256"]
     digest = sha256_file(path)
     remember_sha256(path, digest, st)
@@ -377,11 +470,11 @@ def cached_sha256(path: Path, *, refresh: bool = False) -> str:
 
 
 def remember_sha256(path: Path, digest: str, st: os.stat_result | None = None) -> None:
-    st = st or path.stat()
     try:
+        st = st or path.stat()
         _update_json(models_dir() / VERIFY_CACHE_FILE, _cache_key(path),
-                     {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
-    except OSError as exc:  # a read-only models dir still works, just slower
+                     {**_stat_key(st), "sha256": digest})
+    except OSError as exc:  # a read-only or full models dir still works, just slower
         log.debug("cannot write verification cache: %s", exc)
 
 
@@ -442,7 +535,7 @@ def _registry_for_require() -> Registry:
     global _default_registry, _default_key
     path = default_registry_path()
     env = tuple(sorted((k, v) for k, v in os.environ.items()
-                       if k.startswith("MIRAGE_") and (k.endswith("_URL") or k.endswith("_SHA256"))))
+                       if k.startswith("MIRAGE_") and k.endswith(("_URL", "_SHA256", "_SIZE"))))
     try:
         mtime = path.stat().st_mtime_ns
     except OSError:

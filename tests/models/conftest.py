@@ -24,7 +24,7 @@ def models_env(tmp_path, monkeypatch):
     from mirage_desktop.models import download as dl
 
     for key in list(os.environ):
-        if key.startswith("MIRAGE_") and (key.endswith("_URL") or key.endswith("_SHA256")
+        if key.startswith("MIRAGE_") and (key.endswith(("_URL", "_SHA256", "_SIZE"))
                                           or key == "MIRAGE_MODELS_TOML"):
             monkeypatch.delenv(key, raising=False)
     mdir = tmp_path / "models"

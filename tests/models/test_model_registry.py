@@ -157,3 +157,84 @@ def test_require_by_name_uses_the_configured_registry(tmp_path, models_env, monk
     models_env.mkdir(parents=True)
     model_path(spec).write_bytes(body)
     assert require("m") == models_env / "m.onnx"
+
+
+def test_cache_is_not_fooled_by_a_same_size_rewrite_with_mtime_restored(tmp_path, models_env):
+    spec, body = _local(tmp_path)
+    models_env.mkdir(parents=True)
+    path = model_path(spec)
+    path.write_bytes(body)
+    assert status(spec).state == "present"
+    st = path.stat()
+    # in place, same size, timestamp put back (a backup restore, utime())
+    with open(path, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\0" * 64)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+    assert status(spec).state == "corrupt"
+
+
+def test_cache_is_not_fooled_by_another_file_copied_over_with_its_timestamp(tmp_path, models_env):
+    spec, body = _local(tmp_path)
+    models_env.mkdir(parents=True)
+    path = model_path(spec)
+    path.write_bytes(body)
+    assert status(spec).state == "present"
+    st = path.stat()
+    # `cp -p other m.onnx` / `rsync -t`: a same-size file renamed over it, mtime kept
+    other = models_env / "other.tmp"
+    other.write_bytes(os.urandom(len(body)))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)
+    assert path.stat().st_mtime_ns == st.st_mtime_ns
+    assert status(spec).state == "corrupt"
+
+
+def test_sha256_override_makes_the_size_unknown_unless_given(tmp_path, models_env, monkeypatch):
+    spec, body = _local(tmp_path)
+    assert spec.size == len(body)
+    spec_path = tmp_path / "models.toml"
+    monkeypatch.setenv("MIRAGE_M_SHA256", "c" * 64)
+    assert load_registry(spec_path).get("m").size is None
+    monkeypatch.setenv("MIRAGE_M_SIZE", "1234")
+    assert load_registry(spec_path).get("m").size == 1234
+    monkeypatch.setenv("MIRAGE_M_SIZE", "12 MB")
+    with pytest.raises(ModelError, match="MIRAGE_M_SIZE"):
+        load_registry(spec_path)
+    # an other export that is present verifies against the overridden hash, whatever its size
+    monkeypatch.delenv("MIRAGE_M_SIZE")
+    other = b"other export" * 77
+    monkeypatch.setenv("MIRAGE_M_SHA256", sha(other))
+    models_env.mkdir(parents=True)
+    model_path(spec).write_bytes(other)
+    assert status(load_registry(spec_path).get("m")).state == "present"
+
+
+def test_sha256_override_on_the_shipped_list_drops_its_size(models_env, monkeypatch):
+    monkeypatch.setenv("MIRAGE_INSWAPPER_128_FP16_SHA256", "d" * 64)
+    monkeypatch.setenv("MIRAGE_BUFFALO_L_SHA256", "e" * 64)
+    reg = load_registry()
+    assert reg.get("inswapper_128_fp16").size is None
+    assert reg.get("det_10g").archive.sha256 == "e" * 64 and reg.get("det_10g").archive.size is None
+    assert reg.get("inswapper_128").size == 554253681  # untouched
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "/home/me/inswapper.onnx", "ftp://x/m.onnx",
+                                 "C:\\models\\m.onnx", "http://", "not a url"])
+def test_override_url_must_be_http(tmp_path, models_env, monkeypatch, url):
+    _local(tmp_path)
+    monkeypatch.setenv("MIRAGE_M_URL", url)
+    with pytest.raises(ModelError) as err:
+        load_registry(tmp_path / "models.toml")
+    assert "MIRAGE_M_URL" in str(err.value) and "http" in str(err.value)
+
+
+def test_archive_override_and_models_toml_urls_must_be_http(tmp_path, models_env, monkeypatch):
+    monkeypatch.setenv("MIRAGE_BUFFALO_L_URL", "file:///tmp/buffalo_l.zip")
+    with pytest.raises(ModelError, match="MIRAGE_BUFFALO_L_URL"):
+        load_registry()
+    monkeypatch.delenv("MIRAGE_BUFFALO_L_URL")
+    bad = write_toml(tmp_path / "bad.toml", {"m": {"filename": "m.onnx", "url": "ftp://x/m"}})
+    with pytest.raises(ModelError, match=r"\[models\.m\]"):
+        load_registry(bad)
