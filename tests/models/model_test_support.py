@@ -3,20 +3,22 @@
 The server supports ``Range: bytes=N-`` and has per-path modes to misbehave:
 ``good``, ``wrong`` (same length, other bytes), ``truncate`` (a complete but short
 response), ``drop_once`` (first response announces the full length, sends part of it and
-drops the connection; later ones behave), ``drop_always`` and ``404``.
+drops the connection; later ones behave), ``drop_always``, ``stall`` (headers and a
+little of the body, then nothing until ``release`` is set) and ``404``. Independent of the
+mode, ``cap`` limits every ranged (206) answer to that many bytes, as some servers do, and
+``delay`` sends the body in 1 KiB pieces with that many seconds between them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 
 @dataclass
@@ -24,6 +26,9 @@ class Served:
     body: bytes
     mode: str = "good"
     requests: list = field(default_factory=list)  # Range header of each request (or None)
+    cap: int | None = None      # ranged answers carry at most this many bytes
+    delay: float = 0.0          # seconds between 1 KiB pieces of the body
+    release: threading.Event = field(default_factory=threading.Event)  # ends a ``stall``
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -59,9 +64,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         chunk = body[start:]
         if mode == "truncate":
             chunk = chunk[: len(chunk) // 2]
+        if start and served.cap:
+            chunk = chunk[: served.cap]
         self.send_response(206 if start else 200)
         if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.send_header("Content-Range", f"bytes {start}-{start + len(chunk) - 1}/{len(body)}")
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(chunk)))
@@ -75,6 +82,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            return
+        if mode == "stall":
+            self.wfile.write(chunk[:1000])
+            self.wfile.flush()
+            served.release.wait(10)
+            return
+        if served.delay:
+            for i in range(0, len(chunk), 1024):
+                self.wfile.write(chunk[i:i + 1024])
+                self.wfile.flush()
+                time.sleep(served.delay)
             return
         self.wfile.write(chunk)
 
@@ -103,8 +121,8 @@ class ModelServer:
         self.thread.start()
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def add(self, path: str, body: bytes, mode: str = "good") -> Served:
-        served = Served(body, mode)
+    def add(self, path: str, body: bytes, mode: str = "good", **options) -> Served:
+        served = Served(body, mode, **options)
         self.files[path] = served
         return served
 
@@ -112,6 +130,8 @@ class ModelServer:
         return self.base + path
 
     def close(self):
+        for served in self.files.values():
+            served.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
