@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Models live in MIRAGE_MODELS_DIR (default: the user data dir). MIRAGE_<NAME>_URL\n"
         "overrides a model's source (e.g. MIRAGE_INSWAPPER_URL, MIRAGE_CODEFORMER_URL,\n"
-        "MIRAGE_BUFFALO_L_URL); MIRAGE_<NAME>_SHA256 its expected checksum."
+        "MIRAGE_BUFFALO_L_URL, http(s) only); MIRAGE_<NAME>_SHA256 its expected checksum\n"
+        "(for another export: its size is then unchecked unless MIRAGE_<NAME>_SIZE is set)."
     )
     sub = parser.add_subparsers(dest="models_action", metavar="ACTION")
     p = sub.add_parser("status", help="show each model: present / missing / corrupt, size, licence")
@@ -226,12 +227,15 @@ def _download(registry, args, *, out) -> int:
     if not todo:
         return 0
     _confirm_licences(todo, yes=args.yes, out=out)
-    failures = 0
-    for spec in todo:
-        if args.repin:
+    if args.repin:
+        # all at once, before anything is downloaded: one archive download can put several
+        # of these models in place, and each must be pinned afresh from it
+        for spec in todo:
             forget_pin(spec.name)
             if spec.archive is not None:
                 forget_pin(spec.archive.name)
+    failures = 0
+    for spec in todo:
         try:
             path = download(spec, progress=not args.no_progress, force=args.force or args.repin)
         except ModelError as exc:

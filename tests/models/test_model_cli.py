@@ -86,3 +86,53 @@ def test_missing_name_is_a_clear_error(cli_env, capsys):
     assert "--needed" in capsys.readouterr().err
     assert top.main(["models", "download", "--yes", "nope"]) == 2
     assert "known models: good, broken, absent" in capsys.readouterr().err
+
+
+@pytest.fixture
+def pack_env(tmp_path, models_env, server, monkeypatch):
+    """A pack of two models with no confirmed hashes (so everything is pinned)."""
+    import zipfile
+
+    monkeypatch.setattr(top, "COMMANDS", {"models": top.COMMANDS["models"]})
+    det, rec = b"det-weights" * 400, b"rec-weights" * 600
+
+    def serve(det_body, rec_body):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("pack/det.onnx", det_body)
+            zf.writestr("pack/rec.onnx", rec_body)
+        return server.add("/pack.zip", buf.getvalue())
+
+    served = serve(det, rec)
+    toml = write_toml(tmp_path / "models.toml", {
+        "det": {"filename": "det.onnx", "archive": "pack", "member": "det.onnx", "sha256": "", "size": 0},
+        "rec": {"filename": "rec.onnx", "archive": "pack", "member": "rec.onnx", "sha256": "", "size": 0},
+    }, {"pack": {"url": server.url("/pack.zip"), "filename": "pack.zip", "sha256": "", "size": 0,
+                 "license": "nc"}})
+    monkeypatch.setenv("MIRAGE_MODELS_TOML", str(toml))
+    return models_env, served, serve, det, rec
+
+
+def test_download_force_of_a_pack_fetches_the_archive_once(pack_env, capsys):
+    mdir, served, _serve, det, rec = pack_env
+    assert top.main(["models", "download", "--yes", "--no-progress", "pack"]) == 0
+    assert len(served.requests) == 1
+    assert top.main(["models", "download", "--force", "--yes", "--no-progress", "pack"]) == 0
+    assert len(served.requests) == 2
+    out = capsys.readouterr().out
+    assert "det: ok" in out and "rec: ok" in out
+    assert (mdir / "det.onnx").read_bytes() == det and (mdir / "rec.onnx").read_bytes() == rec
+
+
+def test_download_repin_of_a_pack_fetches_once_and_pins_the_new_files(pack_env, capsys):
+    import json
+
+    mdir, _served, serve, det, rec = pack_env
+    assert top.main(["models", "download", "--yes", "--no-progress", "pack"]) == 0
+    # upstream publishes new weights: --repin trusts them
+    served = serve(b"new" + det, b"new" + rec)
+    assert top.main(["models", "download", "--repin", "--yes", "--no-progress", "pack"]) == 0
+    assert len(served.requests) == 1
+    pins = json.loads((mdir / "pins.json").read_text())
+    assert pins["det"]["sha256"] == sha(b"new" + det) and pins["rec"]["sha256"] == sha(b"new" + rec)
+    assert top.main(["models", "verify", "det", "rec"]) == 0
