@@ -191,6 +191,7 @@ class SourcePicker(QWidget):
         self._items: dict[str, QListWidgetItem] = {}
         self._meta: dict[str, dict] = {}
         self._busy = 0
+        self._choice = 0  # bumped by every click on a face and every added face: the newest wins
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -361,12 +362,14 @@ class SourcePicker(QWidget):
             return
         ident.consent = True
         self._set_busy(+1)
+        choice = self._next_choice()
 
         def saved(_path):
             self._set_busy(-1)
             self._say(f"Added “{ident.name}”.", "ok")
             self.refresh(select=ident.name)
-            self._use(ident)
+            if choice == self._choice:  # not if another face was clicked meanwhile
+                self._use(ident)
 
         def failed(exc):
             self._set_busy(-1)
@@ -375,7 +378,9 @@ class SourcePicker(QWidget):
         self.controller.jobs.submit(self.store.save, ident, on_done=saved, on_error=failed)
 
     def _unique(self, name: str) -> str:
-        taken = set(self._items) | set(self.store.names())
+        """``name``, or ``name 2``, ``name 3``... if the store already holds an identity by that
+        name (the store, not the gallery, decides what saving would replace)."""
+        taken = set(self.store.names())
         if name not in taken:
             return name
         i = 2
@@ -384,14 +389,22 @@ class SourcePicker(QWidget):
         return f"{name} {i}"
 
     # ---- choosing ---------------------------------------------------------------------------
+    def _next_choice(self) -> int:
+        self._choice += 1
+        return self._choice
+
     def activate(self, name: str, ask: bool = True) -> None:
-        """Use a saved identity; asks for consent first if it was never confirmed."""
+        """Use a saved identity; asks for consent first if it was never confirmed. Loads run on
+        a pool and may finish in any order: only the last face chosen is used."""
         if not name:
             return
         self._set_busy(+1)
+        choice = self._next_choice()
 
         def loaded(ident):
             self._set_busy(-1)
+            if choice != self._choice:  # another face was chosen after this one
+                return
             if not ident.consent:
                 if not ask:
                     self._say(f"“{name}” is not used until you confirm you may use this face.", "error")
@@ -403,6 +416,8 @@ class SourcePicker(QWidget):
                 ident.consent = True
                 self.controller.jobs.submit(self.store.set_consent, ident.name, True,
                                             on_done=lambda _: self.refresh(select=ident.name))
+                if choice != self._choice:  # another face was chosen while the dialog was open
+                    return
             self._use(ident)
 
         def failed(exc):

@@ -146,3 +146,68 @@ def test_drop_photos_onto_the_picker(qtbot, make_window, grace_hopper_path, tmp_
     zone.dropEvent(ev)
     assert got == [[str(grace_hopper_path)]]  # images only
     qtbot.waitUntil(lambda: win.engine.identity is not None, timeout=15000)
+
+
+def test_two_people_with_cyrillic_names_are_two_saved_faces(qtbot, make_window, grace_hopper_path, astronaut,
+                                                            tmp_path):
+    """Both names slug to the same ASCII folder name; neither may replace the other."""
+    import shutil
+
+    win = make_window()
+    ivan, petr = tmp_path / "Иван.jpg", tmp_path / "Пётр.jpg"
+    shutil.copy(grace_hopper_path, ivan)
+    cv2.imwrite(str(petr), astronaut)
+    for photo, name in ((ivan, "Иван"), (petr, "Пётр")):
+        win.picker.add_photos([str(photo)])
+        qtbot.waitUntil(lambda: win.picker.last_message == f"Added “{name}”.", timeout=15000)
+        _idle(qtbot, win)
+    qtbot.waitUntil(lambda: sorted(win.picker.names()) == ["Иван", "Пётр"], timeout=5000)
+    store = win.picker.store
+    assert sorted(store.names()) == ["Иван", "Пётр"]
+    a, b = store.load("Иван"), store.load("Пётр")
+    assert (a.name, b.name) == ("Иван", "Пётр") and a.consent and b.consent
+    assert float(np.dot(a.embedding, b.embedding)) < 0.99  # two different faces kept
+    # the same name again is saved beside it, not over it
+    win.picker.add_photos([str(ivan)])
+    qtbot.waitUntil(lambda: win.picker.last_message == "Added “Иван 2”.", timeout=15000)
+    _idle(qtbot, win)
+    assert sorted(store.names()) == ["Иван", "Иван 2", "Пётр"]
+
+
+def test_unique_name_follows_the_store_not_the_gallery(qtbot, make_window, grace_hopper_path):
+    win = make_window()
+    ident = win.engine.build_identity([str(grace_hopper_path)], "Ада")
+    ident.consent = True
+    win.picker.store.save(ident)  # saved by another window: not in this gallery yet
+    assert win.picker.names() == []
+    assert win.picker._unique("Ада") == "Ада 2"
+    win.picker._items["Gone"] = None  # a gallery entry deleted on disk does not block the name
+    assert win.picker._unique("Gone") == "Gone"
+
+
+def test_the_last_face_clicked_is_the_one_used(qtbot, make_window):
+    import time
+
+    from mirage_desktop.vision.identity import SourceIdentity
+
+    win = make_window()
+    store = win.picker.store
+    for i, n in enumerate(("Alice", "Bob")):
+        e = np.zeros(512, np.float32)
+        e[i] = 1.0
+        store.save(SourceIdentity(n, e, [], None, True))
+    real = store.load
+
+    def load(name):  # Alice's folder is on a slow disk
+        time.sleep(0.4 if name == "Alice" else 0.0)
+        return real(name)
+
+    store.load = load
+    win.picker.activate("Alice")
+    qtbot.wait(50)
+    win.picker.activate("Bob")
+    qtbot.waitUntil(lambda: win.engine.identity is not None, timeout=5000)
+    _idle(qtbot, win)
+    qtbot.wait(300)
+    assert win.engine.identity.name == "Bob"
+    assert win.picker.active == "Bob" and win.settings.source_identity == "Bob"
