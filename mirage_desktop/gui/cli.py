@@ -73,14 +73,18 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "screenshot", None):
         from .. import config
         from ..engine import Engine
-        from .screenshot import render_window
+        from .screenshot import isolated_profile, render_window
 
-        loaded = config.load()
-        engine = None
-        if getattr(args, "model", None):  # real models given: use them; else the synthetic demo engine
-            engine = Engine(loaded.settings, model_overrides=parse_models(args.model))
         create_app()
-        print(render_window(args.screenshot, engine=engine, notices=loaded.notices, image=args.input))
+        if getattr(args, "model", None):  # real models given: use them; else the synthetic demo engine
+            # built inside a throw-away profile (defaults and MIRAGE_* overrides, not the user's
+            # settings file): the demo face must never reach the user's gallery or settings
+            with isolated_profile(keep_models=True):
+                loaded = config.load()
+                engine = Engine(loaded.settings, model_overrides=parse_models(args.model))
+                print(render_window(args.screenshot, engine=engine, notices=loaded.notices, image=args.input))
+        else:
+            print(render_window(args.screenshot, image=args.input))
         return 0
 
     app = create_app()

@@ -3,18 +3,52 @@
 Without an engine, a demo one is built: small ONNX recognition and swap models with the
 real signatures (:mod:`mirage_desktop.models.synthetic`), the engine's OpenCV fallback
 detector (the SCRFD weights are missing, as on a first run), a source identity from matplotlib's Grace Hopper photo, and skimage's astronaut photo
-as the camera. Settings, identities and models then live in a temporary folder, so the
-user's own are never touched.
+as the camera.
+
+Settings, identities and caches always live in a temporary folder while the window is
+rendered — also when real models are given (``mirage gui --screenshot --model ...``): the demo
+face is saved as consented and would otherwise land in the user's gallery and settings. Only
+the models folder stays the user's when an engine is given; the environment is restored after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+PROFILE_VARS = ("MIRAGE_CONFIG_DIR", "MIRAGE_DATA_DIR", "MIRAGE_CACHE_DIR", "MIRAGE_MODELS_DIR")
+
+
+@contextlib.contextmanager
+def isolated_profile(keep_models: bool = True):
+    """Point settings, identities and caches at a fresh temporary folder for the duration;
+    ``keep_models``: the models folder stays the user's (else it is temporary too). Yields
+    the folder; the ``MIRAGE_*_DIR`` variables are restored afterwards."""
+    from ..config import models_dir
+
+    saved = {k: os.environ.get(k) for k in PROFILE_VARS}
+    real_models = models_dir()  # resolved now: by default it lives inside the data folder
+    tmp = tempfile.TemporaryDirectory(prefix="mirage-shot-")
+    root = Path(tmp.name)
+    try:
+        for var, sub in (("MIRAGE_CONFIG_DIR", "config"), ("MIRAGE_DATA_DIR", "data"),
+                         ("MIRAGE_CACHE_DIR", "cache"), ("MIRAGE_MODELS_DIR", "models-dir")):
+            os.environ[var] = str(root / sub)
+        if keep_models:
+            os.environ["MIRAGE_MODELS_DIR"] = str(real_models)
+        yield root
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        tmp.cleanup()
 
 
 def demo_images() -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +89,14 @@ def release(win) -> None:
 
 def render_window(png: str | os.PathLike, *, engine=None, image=None, source_photo=None, notices=None,
                   seconds: float = 3.0, size: tuple[int, int] = (1480, 920), view: str = "side_by_side") -> Path:
-    """Open the window, stream ``image`` (a path or BGR array) for ``seconds``, save a PNG."""
+    """Open the window, stream ``image`` (a path or BGR array) for ``seconds``, save a PNG.
+    Nothing is read from or written to the user's settings, identities or caches."""
+    with isolated_profile(keep_models=engine is not None) as folder:
+        return _render(png, folder, engine=engine, image=image, source_photo=source_photo, notices=notices,
+                       seconds=seconds, size=size, view=view)
+
+
+def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds, size, view) -> Path:
     from PySide6.QtCore import QCoreApplication, QEventLoop
 
     from ..vision.capture import ImageSource
@@ -64,7 +105,6 @@ def render_window(png: str | os.PathLike, *, engine=None, image=None, source_pho
 
     app = create_app()
     png = Path(png)
-    tmp = None
     cam_img, src_img = demo_images()
     if image is not None:
         import cv2
@@ -73,11 +113,7 @@ def render_window(png: str | os.PathLike, *, engine=None, image=None, source_pho
         if cam_img is None:
             raise SystemExit(f"cannot read {image}")
     if engine is None:
-        tmp = tempfile.TemporaryDirectory(prefix="mirage-shot-")
-        for var, sub in (("MIRAGE_CONFIG_DIR", "config"), ("MIRAGE_DATA_DIR", "data"),
-                         ("MIRAGE_CACHE_DIR", "cache"), ("MIRAGE_MODELS_DIR", "models-dir")):
-            os.environ[var] = str(Path(tmp.name) / sub)
-        engine = demo_engine(Path(tmp.name))
+        engine = demo_engine(folder)
     win = MainWindow(engine, engine.settings, notices, source=ImageSource(cam_img, fps=30, realtime=True),
                      source_label="Astronaut (demo photo)" if image is None else Path(str(image)).name,
                      outputs=["null"], list_cameras=False)
@@ -97,7 +133,7 @@ def render_window(png: str | os.PathLike, *, engine=None, image=None, source_pho
     photo = source_photo if source_photo is not None else src_img
     if photo is not None:
         if isinstance(photo, np.ndarray):
-            p = Path(tempfile.gettempdir()) / "mirage-demo-source" / "Grace Hopper.jpg"
+            p = folder / "demo-source" / "Grace Hopper.jpg"
             p.parent.mkdir(parents=True, exist_ok=True)
             import cv2
 
@@ -112,11 +148,10 @@ def render_window(png: str | os.PathLike, *, engine=None, image=None, source_pho
     png.parent.mkdir(parents=True, exist_ok=True)
     pm = win.grab()
     ok = pm.save(str(png), "PNG")
+    spin(5.0, lambda: win.controller.jobs.busy == 0)  # nothing still writing when the folder goes
     win.close()
     release(win)
     spin(0.2)
-    if tmp is not None:
-        tmp.cleanup()
     if not ok:
         raise SystemExit(f"could not write {png}")
     return png
