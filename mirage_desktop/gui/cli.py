@@ -64,6 +64,19 @@ def build_window(args: argparse.Namespace):
                       outputs=outputs, autostart=not getattr(args, "no_autostart", False))
 
 
+def _check_display() -> None:
+    """Qt aborts the process without a display; say so in one line instead."""
+    import os
+    import sys
+
+    from ..errors import MirageError
+
+    if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
+        raise MirageError("no display to open the window on (DISPLAY and WAYLAND_DISPLAY are not set)",
+                          "start it from a desktop session, or use `mirage run` for the headless engine")
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -87,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             print(render_window(args.screenshot, image=args.input))
         return 0
 
+    _check_display()
     app = create_app()
     win = build_window(args)
     loop = qasync.QEventLoop(app)

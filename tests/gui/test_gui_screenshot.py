@@ -89,3 +89,13 @@ def test_isolated_profile_keeps_the_users_models_folder(monkeypatch, tmp_path):
     with isolated_profile(keep_models=False) as folder:
         assert folder in config.models_dir().parents
     assert not folder.exists()
+
+
+def test_no_display_is_one_clear_line(monkeypatch, capsys):
+    from mirage_desktop.cli import main
+
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mirage: error: no display") and "mirage run" in err and "\n" not in err
