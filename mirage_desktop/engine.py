@@ -61,6 +61,7 @@ class Engine:
         self.swapper = None
         self.enhance_stage = None
         self.identity = None
+        self.reference: np.ndarray | None = None  # only swap faces that look like this (set_reference)
         self.latent: np.ndarray | None = None
         self.pipeline = None
         self.voice = None
@@ -189,9 +190,9 @@ class Engine:
 
     def set_reference(self, embedding: np.ndarray | None) -> None:
         """Only swap faces that look like this person (None: any face, largest first)."""
+        self.reference = embedding
         if self.pipeline is not None:
             self.pipeline.reference = embedding
-        self._reference = embedding
 
     # ---- run -------------------------------------------------------------------------------
     def start(self, source: str | int | Any = 0, outputs: list[str | Any] | None = None, *,
@@ -217,7 +218,7 @@ class Engine:
                          for o in (outputs or ["virtualcam"])]
                 p = VideoPipeline(s, self.metrics, src, sinks, self.analyzer, self.swapper, self.latent,
                                   self.enhance_stage, self._make_smoother(), self._color_fn(),
-                                  getattr(self, "_reference", None),
+                                  self.reference,
                                   detector_async=detector_async and not lossless, lossless=lossless)
                 p._subscribers = dict(self._frame_subs)
                 p.keep_original = any(self._originals.values())

@@ -35,7 +35,7 @@ def run(args) -> int:
     faces = engine.analyzer.detect(img)
     if not faces:
         raise InputImageError(f"no face found in {args.target}", "use a photo with a clearly visible face")
-    ref = getattr(engine, "_reference", None)
+    ref = engine.reference
     if ref is not None:
         for f in faces:
             engine.analyzer.embed(img, f)

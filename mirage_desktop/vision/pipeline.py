@@ -293,12 +293,13 @@ class VideoPipeline:
             if self.scheduler.should_detect() and not self._det_inflight:
                 requested = True
                 prep = self.analyzer.detector.prepare(frame)
-                full = frame.copy() if self.reference is not None else None
                 if self.detector_async:
+                    # the worker paints on ``frame``: matching needs an untouched full-size copy
+                    full = frame.copy() if self.reference is not None else None
                     self._det_inflight = True
                     self.det_req.put((pkt.index, prep, full))
                 else:
-                    det = (pkt.index, self._run_detector(prep, full if full is not None else frame))
+                    det = (pkt.index, self._run_detector(prep, frame))
             self.scheduler.on_frame(requested)
             if det is not None:
                 d_index, d_faces = det
@@ -312,8 +313,7 @@ class VideoPipeline:
                     self._last_det_index = d_index
             faces = self.tracker.faces(pkt.t_capture if o.enable_smoothing else None)
             m.record("track", (time.perf_counter() - t) * 1000)
-        ref = self.reference if self.reference is not None else None
-        chosen = select_faces(faces, o.max_faces, ref, o.match_threshold)
+        chosen = select_faces(faces, o.max_faces, self.reference, o.match_threshold)
         pkt.faces = chosen
         latent = self.latent
         if o.enable_swap and self.swapper is not None and latent is not None and chosen:

@@ -358,3 +358,23 @@ def test_the_input_frame_is_copied_only_while_a_subscriber_wants_it(engine, astr
     time.sleep(0.4)
     engine.stop()
     assert got[-1].original is not None and len(got) > n
+
+
+def test_match_mode_swaps_only_the_reference_person(model_factory, astronaut, grace_hopper_path):
+    from mirage_desktop.vision.image_io import load_image
+
+    grace = cv2.resize(load_image(grace_hopper_path), (512, 512))
+    frame = np.hstack([astronaut, grace])  # two people side by side
+    eng = Engine(Settings(max_faces=2, match_threshold=0.8, enable_ai_mark=False), model_overrides=model_factory(frame))
+    eng.load_models()
+    # (the scripted detector knows this frame's faces, so photos come from it; the largest is Grace)
+    eng.set_source_photos([frame], "self")
+    eng.set_reference(eng.build_identity([frame], "reference").embedding)
+    got = _collect(eng, ImageSource(frame, fps=30), 12)
+    last = got[-1]
+    assert last.swapped == 1
+    changed = np.any(last.frame != last.original, axis=2)
+    assert changed[:, 512:].sum() > 1000 and not changed[:, :512].any()  # Grace swapped, not the astronaut
+    eng.set_reference(None)  # any face again, largest first
+    got = _collect(eng, ImageSource(frame, fps=30), 12)
+    assert got[-1].swapped == 2
