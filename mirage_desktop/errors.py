@@ -30,3 +30,7 @@ class DeviceError(MirageError):
 
 class VirtualCameraError(DeviceError):
     """The virtual camera (v4l2loopback, OBS, Unity Capture) cannot be opened."""
+
+
+class WriteError(MirageError):
+    """A file the app writes (output, recording, settings, cache, download) cannot be written."""

@@ -90,3 +90,81 @@ def model_factory(tmp_path_factory):
                 "inswapper_128_fp16": paths["inswapper_128"], "inswapper_128": paths["inswapper_128"]}
 
     return build
+
+
+# ---- places a write can fail: shared by every test of the "files the app writes" class --------------
+
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    import subprocess
+
+    if os.geteuid() != 0:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    return r.returncode == 0
+
+
+def _umount(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nothing can be written in, also for root (a read-only tmpfs; chmod for others)."""
+    d = tmp_path / "readonly"
+    if _mount_tmpfs(d, "ro,size=64k"):
+        yield d
+        _umount(d)
+        return
+    d.mkdir()
+    d.chmod(0o555)
+    probe = d / ".probe"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        pytest.skip("cannot make a read-only folder here (root without mount)")
+    except OSError:
+        pass
+    yield d
+    d.chmod(0o755)
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A folder on a file system that is full: a tiny tmpfs filled to the last block."""
+    d = tmp_path / "full"
+    if not _mount_tmpfs(d, "size=256k"):
+        pytest.skip("a full file system needs root (mount -t tmpfs)")
+    filler = d / ".filler"
+    try:
+        with open(filler, "wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+    except OSError:
+        pass
+    yield d
+    _umount(d)
+
+
+@pytest.fixture(params=["readonly", "full", "is_a_folder", "parent_is_a_file"])
+def unwritable_target(request, tmp_path):
+    """A file path that cannot be written, one fixture value per way it fails: use it for every
+    file the app writes. Yields (path, words the user's message must contain)."""
+    kind = request.param
+    if kind == "readonly":
+        d = request.getfixturevalue("readonly_dir")
+        yield d / "out.bin", "read-only"
+    elif kind == "full":
+        d = request.getfixturevalue("full_dir")
+        yield d / "out.bin", "disk is full"
+    elif kind == "is_a_folder":
+        d = tmp_path / "a_folder.bin"
+        d.mkdir()
+        yield d, "folder"
+    else:
+        f = tmp_path / "plainfile"
+        f.write_text("x")
+        yield f / "out.bin", "not a folder"
