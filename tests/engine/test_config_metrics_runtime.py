@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mirage_desktop import config
-from mirage_desktop.errors import MirageError
+from mirage_desktop.errors import MirageError, WriteError
 from mirage_desktop.metrics import LatencyHistogram, Metrics
 from mirage_desktop.models import runtime, synthetic
 
@@ -52,7 +52,7 @@ def test_settings_are_written_atomically(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="disk full"):
         config.save(config.Settings(max_faces=5), path)
     assert json.loads(path.read_text())["max_faces"] == 2  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["settings.json"]  # no temp file left
