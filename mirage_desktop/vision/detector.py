@@ -50,15 +50,19 @@ class SCRFD:
         self.det_size = int(det_size)
         self.threshold = threshold
         self.nms_threshold = nms_threshold
-        inputs = handle.inputs
-        if len(inputs) != 1:
-            raise ModelError(f"{handle.path.name} has {len(inputs)} inputs; SCRFD has one",
-                             "check that the file is det_10g.onnx from buffalo_l")
-        self.input_name = inputs[0].name
+        from ..models import contract
+
+        contract.check(handle, contract.SCRFD)
+        shape = handle.inputs[0].shape
+        if isinstance(shape[2], int) and isinstance(shape[3], int):  # a static export: its size only
+            if shape[2] != shape[3]:
+                raise contract.SCRFD.refuse(handle.path, f"input is {shape[2]}x{shape[3]}; expected a square input")
+            self.fixed_size = int(shape[2])
+            self.det_size = self.fixed_size
+        else:
+            self.fixed_size = None
+        self.input_name = handle.inputs[0].name
         outs = handle.outputs
-        if len(outs) not in (6, 9):
-            raise ModelError(f"{handle.path.name} has {len(outs)} outputs; SCRFD has 6 or 9",
-                             "check that the file is det_10g.onnx from buffalo_l")
         self.output_names = [o.name for o in outs]
         self.use_kps = len(outs) == 9
         self.num_anchors = 2
@@ -67,7 +71,7 @@ class SCRFD:
 
     def set_det_size(self, size: int) -> None:
         with self._lock:
-            self.det_size = int(size)
+            self.det_size = int(size) if self.fixed_size is None else self.fixed_size
 
     def _anchor_centers(self, h: int, w: int, stride: int) -> np.ndarray:
         key = (h, w, stride)

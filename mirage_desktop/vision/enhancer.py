@@ -230,11 +230,12 @@ class GFPGANEnhancer:
             else:
                 raise ModelError(f"{os.fspath(path)} has an input {i.name!r} {i.shape} the enhancer cannot feed",
                                  "use the GFPGAN v1.4 512x512 ONNX export from models.toml")
-        outs = [o for o in self.session.outputs if len(o.shape or ()) == 4]
-        if not outs:
-            raise ModelError(f"{os.fspath(path)} has no image output", "re-download with "
-                             "`mirage models download --force gfpgan_1_4`")
-        self._output = outs[0].name
+        from ..models import contract
+
+        dims = contract.check(self.session, contract.enhancer_contract(
+            REGISTRY_NAMES["gfpgan"], self._image, self._weight.name if self._weight is not None else None))
+        self.size = int(dims.get("S", self.size))
+        self._output = self.session.outputs[0].name
         self.supports_fidelity = self._weight is not None
         self._fidelity = _clamp01(fidelity)
 

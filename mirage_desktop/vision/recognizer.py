@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..errors import ModelError
 from ..models.runtime import SessionHandle
 from .align import align_matrix, warp_crop
 
@@ -14,14 +13,13 @@ class ArcFace:
     name = "arcface"
 
     def __init__(self, handle: SessionHandle, mean: float = 127.5, std: float = 127.5):
+        from ..models import contract
+
         self.handle = handle
+        contract.check(handle, contract.ARCFACE)
         inp = handle.inputs[0]
-        shape = inp.shape
-        if len(shape) != 4 or shape[1] != 3:
-            raise ModelError(f"{handle.path.name} input shape {shape} is not Nx3xHxW",
-                             "check that the file is w600k_r50.onnx from buffalo_l")
         self.input_name = inp.name
-        self.size = int(shape[2]) if isinstance(shape[2], int) else 112
+        self.size = 112
         self.output_name = handle.outputs[0].name
         self.mean, self.std = mean, std
 

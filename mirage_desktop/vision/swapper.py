@@ -42,14 +42,11 @@ class InSwapper:
     size = 128
 
     def __init__(self, handle: SessionHandle, emap: np.ndarray | None = None):
+        from ..models import contract
+
         self.handle = handle
-        names = [i.name for i in handle.inputs]
-        if set(names) != {"target", "source"}:
-            raise ModelError(f"{handle.path.name} inputs are {names}; inswapper has 'target' and 'source'",
-                             "use inswapper_128 from models.toml")
-        shape = [i for i in handle.inputs if i.name == "target"][0].shape
-        if isinstance(shape[2], int):
-            self.size = int(shape[2])
+        dims = contract.check(handle, contract.INSWAPPER)
+        self.size = int(dims.get("S", 128))
         self.output_name = handle.outputs[0].name
         self.emap = read_emap(handle.path) if emap is None else emap
 

@@ -232,6 +232,33 @@ class RvcConverter:
         self.context = int(SAMPLE_RATE * context_ms / 1000.0)
         self.model_sr: int | None = None
         self._rng = np.random.default_rng(0)
+        self._check_at_load()
+
+    def _check_at_load(self) -> None:
+        """One conversion of 0.2 s of quiet noise: a wrong-signature encoder, synthesizer or RMVPE is
+        refused now, naming the shapes, instead of failing on every chunk of a call."""
+        x = (np.random.default_rng(1).standard_normal(SAMPLE_RATE // 5) * 1e-3).astype(np.float32)
+        methods = ["rmvpe"] if self.rmvpe is not None else []
+        try:
+            for method in methods:
+                f0 = np.asarray(self.rmvpe(x), np.float64)
+                frames = 1 + x.size // FRAME_HOP
+                if f0.ndim != 1 or not frames // 2 <= f0.size <= frames * 2 or not np.isfinite(f0).all():
+                    raise ModelError(f"the RMVPE model gave {f0.size} F0 values for {frames} frames",
+                                     "use an RMVPE export with a [1, 128, frames] mel input and [1, frames, 360] output")
+            feats = self.model.encode(x)
+            audio = self.model.synthesize(feats, np.zeros(feats.shape[1]), self.speaker, self._rng)
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime's errors: wrong ranks, names, types
+            raise ModelError(f"the RVC models failed a test run ({' '.join(str(exc).split())[:200]})",
+                             "export the synthesizer with RVC's export_onnx and use the matching content "
+                             "encoder (vec-768 for v2, vec-256 for v1)") from None
+        per_frame = audio.size / max(1, feats.shape[1])
+        if audio.size == 0 or not np.isfinite(audio).all() or not 80 <= per_frame <= 960:
+            raise ModelError(f"the RVC synthesizer gave {audio.size} samples for {feats.shape[1]} frames "
+                             f"(expected 10 ms of audio per frame at 8-96 kHz)",
+                             "export the synthesizer with RVC's export_onnx (output audio [1, 1, frames x hop])")
 
     @classmethod
     def from_settings(cls, settings, pitch: float = 0.0, f0_method: str = "rmvpe", **over) -> "RvcConverter":

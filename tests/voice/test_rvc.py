@@ -67,3 +67,16 @@ def test_bad_models_give_clear_errors(rvc_models, tmp_path):
         RvcModel(rvc_models["encoder"], rvc_models["encoder"])
     with pytest.raises(ModelError, match="rmvpe"):
         RvcConverter(rvc_models["model"], rvc_models["encoder"], None, f0_method="rmvpe")
+
+
+def test_wrong_signature_rvc_models_are_refused_at_load(rvc_models, tmp_path):
+    """Checked when the converter is built, not on the first chunk of a call."""
+    from mirage_desktop.voice import synthetic_models
+
+    enc256 = synthetic_models.build_content_encoder(tmp_path / "vec256.onnx", channels=256)
+    with pytest.raises(ModelError, match="256 channels, synthesizer wants 768"):
+        RvcConverter(rvc_models["model"], enc256, None, f0_method="harvest")
+    with pytest.raises(ModelError, match="RVC models failed a test run"):  # RMVPE given as encoder
+        RvcConverter(rvc_models["model"], rvc_models["rmvpe"], None, f0_method="harvest")
+    with pytest.raises(ModelError, match="RMVPE|test run"):  # the encoder given as RMVPE
+        RvcConverter(rvc_models["model"], rvc_models["encoder"], rvc_models["encoder"], f0_method="rmvpe")
