@@ -45,18 +45,37 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--identity", help="a saved identity (from the window's picker) instead of --source")
     c.add_argument("--confirm-rights", action="store_true",
                    help="confirm you have the right to use the source face (asked interactively otherwise)")
+    p.set_defaults(_setting_flags=_flags_by_dest(p))  # so a bad value is reported with its flag
 
 
+def _flags_by_dest(p: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the flag that sets it (its long form), for every option of ``p`` added so far
+    (the command's own options are added before the engine's)."""
+    out = {}
+    for action in p._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest not in out:
+            out[action.dest] = longs[0]
+    return out
+
+
+# settings read from an argument of the same name (`mirage run --camera` included)
 SETTING_ARGS = ("max_faces", "det_size", "detect_interval", "providers", "swapper_precision", "enable_swap",
                 "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer", "enable_smoothing",
                 "enable_enhancer", "enhancer", "codeformer_fidelity", "enhancer_interval", "enhancer_blend",
-                "enhancer_async")
+                "enhancer_async", "camera")
+# settings a command passes in ``extra`` from an argument with another name (commands/run.py)
+SETTING_ARG_ALIASES = {"capture_width": "width", "capture_height": "height", "capture_fps": "fps"}
 
 
 def settings_from_args(args, extra: dict | None = None):
+    """Settings from file < environment < these arguments; notices are printed (and logged).
+    A bad value raises a MirageError naming its flag (``--max-faces 99 is out of range``)."""
     overrides = {k: getattr(args, k, None) for k in SETTING_ARGS}
     overrides.update(extra or {})
-    res = load(overrides)
+    flags = getattr(args, "_setting_flags", None) or {}
+    names = {k: flags[SETTING_ARG_ALIASES.get(k, k)] for k in overrides if SETTING_ARG_ALIASES.get(k, k) in flags}
+    res = load(overrides, flag_names=names)
     for n in res.notices:
         print(f"mirage: notice: {n}", file=sys.stderr)
     return res.settings
