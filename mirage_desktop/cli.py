@@ -57,6 +57,25 @@ def setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def install_stop_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal, `kill`, a service manager) stop a command as cleanly as
+    Ctrl-C: the same KeyboardInterrupt path, so files are finalised and locks released. `mirage run`
+    and the window install their own handlers on top."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _stop_like_ctrl_c)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = _command_in(argv)
@@ -65,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = [*argv, "gui"]
     args = build_parser(cmd).parse_args(argv)
     setup_logging(args.verbose)
+    install_stop_signals()
     mod = importlib.import_module(args._module)
     try:
         return int(mod.run(args) or 0)

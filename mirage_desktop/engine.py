@@ -28,9 +28,21 @@ log = logging.getLogger(__name__)
 
 LIVE_OPTIONS = {
     "enable_swap", "enable_enhancer", "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer",
-    "enable_smoothing", "max_faces", "detect_interval", "det_size", "match_threshold",
+    "enable_smoothing", "enable_scrfd", "max_faces", "detect_interval", "det_size", "match_threshold",
     "codeformer_fidelity", "enhancer_interval", "enhancer_blend", "enable_voice", "voice_pitch", "voice_formant",
 }
+
+
+@dataclass
+class OutputReport:
+    """What one output did in the last run: frames sent, frames in the finished file (recordings),
+    and why it failed, if it did."""
+
+    output: str
+    frames: int
+    kept: int | None = None
+    error: str | None = None
+    critical: bool = False
 
 
 @dataclass
@@ -70,6 +82,7 @@ class Engine:
         self._frame_subs: dict[int, Callable] = {}
         self._originals: dict[int, bool] = {}
         self._next_token = 0
+        self.last_outputs: list[OutputReport] = []  # filled by stop()
 
     # ---- models ----------------------------------------------------------------------------
     def load_models(self) -> EngineStatus:
@@ -146,6 +159,8 @@ class Engine:
         reasons = []
         if not s.enable_swap:
             reasons.append("face swap is switched off")
+        elif not s.enable_scrfd:
+            reasons.append("face detection is switched off (MIRAGE_ENABLE_SCRFD=0), so no face is found to swap")
         else:
             if self.swapper is None:
                 reasons.append(next((p.split(": ", 1)[1] for p in st.problems if p.startswith("swapper:")),
@@ -172,6 +187,13 @@ class Engine:
 
     def set_identity(self, identity) -> None:
         """Switch who the user becomes; takes effect on the next frame."""
+        from .vision.identity import usable_embedding
+
+        if identity is not None and identity.embedding is not None:
+            why = usable_embedding(identity.embedding)
+            if why is not None:  # a NaN latent paints a black face: refuse it, keep the current one
+                raise MirageError(f"the face of {identity.name!r} cannot be used: its embedding {why}",
+                                  "add the identity again from its photos")
         with self._lock:
             self.identity = identity
             self._status.identity = identity.name if identity is not None else ""
@@ -181,9 +203,12 @@ class Engine:
             self._refresh_passthrough()
 
     def _update_latent(self) -> None:
+        from .vision.identity import usable_embedding
+
         lat = None
         if self.identity is not None and self.identity.embedding is not None and self.swapper is not None:
-            lat = self.swapper.latent(self.identity.embedding)
+            if usable_embedding(self.identity.embedding) is None:  # checked by set_identity
+                lat = self.swapper.latent(self.identity.embedding)
         self.latent = lat
         if self.pipeline is not None:
             self.pipeline.set_latent(lat)
@@ -196,8 +221,10 @@ class Engine:
 
     # ---- run -------------------------------------------------------------------------------
     def start(self, source: str | int | Any = 0, outputs: list[str | Any] | None = None, *,
-              realtime: bool = True, detector_async: bool = True, lossless: bool = False) -> None:
-        """Start streaming. ``lossless``: process and write every frame (file to file), never drop."""
+              realtime: bool = True, detector_async: bool = True, lossless: bool = False,
+              max_frames: int | None = None) -> None:
+        """Start streaming. ``lossless``: process and write every frame (file to file), never drop.
+        ``max_frames``: send exactly that many frames, then finish (``wait()`` returns True)."""
         from .outputs.sinks import make_sink
         from .vision.capture import open_source
         from .vision.pipeline import VideoPipeline
@@ -219,7 +246,8 @@ class Engine:
                 p = VideoPipeline(s, self.metrics, src, sinks, self.analyzer, self.swapper, self.latent,
                                   self.enhance_stage, self._make_smoother(), self._color_fn(),
                                   self.reference,
-                                  detector_async=detector_async and not lossless, lossless=lossless)
+                                  detector_async=detector_async and not lossless, lossless=lossless,
+                                  max_frames=max_frames)
                 p._subscribers = dict(self._frame_subs)
                 p.keep_original = any(self._originals.values())
                 p.start()
@@ -276,8 +304,12 @@ class Engine:
                 finally:
                     self.voice = None
             if self.pipeline is not None:
-                self.pipeline.stop()
+                p = self.pipeline
+                p.stop()
                 self.pipeline = None
+                self.last_outputs = [OutputReport(s.describe(), int(getattr(s, "frames", 0)),
+                                                  getattr(s, "kept", None), p.sink_errors.get(id(s)),
+                                                  bool(getattr(s, "critical", False))) for s in p.sinks]
             if getattr(self, "_gpu_monitor", None) is not None:
                 self._gpu_monitor.stop()
                 self._gpu_monitor = None

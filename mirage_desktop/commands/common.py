@@ -106,10 +106,13 @@ def confirm_rights(args, label: str) -> None:
 
 def load_identity(engine, args):
     """--identity NAME or --source PHOTO...; returns the identity or None."""
-    from ..vision.identity import IdentityStore
+    from ..vision.identity import IdentityBuilder, IdentityStore
 
     if args.identity:
-        ident = IdentityStore().load(args.identity)
+        if engine.analyzer is None:
+            engine.load_models()
+        # an unusable saved embedding is rebuilt from the identity's photos when they are still there
+        ident = IdentityStore().load(args.identity, builder=IdentityBuilder(engine.analyzer))
         if not ident.consent:
             confirm_rights(args, f"identity {args.identity!r}")
         engine.set_identity(ident)

@@ -32,16 +32,60 @@ def add_arguments(p) -> None:
     add_engine_arguments(p)
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # each stops the run as cleanly as Ctrl-C
+
+
+def check_outputs(specs: list[str]) -> None:
+    """Refuse an output that cannot work before anything starts (models, camera)."""
+    from pathlib import Path
+
+    from ..errors import MirageError
+    from ..fsutil import check_writable_target
+    from ..outputs.sinks import check_video_path
+
+    for spec in specs:
+        if spec.startswith("file:"):
+            path = Path(spec[5:]).expanduser()
+            if not spec[5:]:
+                raise MirageError("--output file: needs a path", "e.g. --output file:out.mp4")
+            check_writable_target(path, "recording")
+            check_video_path(path)
+        elif spec not in ("", "virtualcam", "vcam", "null"):
+            raise MirageError(f"unknown output {spec!r}", "use virtualcam, file:out.mp4 or null")
+
+
+def _write_metrics(path, snap, warned: list) -> None:
+    from ..errors import WriteError
+    from ..fsutil import atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps(snap, indent=1, default=str), "metrics file")
+    except WriteError as exc:
+        if not warned:
+            print(f"\nmirage: warning: {exc}; the run goes on without metrics snapshots", file=sys.stderr)
+        warned.append(str(exc))
+
+
 def run(args) -> int:
     from ..engine import Engine
-    from ..fsutil import atomic_write_text
+    from ..errors import MirageError
+    from ..fsutil import check_writable_target
     from ..metrics import format_table
-    from ..vision.capture import ImageSource, VideoFileSource, open_source
+    from ..vision.capture import VideoFileSource, open_source, parse_camera
 
+    if args.frames is not None and args.frames < 1:
+        raise MirageError(f"--frames {args.frames} is not a number of frames", "use 1 or more")
+    if args.seconds is not None and not args.seconds > 0:
+        raise MirageError(f"--seconds {args.seconds} is not a duration", "use a number above 0")
+    outputs = args.output or ["virtualcam"]
+    check_outputs(outputs)
+    if args.metrics_json:
+        check_writable_target(args.metrics_json, "metrics file")
     extra = {"capture_width": args.width, "capture_height": args.height, "capture_fps": args.fps,
              "vcam_backend": args.vcam_backend, "enable_voice": args.enable_voice,
              "voice_pitch": args.voice_pitch, "voice_formant": args.voice_formant}
     settings = settings_from_args(args, extra)
+    camera = None if args.input else parse_camera(args.camera if args.camera is not None else settings.camera)
     engine = Engine(settings, model_overrides=model_overrides(args))
     st = engine.load_models()
     load_identity(engine, args)
@@ -51,40 +95,39 @@ def run(args) -> int:
     if args.input:
         src = open_source(args.input, width=settings.capture_width, height=settings.capture_height,
                           fps=settings.capture_fps, loop=args.loop)
-        if isinstance(src, ImageSource) and args.frames is None and args.seconds is None:
-            src.frames = None
         if isinstance(src, VideoFileSource):
             src.loop = args.loop
     else:
-        src = open_source(int(args.camera or settings.camera), width=settings.capture_width,
-                          height=settings.capture_height, fps=settings.capture_fps)
-    outputs = args.output or ["virtualcam"]
+        src = open_source(camera, width=settings.capture_width, height=settings.capture_height,
+                          fps=settings.capture_fps)
     # file in, files out: render every frame as fast as the machine allows, drop nothing
     lossless = bool(args.input) and all(o.startswith("file:") for o in outputs) and not args.loop
     if lossless:
         src.realtime = False
     stop = threading.Event()
-    old = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    handlers = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            handlers[sig] = signal.signal(sig, lambda *_: stop.set())
     voice_status = None
+    metrics_warned: list[str] = []
     try:
-        engine.start(src, outputs, lossless=lossless)
+        engine.start(src, outputs, lossless=lossless, max_frames=args.frames)
         print(f"mirage: running {engine.status().source} -> {', '.join(engine.status().outputs)} "
               f"on {st.provider}; Ctrl-C to stop", file=sys.stderr)
         t0 = last = time.perf_counter()
         while not stop.is_set():
             if engine.wait(0.25):
-                break  # a finite input ran out
+                break  # a finite input ran out, --frames were sent, or a recording failed
             now = time.perf_counter()
-            out = engine.metrics.counter("frames.out")
-            if args.frames is not None and out >= args.frames:
-                break
             if args.seconds is not None and now - t0 >= args.seconds:
                 break
             if now - last >= 1.0:
                 last = now
                 snap = engine.snapshot()
                 if args.metrics_json:
-                    atomic_write_text(args.metrics_json, json.dumps(snap, indent=1, default=str))
+                    _write_metrics(args.metrics_json, snap, metrics_warned)
                 tot = snap["stages"].get("total", {})
                 fps = snap["gauges"].get("fps", 0.0)
                 if sys.stderr.isatty():
@@ -94,10 +137,11 @@ def run(args) -> int:
             voice_status = engine.voice.status()
     finally:
         engine.stop()
-        signal.signal(signal.SIGINT, old)
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
     snap = engine.snapshot()
     if args.metrics_json:
-        atomic_write_text(args.metrics_json, json.dumps(snap, indent=1, default=str))
+        _write_metrics(args.metrics_json, snap, metrics_warned)
     print("", file=sys.stderr)
     print(format_table(snap), file=sys.stderr)
     c = snap["counters"]
@@ -111,4 +155,12 @@ def run(args) -> int:
               f"{v.get('measured_latency_ms') or 0:.0f} ms measured"
               + (f", pass-through: {v['passthrough_reason']}" if v.get("passthrough_reason") else "")
               + (f", error: {v['error']}" if v.get("error") else ""), file=sys.stderr)
-    return 0
+    rc = 1 if metrics_warned else 0
+    for out in engine.last_outputs:
+        if out.kept is not None and out.error is None:
+            print(f"{out.output}: {out.kept} frames written", file=sys.stderr)
+        if out.error is not None:
+            print(f"mirage: error: {out.error}", file=sys.stderr)
+            if out.critical:
+                rc = 1
+    return rc

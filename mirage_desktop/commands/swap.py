@@ -18,14 +18,15 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..engine import Engine
     from ..vision.blend import draw_ai_mark
-    from ..vision.image_io import load_image, save_image
+    from ..vision.image_io import check_image_target, load_image, save_image
     from ..vision.tracking import select_faces
 
     settings = settings_from_args(args)
-    engine = Engine(settings, model_overrides=model_overrides(args))
-    engine.load_models()
+    check_image_target(args.out)  # before any work: a folder, an unknown extension, no write access
     if not args.source and not args.identity:
         raise MirageError("no source face", "pass --source PHOTO or --identity NAME")
+    engine = Engine(settings, model_overrides=model_overrides(args))
+    engine.load_models()
     load_identity(engine, args)
     set_match(engine, args)
     st = engine.status()

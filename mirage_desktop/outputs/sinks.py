@@ -5,14 +5,16 @@ Every sink has ``open(width, height, fps)``, ``send(frame_bgr)``, ``close()`` an
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
-from ..errors import MirageError, VirtualCameraError
+from ..errors import MirageError, VirtualCameraError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -51,37 +53,143 @@ class CallbackSink(NullSink):
         return "preview"
 
 
+# containers OpenCV writes everywhere, and the codec used for each
+VIDEO_FORMATS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+RESERVE_BYTES = 1 << 20  # stop a recording while there is still room to finalise it
+FULL_FIX = "free some space or record to another disk"
+
+
 class FileSink:
+    """A recording. Written under a temporary name beside the target and moved onto it only when
+    it is finalised, so a crash or a kill never leaves a half-written file under the user's name.
+
+    OpenCV's writer does not report write errors, so the free space is checked as frames go out:
+    the recording stops with room left to finalise it (a WriteError naming the frames kept), and
+    on close the file is read back to count the frames that really are in it."""
+
     name = "file"
+    critical = True  # a failing recording stops the run: its frames are what the user asked for
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
+        self.fourcc = check_video_path(self.path)
+        self.tmp: Path | None = None
         self.writer = None
         self.size = None
-        self.frames = 0
+        self.fps = 30.0
+        self.frames = 0  # frames handed to the writer
+        self.kept: int | None = None  # frames in the finished file (after close)
+        self.error: str | None = None  # why the recording stopped early
 
     def open(self, width: int, height: int, fps: float) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov")
-                                           else "MJPG"))
-        self.writer = cv2.VideoWriter(str(self.path), fourcc, float(fps or 30), (int(width), int(height)))
+        from ..fsutil import check_writable_target
+
+        check_writable_target(self.path, "recording")
+        self.tmp = self.path.with_name(f".{self.path.stem}.recording-{os.getpid()}{self.path.suffix}")
+        self.fps = float(fps or 30)
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
+                                      (int(width), int(height)))
         if not self.writer.isOpened():
-            raise MirageError(f"cannot write video to {self.path}", "use a .mp4 or .avi path in a writable folder")
+            self.writer = None
+            self._discard()
+            raise WriteError(f"cannot write recording {self.path}: OpenCV has no {self.fourcc} encoder for "
+                             f"{self.path.suffix}", "use a .mp4 or .avi path")
         self.size = (int(width), int(height))
+        self.frames, self.kept, self.error = 0, None, None
+        self._peak = self._last_size = 0
+
+    def _room_left(self) -> int:
+        st = os.statvfs(self.tmp.parent)
+        return st.f_bavail * st.f_frsize
 
     def send(self, frame: np.ndarray) -> None:
+        if self.writer is None:
+            raise WriteError(f"recording {self.path} is closed", "start the run again")
+        if hasattr(os, "statvfs"):  # two cheap syscalls a frame
+            try:
+                room = self._room_left()
+                size = os.stat(self.tmp).st_size
+            except OSError as exc:
+                raise self._stopped(exc.strerror or str(exc)) from None
+            self._peak = max(self._peak, size - self._last_size)  # the largest write seen so far
+            self._last_size = size
+            # room to finish: the encoder's buffer and a few frames, plus the index (grows per frame)
+            if room < RESERVE_BYTES + 4 * self._peak + 64 * self.frames:
+                raise self._stopped("the disk is full")
         if (frame.shape[1], frame.shape[0]) != self.size:
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(frame)
         self.frames += 1
 
+    def _stopped(self, why: str) -> WriteError:
+        self.error = why
+        return WriteError(f"recording {self.path} stopped: {why}", FULL_FIX)
+
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+        """Finalise and move into place. Raises WriteError (saying how many frames are kept, and
+        where) when the recording stopped early, lost frames or cannot be moved."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        if self.frames == 0:
+            self._discard()
+            if self.error:
+                raise WriteError(f"recording {self.path} failed before its first frame: {self.error}", FULL_FIX)
+            return
+        self.kept = _count_frames(self.tmp)
+        if self.kept == 0:
+            why = self.error or "the file is unreadable; the disk may be full"
+            self.error = why
+            raise WriteError(f"recording {self.path} could not be finalised ({why}); the partial file is kept "
+                             f"as {self.tmp}", FULL_FIX)
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            from ..fsutil import describe_os_error
+
+            why, fix = describe_os_error(exc)
+            self.error = why
+            raise WriteError(f"recording {self.path} cannot be moved into place ({why}); its {self.kept} frames "
+                             f"are kept as {self.tmp}", fix) from None
+        self.tmp = None
+        if self.error or self.kept < self.frames:
+            why = self.error or f"only {self.kept} of the {self.frames} frames sent reached the file"
+            self.error = why
+            raise WriteError(f"recording {self.path} stopped early ({why}); {self.kept} frames are kept in "
+                             f"{self.path}", FULL_FIX)
+
+    def _discard(self) -> None:
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+            self.tmp = None
 
     def describe(self) -> str:
         return f"file {self.path}"
+
+
+def check_video_path(path: Path) -> str:
+    """The codec for ``path``'s extension, or a WriteError naming the ones that work."""
+    ext = path.suffix.lower()
+    if ext not in VIDEO_FORMATS:
+        raise WriteError(f"cannot record to {path}: {ext or 'no extension'} is not a video format Mirage writes",
+                         f"use one of {', '.join(VIDEO_FORMATS)}")
+    return VIDEO_FORMATS[ext]
+
+
+def _count_frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if n <= 0:  # a container without a frame count: read it through
+            while cap.grab():
+                n += 1
+        return n
+    finally:
+        cap.release()
 
 
 class VirtualCameraSink:

@@ -31,11 +31,36 @@ def _pace(due: float, fps: float) -> float:
     return max(due + 1.0 / fps, time.perf_counter() - 0.5)
 
 
+CAMERA_FIX = "use 0, 1, ... or a device path such as /dev/video0; `mirage devices` lists the cameras"
+
+
+def parse_camera(spec: int | str) -> int | str:
+    """A camera index (``0``, ``"1"``) or a device path (``/dev/video2``), checked before anything
+    touches a driver: a negative or non-numeric value is a DeviceError naming the fix."""
+    if isinstance(spec, bool):
+        raise DeviceError(f"camera {spec!r} is not a camera", CAMERA_FIX)
+    if isinstance(spec, int):
+        if spec < 0:
+            raise DeviceError(f"camera {spec} is not a camera index (indexes start at 0)", CAMERA_FIX)
+        return spec
+    text = str(spec).strip()
+    if text.isdigit():
+        return int(text)
+    if text.lstrip("+-").isdigit():
+        raise DeviceError(f"camera {text} is not a camera index (indexes start at 0)", CAMERA_FIX)
+    if text and (text.startswith("/dev/") or "/" in text or "\\" in text):
+        if not Path(text).exists():
+            raise DeviceError(f"camera {text} does not exist", CAMERA_FIX)
+        return text
+    raise DeviceError(f"camera {text!r} is neither a camera index nor a device path", CAMERA_FIX)
+
+
 class CameraSource:
     kind = "camera"
 
-    def __init__(self, index: int = 0, width: int = 1280, height: int = 720, fps: int = 30, mjpg: bool = True):
-        self.index, self.req = int(index), (int(width), int(height), int(fps))
+    def __init__(self, index: int | str = 0, width: int = 1280, height: int = 720, fps: int = 30,
+                 mjpg: bool = True):
+        self.index, self.req = parse_camera(index), (int(width), int(height), int(fps))
         self.mjpg = mjpg
         self.cap = None
         self.fps = float(fps)
@@ -202,9 +227,9 @@ class ImageSource:
 
 def open_source(spec: str | int, *, width: int = 1280, height: int = 720, fps: int = 30, loop: bool = True,
                 realtime: bool = True):
-    """``0`` / ``"1"`` → camera; an image path → still; anything else → video file."""
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
-        return CameraSource(int(spec), width, height, fps)
+    """``0`` / ``"1"`` / ``/dev/video2`` → camera; an image path → still; anything else → video file."""
+    if isinstance(spec, int) or (isinstance(spec, str) and (spec.strip().isdigit() or spec.startswith("/dev/"))):
+        return CameraSource(spec, width, height, fps)
     p = Path(spec)
     if p.suffix.lower() in IMAGE_EXTS:
         return ImageSource(p, fps=fps, realtime=realtime)

@@ -29,6 +29,24 @@ from .image_io import load_image
 
 log = logging.getLogger(__name__)
 
+EMBEDDING_DIM = 512  # ArcFace w600k_r50; the swapper's emap is 512x512
+
+
+def usable_embedding(emb) -> str | None:
+    """Why ``emb`` cannot drive a swap (wrong shape, NaN/inf, all zero), or None if it can.
+    A bad embedding would give the swapper a NaN latent and paint a black face."""
+    a = np.asarray(emb) if emb is not None else None
+    if a is None or a.dtype.kind not in "fiu":
+        return "it is not a numeric vector"
+    if a.shape != (EMBEDDING_DIM,):
+        return f"it has shape {a.shape}, not ({EMBEDDING_DIM},)"
+    if not np.isfinite(a).all():
+        return "it holds NaN or infinite values"
+    if float(np.linalg.norm(a)) < 1e-6:
+        return "it is all zeros"
+    return None
+
+
 MIN_FACE_PX = 80
 BLUR_MIN = 25.0  # variance of the Laplacian on a 224 px aligned crop
 MAX_YAW = 0.35  # nose offset from the eye midline, in eye distances (~35 degrees)
@@ -156,22 +174,41 @@ class IdentityBuilder:
         face, checks = check_photo(img, faces)
         rep = PhotoReport(label, h, len(faces), face, checks)
         if rep.passed and self.analyzer.recognizer is not None:
-            cp = self._cache_key(h)
-            if cp.exists():
-                try:
-                    rep.embedding = np.load(cp)
-                except (OSError, ValueError):
-                    rep.embedding = None
-            if rep.embedding is None:
-                rep.embedding = self.analyzer.embed(img, face)
-                import io
-
-                buf = io.BytesIO()
-                np.save(buf, rep.embedding)
-                atomic_write_bytes(cp, buf.getvalue())
+            rep.embedding = self._cached_embedding(img, face, h)
             face.embedding = rep.embedding
         rep._image = img  # for the thumbnail; not persisted
         return rep
+
+    def _cached_embedding(self, img: np.ndarray, face: Face, h: str) -> np.ndarray:
+        """The photo's embedding from the cache, or computed (and cached). A cache entry that is
+        unreadable, the wrong shape or not finite is rebuilt; a cache that cannot be written is
+        only a warning (it saves time, nothing more)."""
+        from ..errors import ModelError, WriteError
+
+        cp = self._cache_key(h)
+        if cp.exists():
+            try:
+                cached = np.load(cp, allow_pickle=False)
+                why = usable_embedding(cached)
+            except (OSError, ValueError, EOFError) as exc:
+                cached, why = None, f"it cannot be read ({' '.join(str(exc).split())[:80]})"
+            if why is None:
+                return cached.astype(np.float32)
+            log.warning("cached embedding %s is unusable (%s); computing it again", cp.name, why)
+        emb = np.asarray(self.analyzer.embed(img, face), np.float32)
+        why = usable_embedding(emb)
+        if why is not None:
+            raise ModelError(f"the face recognizer gave an unusable embedding ({why})",
+                             "re-download it with `mirage models download --force buffalo_l`")
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, emb)
+        try:
+            atomic_write_bytes(cp, buf.getvalue(), "embedding cache")
+        except WriteError as exc:
+            log.warning("%s (the embedding is used, just not cached)", exc)
+        return emb
 
     def build(self, sources: list, name: str | None = None) -> SourceIdentity:
         if not sources:
@@ -189,10 +226,12 @@ class IdentityBuilder:
             err.reports = reports
             raise err
         emb = None
-        embs = [r.embedding for r in good if r.embedding is not None]
+        embs = [r.embedding for r in good if r.embedding is not None and usable_embedding(r.embedding) is None]
         if embs:
             emb = np.mean(embs, axis=0)
-            emb = (emb / max(float(np.linalg.norm(emb)), 1e-12)).astype(np.float32)
+            norm = float(np.linalg.norm(emb))
+            # opposite embeddings can cancel out: an all-zero mean is no identity
+            emb = (emb / norm).astype(np.float32) if norm > 1e-6 else None
         first = good[0]
         thumb = warp_crop(first._image, align_matrix(first.face.kps, 256, "ffhq"), 256)
         nm = name or Path(str(good[0].source)).stem
@@ -242,11 +281,11 @@ class IdentityStore:
 
         buf = io.BytesIO()
         np.save(buf, ident.embedding)
-        atomic_write_bytes(d / "embedding.npy", buf.getvalue())
+        atomic_write_bytes(d / "embedding.npy", buf.getvalue(), "saved identity")
         if ident.thumbnail is not None:
             ok, enc = cv2.imencode(".png", ident.thumbnail)
             if ok:
-                atomic_write_bytes(d / "thumb.png", enc.tobytes())
+                atomic_write_bytes(d / "thumb.png", enc.tobytes(), "saved identity")
         meta = {
             "name": ident.name,
             "saved": time.time(),
@@ -254,7 +293,7 @@ class IdentityStore:
             "photos": [{"source": r.source, "hash": r.image_hash, "passed": r.passed,
                         "checks": [asdict(c) for c in r.checks]} for r in ident.reports],
         }
-        atomic_write_text(d / "meta.json", json.dumps(meta, indent=2))
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=2), "saved identity")
         return d
 
     def names(self) -> list[str]:
@@ -268,20 +307,43 @@ class IdentityStore:
                 continue
         return out
 
-    def load(self, name: str) -> SourceIdentity:
+    def load(self, name: str, builder: "IdentityBuilder | None" = None) -> SourceIdentity:
+        """The saved identity. An embedding that is missing, the wrong shape or not finite is
+        rebuilt from the identity's photos when they are still there (and ``builder`` is given)
+        and saved again; otherwise a MirageError says to add the identity again."""
         d = self._find(name) or self.root / _slug(name)
         try:
             meta = json.loads((d / "meta.json").read_text())
-            emb = np.load(d / "embedding.npy")
-            if emb.shape != (512,) or not np.isfinite(emb).all():
-                raise ValueError(f"embedding has shape {emb.shape}")
             meta["name"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise MirageError(f"saved identity {name!r} cannot be read ({exc})",
+            raise MirageError(f"saved identity {name!r} cannot be read ({' '.join(str(exc).split())[:120]})",
                               "add it again from its photos") from None
+        try:
+            emb = np.load(d / "embedding.npy", allow_pickle=False)
+            why = usable_embedding(emb)
+        except (OSError, ValueError, EOFError) as exc:
+            emb, why = None, f"it cannot be read ({' '.join(str(exc).split())[:80]})"
         thumb = cv2.imread(str(d / "thumb.png")) if (d / "thumb.png").exists() else None
-        ident = SourceIdentity(meta["name"], emb.astype(np.float32), [], thumb, bool(meta.get("consent")))
+        ident = SourceIdentity(meta["name"], None, [], thumb, bool(meta.get("consent")))
         ident.meta = meta
+        if why is None:
+            ident.embedding = emb.astype(np.float32)
+            return ident
+        log.warning("saved identity %r: its embedding is unusable (%s)", name, why)
+        photos = [p["source"] for p in meta.get("photos", []) if p.get("passed") and Path(p["source"]).is_file()]
+        if builder is None or not photos:
+            raise MirageError(f"saved identity {name!r} has an unusable face embedding ({why}) and its photos are "
+                              f"{'not at hand' if builder is None else 'gone'}", "add it again from its photos")
+        rebuilt = builder.build(photos, meta["name"])
+        if rebuilt.embedding is None:
+            raise MirageError(f"saved identity {name!r} could not be rebuilt from its photos",
+                              "add it again from its photos")
+        ident.embedding, ident.reports = rebuilt.embedding, rebuilt.reports
+        try:
+            self.save(ident)
+        except MirageError as exc:
+            log.warning("the rebuilt identity could not be saved: %s", exc)
+        log.warning("saved identity %r: embedding rebuilt from %d photo(s)", name, len(photos))
         return ident
 
     def set_consent(self, name: str, consent: bool = True) -> None:
@@ -290,7 +352,7 @@ class IdentityStore:
             raise MirageError(f"no saved identity called {name!r}", "add it from its photos")
         meta = json.loads((d / "meta.json").read_text())
         meta["consent"] = bool(consent)
-        atomic_write_text(d / "meta.json", json.dumps(meta, indent=2))
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=2), "saved identity")
 
     def delete(self, name: str) -> None:
         import shutil

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
-import cv2
-import numpy as np
+# OpenCV's own guard, checked by its decoders before they allocate: a second line of defence
+# behind the header check below, for formats that check does not parse
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
 
-from ..errors import InputImageError
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..errors import InputImageError, WriteError  # noqa: E402
 
 MAX_SIDE = 2048  # analysis never needs more; huge photos are scaled down on load
-MAX_PIXELS = 200_000_000
+MAX_PIXELS = 100_000_000  # 10000x10000; checked from the header, before anything is decoded
+MAX_FILE_BYTES = 512 << 20  # no photo is this big; a file that is is not read into memory
+WRITE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def load_image(source: str | os.PathLike | bytes, max_side: int = MAX_SIDE) -> np.ndarray:
@@ -29,15 +36,27 @@ def load_image(source: str | os.PathLike | bytes, max_side: int = MAX_SIDE) -> n
         if p.is_dir():
             raise InputImageError(f"{name} is a folder, not an image", "pick an image file")
         try:
+            size = p.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise InputImageError(f"{name} is {size / 2**20:.0f} MB, too big for a photo",
+                                      f"use a photo under {MAX_FILE_BYTES >> 20} MB (JPEG or PNG)")
             data = p.read_bytes()
         except OSError as exc:
             raise InputImageError(f"{name} cannot be read ({exc.strerror})", "check its permissions") from None
     if not data:
         raise InputImageError(f"{name} is empty (0 bytes)", "pick another photo or re-export it")
+    dims = image_size_from_header(data)
+    if dims is not None and dims[0] * dims[1] > MAX_PIXELS:
+        raise InputImageError(f"{name} is {dims[0]}x{dims[1]} ({dims[0] * dims[1] / 1e6:.0f} megapixels), more "
+                              f"than the {MAX_PIXELS // 1_000_000} megapixels Mirage reads",
+                              "scale it down (a face needs far fewer pixels)")
     buf = np.frombuffer(data, np.uint8)
     # IMREAD_UNCHANGED keeps 16-bit depth and alpha, but skips EXIF rotation; read the
     # orientation with a second, cheap colour decode's semantics by applying it ourselves.
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    except cv2.error:  # OpenCV's own size guard, or a decoder failing on a damaged file
+        img = None
     if img is None:
         raise InputImageError(f"{name} is not a readable image (corrupt or unsupported format)",
                               "save it again as JPEG or PNG")
@@ -125,12 +144,105 @@ def _apply_exif_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
+def check_image_target(path: str | os.PathLike) -> str:
+    """The format ``path`` will be written in, or a WriteError before any work is done: an unknown
+    extension, a folder, a folder that cannot be written."""
+    from ..fsutil import check_writable_target
+
+    p = Path(path)
+    check_writable_target(p, "image")
+    ext = p.suffix.lower()
+    if ext not in WRITE_EXTS:
+        raise WriteError(f"cannot write image {p}: {ext or 'a name without an extension'} is not an image format "
+                         f"Mirage writes", f"end the name with {', '.join(WRITE_EXTS)}")
+    return ext
+
+
 def save_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write atomically; the format follows the extension."""
+    """Write atomically; the format follows the extension (one of WRITE_EXTS)."""
     from ..fsutil import atomic_write_bytes
 
-    ext = Path(path).suffix.lower() or ".png"
-    ok, enc = cv2.imencode(ext, img)
+    ext = check_image_target(path)
+    try:
+        ok, enc = cv2.imencode(ext, img)
+    except cv2.error:
+        ok = False
     if not ok:
-        raise InputImageError(f"cannot encode an image as {ext}", "use .png or .jpg")
-    atomic_write_bytes(path, enc.tobytes())
+        raise WriteError(f"cannot encode the image as {ext}", "use .png or .jpg")
+    atomic_write_bytes(path, enc.tobytes(), "image")
+
+
+def image_size_from_header(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the first bytes of a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM file,
+    without decoding it; None when the format is not one of those or the header is damaged."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data[:2] == b"BM":
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+        if data[:1] == b"P" and data[1:2] in b"123456":
+            fields = data[2:256].split()
+            nums = [f for f in fields if not f.startswith(b"#")][:2]
+            return int(nums[0]), int(nums[1])
+    except (struct.error, ValueError, IndexError):
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        seg = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        if marker in (0xD9, 0xDA):
+            return None
+        i += 2 + seg
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return w, h
+    if chunk == b"VP8L":
+        b = int.from_bytes(data[21:25], "little")
+        return (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    e = "<" if data[:2] == b"II" else ">"
+    off = struct.unpack(e + "I", data[4:8])[0]
+    count = struct.unpack(e + "H", data[off:off + 2])[0]
+    w = h = None
+    for k in range(count):
+        p = off + 2 + 12 * k
+        tag, typ = struct.unpack(e + "HH", data[p:p + 4])
+        val = struct.unpack(e + ("H" if typ == 3 else "I"), data[p + 8:p + (10 if typ == 3 else 12)])[0]
+        if tag == 256:
+            w = val
+        elif tag == 257:
+            h = val
+    return (w, h) if w and h else None

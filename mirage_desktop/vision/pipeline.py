@@ -66,7 +66,8 @@ class VideoPipeline:
     def __init__(self, settings: Settings, metrics: Metrics, source, sinks: list, analyzer=None,
                  swapper=None, latent: np.ndarray | None = None, enhance_stage=None, smoother=None,
                  color_fn: Callable | None = None, reference: np.ndarray | None = None,
-                 detector_async: bool = True, keep_original: bool = False, lossless: bool = False):
+                 detector_async: bool = True, keep_original: bool = False, lossless: bool = False,
+                 max_frames: int | None = None):
         self.metrics = metrics
         self.source = source
         self.sinks = list(sinks)
@@ -99,6 +100,9 @@ class VideoPipeline:
         self._active = False
         self._results_from = 0
         self.lossless = lossless
+        self.max_frames = max_frames  # stop after sending this many frames (``mirage run --frames``)
+        self.fatal: Exception | None = None  # a critical sink (a recording) failed: the run stops
+        self.sink_errors: dict[int, str] = {}  # id(sink) -> why it failed (sending or closing)
 
     # ---- live control --------------------------------------------------------------------
     def set_option(self, name: str, value: Any) -> None:
@@ -154,7 +158,8 @@ class VideoPipeline:
         for s in self.sinks:
             try:
                 s.close()
-            except Exception as exc:  # closing must not raise out of stop()
+            except Exception as exc:  # closing must not raise out of stop(); the run reports it
+                self.sink_errors[id(s)] = " ".join(str(exc).split())  # the final word (frames kept)
                 log.warning("closing %s failed: %s", s.describe(), exc)
         if capture_alive:
             # the capture thread is stuck in read() (a stalled driver): it closes the source
@@ -274,7 +279,7 @@ class VideoPipeline:
         if self.keep_original:
             pkt.original = frame.copy()
         faces: list[Face] = []
-        active = self.analyzer is not None and (o.enable_swap or o.enable_enhancer)
+        active = self.analyzer is not None and o.enable_scrfd and (o.enable_swap or o.enable_enhancer)
         if active and not self._active:
             # (re)starting: forget faces and results from before, they describe another moment
             self.tracker.tracks.clear()
@@ -344,7 +349,8 @@ class VideoPipeline:
             self.finished.set()
 
     def _output_frames(self) -> None:
-        while True:
+        sent = 0
+        while self.max_frames is None or sent < self.max_frames:
             pkt = self.out_slot.get(timeout=0.2)
             if pkt is None:
                 if self.out_slot.closed or self._stop.is_set():
@@ -352,10 +358,18 @@ class VideoPipeline:
                 continue
             t = time.perf_counter()
             for s in self.sinks:
+                if id(s) in self.sink_errors:
+                    continue
                 try:
                     s.send(pkt.frame)
                 except Exception as exc:
                     self._model_error(f"output:{s.name}", exc)
+                    if getattr(s, "critical", False):  # a recording: stop rather than lose frames silently
+                        self.sink_errors[id(s)] = " ".join(str(exc).split())
+                        self.fatal = exc
+            if self.fatal is not None:
+                break
+            sent += 1
             for fn in self._subscribers.values():
                 try:
                     fn(pkt)
