@@ -28,7 +28,7 @@ def describe_os_error(exc: OSError) -> tuple[str, str]:
         return "the file system is read-only", "choose a folder on a writable disk"
     if code == errno.EISDIR:
         return "it is a folder", "give a file name, not a folder"
-    if code in (errno.ENOTDIR, errno.ENOENT):
+    if code in (errno.ENOTDIR, errno.ENOENT, errno.EEXIST):  # EEXIST: mkdir met a file on the way
         return "a part of the path is not a folder", "check the path"
     if code == errno.ENAMETOOLONG:
         return "the name is too long", "use a shorter path"
