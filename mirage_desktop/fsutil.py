@@ -53,12 +53,19 @@ def check_writable_target(path: str | os.PathLike, what: str = "") -> Path:
         raise write_error(path, exc, what) from None
     if not path.parent.is_dir():
         raise write_error(path, OSError(errno.ENOTDIR, "Not a directory"), what)
+    probe = None
     try:  # os.access lies for root and for read-only mounts; a real probe file does not
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.write(fd, b"\0")  # a disk with no block left fails here
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise write_error(path, exc, what) from None
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
     return path
 
 

@@ -111,6 +111,16 @@ def _umount(path: Path) -> None:
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB file system: a recording or a download fills it quickly."""
+    d = tmp_path / "small"
+    if not _mount_tmpfs(d, "size=3m"):
+        pytest.skip("a small file system needs root (mount -t tmpfs)")
+    yield d
+    _umount(d)
+
+
+@pytest.fixture
 def readonly_dir(tmp_path):
     """A folder nothing can be written in, also for root (a read-only tmpfs; chmod for others)."""
     d = tmp_path / "readonly"

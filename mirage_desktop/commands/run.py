@@ -71,7 +71,7 @@ def run(args) -> int:
     from ..errors import MirageError
     from ..fsutil import check_writable_target
     from ..metrics import format_table
-    from ..vision.capture import VideoFileSource, open_source, parse_camera
+    from ..vision.capture import CameraSource, VideoFileSource, open_source, parse_camera
 
     if args.frames is not None and args.frames < 1:
         raise MirageError(f"--frames {args.frames} is not a number of frames", "use 1 or more")
@@ -98,8 +98,8 @@ def run(args) -> int:
         if isinstance(src, VideoFileSource):
             src.loop = args.loop
     else:
-        src = open_source(camera, width=settings.capture_width, height=settings.capture_height,
-                          fps=settings.capture_fps)
+        src = CameraSource(camera, width=settings.capture_width, height=settings.capture_height,
+                           fps=settings.capture_fps)
     # file in, files out: render every frame as fast as the machine allows, drop nothing
     lossless = bool(args.input) and all(o.startswith("file:") for o in outputs) and not args.loop
     if lossless:

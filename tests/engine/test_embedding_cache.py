@@ -137,7 +137,9 @@ def test_mirage_swap_with_a_poisoned_cache_swaps_a_real_face(model_factory, astr
     out.unlink()
     assert main(args) == 0, capsys.readouterr().err
     res = cv2.imread(str(out))
-    face = [f for f in __import__("tests.conftest", fromlist=["haar_faces"]).haar_faces(astronaut)][0]
+    from mirage_desktop.vision.detector import HaarFaceDetector
+
+    face = HaarFaceDetector().detect(astronaut)[0]
     x1, y1, x2, y2 = face.bbox.astype(int)
     region = res[y1:y2, x1:x2]
     assert region.mean() > 20  # the swapped face has colour: no NaN latent reached the swapper
