@@ -28,8 +28,10 @@ def describe_os_error(exc: OSError) -> tuple[str, str]:
         return "the file system is read-only", "choose a folder on a writable disk"
     if code == errno.EISDIR:
         return "it is a folder", "give a file name, not a folder"
-    if code in (errno.ENOTDIR, errno.ENOENT, errno.EEXIST):  # EEXIST: mkdir met a file on the way
+    if code in (errno.ENOTDIR, errno.EEXIST):  # EEXIST: mkdir met a file on the way
         return "a part of the path is not a folder", "check the path"
+    if code == errno.ENOENT:
+        return "its folder does not exist and cannot be made there", "check the path"
     if code == errno.ENAMETOOLONG:
         return "the name is too long", "use a shorter path"
     return (exc.strerror or str(exc) or type(exc).__name__), "check the path and the disk"

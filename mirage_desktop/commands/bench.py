@@ -164,6 +164,10 @@ def run(args) -> int:
     import os
     import platform
 
+    if args.json:  # before minutes of benchmarking, not after
+        from ..fsutil import check_writable_target
+
+        check_writable_target(args.json, "results file")
     cpu = platform.processor() or platform.machine()
     print(f"mirage bench: {args.width}x{args.height}, {args.compute if args.models == 'synthetic' else 'real'} "
           f"models, det {args.det_size} every {args.detect_interval} frames, source {args.source_fps:.0f} fps; "
@@ -178,5 +182,5 @@ def run(args) -> int:
     if args.json:
         from ..fsutil import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(results, indent=1))
+        atomic_write_text(args.json, json.dumps(results, indent=1), "results file")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _signed_float(text: str) -> float:
@@ -43,7 +44,11 @@ def settings_from_args(args):
         cli["voice_input"] = args.input
     if args.output is not None:
         cli["voice_output"] = args.output
-    settings = load(cli).settings
+    res = load(cli, flag_names={"voice_pitch": "--pitch", "voice_formant": "--formant", "voice_input": "--input",
+                                "voice_output": "--output"})
+    for notice in res.notices:
+        print(f"mirage: notice: {notice}", file=sys.stderr)
+    settings = res.settings
     extra = dict(settings.extra or {})
     for key, val in (("voice_preset", args.preset), ("voice_converter", args.converter),
                      ("voice_model", args.model), ("voice_encoder", args.encoder), ("voice_rmvpe", args.rmvpe),

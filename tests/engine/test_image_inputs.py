@@ -121,3 +121,89 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, model_factory, astr
     assert rc == 2
     assert err[-1].startswith("mirage: error:") and "not a readable image" in err[-1]
     assert not (tmp_path / "o.png").exists()
+
+
+# ---- inputs bounded before they cost memory ---------------------------------------------------------
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that *declares* w x h: the signature, a real IHDR and the start of an image stream."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + \
+        chunk(b"IEND", b"")
+
+
+def _jpeg_header(w: int, h: int) -> bytes:
+    """A baseline JPEG whose frame header declares w x h (taken from a real JPEG, size patched)."""
+    import struct
+
+    ok, enc = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(enc.tobytes())
+    i = data.index(b"\xff\xc0")
+    data[i + 5:i + 9] = struct.pack(">HH", h, w)
+    return bytes(data)
+
+
+def _sun_raster_header(w: int, h: int) -> bytes:
+    """A Sun raster (a format OpenCV reads that Mirage's header check does not parse)."""
+    import struct
+
+    return struct.pack(">8I", 0x59A66A95, w, h, 24, w * h * 3, 1, 0, 0) + b"\0" * 1024
+
+
+@pytest.mark.parametrize("make,ext", [(_png_header, ".png"), (_jpeg_header, ".jpg")])
+@pytest.mark.parametrize("w,h", [(20000, 20000), (60000, 2000), (65535, 65535)])
+def test_an_over_limit_image_is_refused_from_its_header(tmp_path, monkeypatch, make, ext, w, h):
+    p = tmp_path / f"big{ext}"
+    p.write_bytes(make(w, h))
+    decoded = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    with pytest.raises(InputImageError) as e:
+        load_image(p)
+    assert f"{w}x{h}" in str(e.value) and "megapixels" in str(e.value) and "scale it down" in str(e.value)
+    assert decoded == []  # refused before a single pixel was decoded
+
+
+def test_opencv_guards_the_formats_the_header_check_does_not_read(tmp_path):
+    p = tmp_path / "big.ras"
+    p.write_bytes(_sun_raster_header(30000, 30000))
+    with pytest.raises(InputImageError, match="not a readable image"):
+        load_image(p)
+
+
+def test_an_image_just_under_the_limit_is_read(tmp_path):
+    from mirage_desktop.vision import image_io
+
+    p = tmp_path / "ok.png"
+    cv2.imwrite(str(p), np.full((3000, 4000, 3), 90, np.uint8))  # 12 MP: a phone photo
+    assert load_image(p).shape == (1536, 2048, 3)
+    assert image_io.image_size_from_header(p.read_bytes()) == (4000, 3000)
+
+
+def test_a_huge_file_is_not_read_into_memory(tmp_path, monkeypatch):
+    from mirage_desktop.vision import image_io
+
+    monkeypatch.setattr(image_io, "MAX_FILE_BYTES", 1024)
+    p = tmp_path / "big.jpg"
+    p.write_bytes(_jpeg_header(100, 100) + b"\0" * 4096)
+    with pytest.raises(InputImageError, match="too big for a photo"):
+        load_image(p)
+
+
+def test_the_cli_refuses_an_over_limit_source_in_one_line(tmp_path, capsys):
+    from mirage_desktop.cli import main
+
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_header(20000, 20000))
+    rc = main(["swap", "--source", str(big), "--target", str(big), "-o", str(tmp_path / "o.png"),
+               "--confirm-rights"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("mirage: error")]
+    assert rc == 2 and len(lines) == 1 and "20000x20000" in lines[0]
+    rc = main(["run", "--input", str(big), "--output", "null", "--frames", "1"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mirage: error")]
+    assert rc == 2 and len(lines) == 1 and "20000x20000" in lines[0]
