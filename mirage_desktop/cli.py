@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(cmd).parse_args(argv)
     setup_logging(args.verbose)
     install_stop_signals()
-    mod = importlib.import_module(args._module)
     try:
+        mod = importlib.import_module(args._module)
         return int(mod.run(args) or 0)
     except MirageError as exc:
         print(f"mirage: error: {exc}", file=sys.stderr)
@@ -94,6 +94,49 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mirage: stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mirage doctor | head -1`: the reader left; nothing to report
+        _quiet_stdout()
+        return 141
+    except OSError as exc:  # a file or device error no command turned into a MirageError
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"mirage: error: {exc.strerror or exc}{where} — check the path, its permissions and the disk",
+              file=sys.stderr)
+        _crash_log(args)
+        return 1
+    except Exception as exc:  # a bug: one line for the user, the traceback kept for the report
+        log_path = _crash_log(args)
+        print(f"mirage: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} — this is a bug"
+              + (f"; the details are in {log_path}" if log_path else "; run with -vv to see the details"),
+              file=sys.stderr)
+        if args.verbose >= 2:
+            raise
+        return 1
+
+
+def _quiet_stdout() -> None:
+    import os
+
+    try:  # stop Python's own "Exception ignored ... BrokenPipeError" at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _crash_log(args) -> str | None:
+    """The traceback, written to the cache dir for a bug report; None if it cannot be written."""
+    import time
+    import traceback
+
+    from .config import cache_dir
+    from .fsutil import atomic_write_text
+
+    path = cache_dir() / "crash" / f"mirage-{getattr(args, 'command', '') or 'gui'}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    try:
+        atomic_write_text(path, traceback.format_exc(), "crash log")
+    except MirageError:
+        return None
+    return str(path)
 
 
 if __name__ == "__main__":
