@@ -206,3 +206,17 @@ def test_mirage_swap_with_a_wrong_swapper_says_which_shape_is_wrong(tmp_path, mo
     assert len(lines) == 1 and "'source' is 1x256" in lines[0] and "expected 1x512" in lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("case", list(BAD_ENHANCERS))
+def test_a_wrong_enhancer_leaves_the_swap_running_and_says_why(tmp_path, model_factory, astronaut, case):
+    kw, words = BAD_ENHANCERS[case]
+    models = model_factory(astronaut)
+    models["gfpgan_1_4"] = build_signature(tmp_path / "gfpgan_1_4.onnx", **kw)
+    engine = Engine(Settings(enable_enhancer=True, enhancer="gfpgan"), model_overrides=models)
+    st = engine.load_models()
+    assert st.enhancer == "none" and st.swapper != "none"
+    text = " | ".join(st.problems)
+    assert "enhancer:" in text and all(w in text for w in words)
+    engine.set_source_photos([astronaut])
+    assert engine.status().passthrough == []  # the swap itself is unaffected
