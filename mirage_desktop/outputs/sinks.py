@@ -85,6 +85,11 @@ class FileSink:
         from ..fsutil import check_writable_target
 
         check_writable_target(self.path, "recording")
+        for old in self.path.parent.glob(f".{self.path.stem}.recording-*{self.path.suffix}"):
+            pid = old.stem.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):  # a run that was killed before it could finish
+                log.warning("an unfinished recording from an earlier run is kept as %s (rename it to keep it, "
+                            "or delete it)", old)
         self.tmp = self.path.with_name(f".{self.path.stem}.recording-{os.getpid()}{self.path.suffix}")
         self.fps = float(fps or 30)
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
@@ -167,6 +172,16 @@ class FileSink:
 
     def describe(self) -> str:
         return f"file {self.path}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else (or no way to tell): leave it alone
+        return True
+    return True
 
 
 def check_video_path(path: Path) -> str:

@@ -245,3 +245,24 @@ def test_a_camera_that_cannot_be_opened_is_one_line(capsys):
     rc = main(["run", "--camera", "7", "--output", "null", "--frames", "1"])
     lines = _errors(capsys.readouterr().err)
     assert rc == 2 and len(lines) == 1 and "camera 7 cannot be opened" in lines[0]
+
+
+def test_a_killed_run_never_leaves_a_half_file_under_the_users_name(noise_clip, tmp_path):
+    """SIGKILL (or a power cut) cannot be caught: the final name never appears, the partial stays
+    under its hidden name, and the next run into the same folder says so."""
+    out = tmp_path / "rec.avi"
+    metrics = tmp_path / "m.json"
+    proc = _spawn_run(["--input", str(noise_clip), "--loop", "--output", f"file:{out}", "--no-swap",
+                       "--metrics-json", str(metrics)])
+    _wait_for(metrics.exists, proc)
+    proc.kill()
+    proc.communicate(timeout=DEADLINE_S)
+    assert not out.exists()
+    partial = [p for p in tmp_path.iterdir() if p.name.startswith(".rec.recording-")]
+    assert len(partial) == 1
+    again = subprocess.run([sys.executable, "-m", "mirage_desktop", "run", "--input", str(noise_clip), "--output",
+                            f"file:{out}", "--frames", "3", "--no-swap"], capture_output=True, text=True,
+                           cwd=Path(__file__).parents[2])
+    assert again.returncode == 0, again.stderr
+    assert f"an unfinished recording from an earlier run is kept as {partial[0]}" in again.stderr
+    assert _frames_in(out) == 3 and partial[0].exists()  # the old partial is the user's to keep or delete
