@@ -311,7 +311,9 @@ class VideoPipeline:
                 if d_faces is not None:
                     self.tracker.update(d_faces, d_index)
                     self.tracker.note_frame(frame, pkt.index)
-                    self.scheduler.on_detections([f.score for f in d_faces])
+                    self.scheduler.on_detections([f.score for f in d_faces], stable=self.tracker.all_stable)
+                    m.set_gauge("detect.stable_tracks", self.tracker.stable_tracks)
+                    m.set_gauge("detect.interval_target", self.scheduler.current_interval)
                     if self._last_det_index >= 0:
                         m.set_gauge("detect.interval_frames", d_index - self._last_det_index)
                     m.set_gauge("detect.latency_frames", pkt.index - d_index)

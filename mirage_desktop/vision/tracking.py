@@ -3,7 +3,9 @@
 DetectionScheduler: the detector runs every ``interval`` frames (default 5); on the next frame
 when the last detection's lowest confidence was below ``redetect_below`` (0.70) or no face is
 tracked; a track is stable after ``stable_count`` (3) consecutive detections at
-``stable_confidence`` (0.85) or more.
+``stable_confidence`` (0.85) or more. Stability sets the pace: once every tracked face is stable
+the interval is stretched (``stable_stretch``, 2: every 10th frame at interval 5); a face still
+being acquired keeps the plain interval.
 
 FaceTracker: between detections each face is moved by sparse optical flow (Lucas-Kanade) on a
 grid of points inside its box, using only the region around the face. Detections may arrive a
@@ -26,14 +28,26 @@ from .face import Face
 
 
 class DetectionScheduler:
-    """Decides, frame by frame, whether the detector runs (or is asked to run) on this frame."""
+    """Decides, frame by frame, whether the detector runs (or is asked to run) on this frame.
 
-    def __init__(self, interval: int = 5, redetect_below: float = 0.70):
+    The interval follows how sure the tracker is: the brief's ``interval`` while a face is being
+    acquired (not yet stable), ``stable_stretch`` times longer once every tracked face is stable, so
+    the detector's load goes where it is needed. A detection below ``redetect_below``, or no face
+    at all, still re-detects on the next frame, and ends the stretch at once."""
+
+    def __init__(self, interval: int = 5, redetect_below: float = 0.70, stable_stretch: int = 2):
         self.interval = max(1, int(interval))
         self.redetect_below = redetect_below
+        self.stable_stretch = max(1, int(stable_stretch))
         self.countdown = 0  # frames until the next scheduled detection
         self.low_confidence = False
         self.have_faces = False
+        self.stable = False  # every tracked face is stable
+
+    @property
+    def current_interval(self) -> int:
+        """The interval in force now (frames between scheduled detections)."""
+        return self.interval * self.stable_stretch if self.stable else self.interval
 
     def should_detect(self) -> bool:
         return self.countdown <= 0 or self.low_confidence or not self.have_faces
@@ -41,14 +55,19 @@ class DetectionScheduler:
     def on_frame(self, detected: bool) -> None:
         """Call once per frame, saying whether the detector ran (or was started) on it."""
         if detected:
-            self.countdown = self.interval - 1
+            self.countdown = self.current_interval - 1
             self.low_confidence = False
         else:
             self.countdown -= 1
 
-    def on_detections(self, scores: list[float]) -> None:
+    def on_detections(self, scores: list[float], stable: bool = False) -> None:
+        """The result of a detection; ``stable``: every tracked face is stable after it."""
         self.have_faces = bool(scores)
         self.low_confidence = bool(scores) and min(scores) < self.redetect_below
+        before = self.current_interval
+        self.stable = bool(scores) and stable and not self.low_confidence
+        # the new pace counts from the frame the detection was started on
+        self.countdown += self.current_interval - before
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -127,6 +146,14 @@ class FaceTracker:
         self._ids = itertools.count(1)
         self._lk = dict(winSize=(15, 15), maxLevel=2,
                         criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+
+    @property
+    def stable_tracks(self) -> int:
+        return sum(t.high_streak >= self.stable_count for t in self.tracks)
+
+    @property
+    def all_stable(self) -> bool:
+        return bool(self.tracks) and self.stable_tracks == len(self.tracks)
 
     # ---- detections --------------------------------------------------------------------
     def update(self, faces: list[Face], frame_index: int, current_index: int | None = None) -> None:

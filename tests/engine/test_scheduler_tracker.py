@@ -118,3 +118,60 @@ def test_a_detection_older_than_the_history_makes_no_ghost(astronaut):
     tr.update([face], 1)  # from frame 1, long gone from the motion history
     assert len(tr.tracks) == 1
     np.testing.assert_allclose(tr.faces()[0].kps - face.kps, np.tile([60, 0], (5, 1)), atol=2)
+
+
+def _run_with_tracker(scheduler: DetectionScheduler, scores_per_detection, n_frames):
+    """As _run, with a real tracker deciding stability (3 detections >= 0.85) after each detection."""
+    tr = FaceTracker(stable_confidence=0.85, stable_count=3)
+    it = iter(scores_per_detection)
+    frames = []
+    for i in range(n_frames):
+        det = scheduler.should_detect()
+        scheduler.on_frame(det)
+        if det:
+            frames.append(i)
+            scores = next(it, [0.95])
+            tr.update([_face(10, s) for s in scores], i)
+            scheduler.on_detections(scores, stable=tr.all_stable)
+    return frames
+
+
+def test_a_stable_face_is_detected_less_often():
+    # interval 5 until three confident detections make the track stable, then every 10th frame
+    frames = _run_with_tracker(DetectionScheduler(5), [[0.95]] * 20, 50)
+    assert frames == [0, 5, 10, 20, 30, 40]
+
+
+def test_losing_confidence_ends_the_stretch_at_once():
+    # stable (every 10th) until a detection scores 0.6: the next frame re-detects, then every 5th
+    # frame until three confident detections make the track stable again
+    seq = [[0.95], [0.95], [0.95], [0.6], [0.95], [0.95], [0.95], [0.95]]
+    frames = _run_with_tracker(DetectionScheduler(5), seq, 50)
+    assert frames == [0, 5, 10, 20, 21, 26, 31, 41]
+
+
+def test_stretch_one_keeps_the_plain_interval_for_stable_faces():
+    frames = _run_with_tracker(DetectionScheduler(5, stable_stretch=1), [[0.95]] * 20, 30)
+    assert frames == [0, 5, 10, 15, 20, 25]
+
+
+def test_the_pipeline_shows_the_schedule_in_its_metrics(model_factory, astronaut):
+    import threading
+
+    from mirage_desktop.config import Settings
+    from mirage_desktop.engine import Engine
+    from mirage_desktop.vision.capture import ImageSource
+
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+    eng.load_models()
+    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    done = threading.Event()
+    eng.subscribe_frames(lambda pkt: done.set() if eng.metrics.counter("detect.runs") >= 6 else None)
+    eng.start(ImageSource(astronaut, fps=120, frames=None), ["null"], detector_async=False)
+    try:
+        assert done.wait(120)
+        g = eng.snapshot()["gauges"]
+        assert g["detect.stable_tracks"] == 1  # the same face, confidently detected again and again
+        assert g["detect.interval_target"] == 10
+    finally:
+        eng.stop()
