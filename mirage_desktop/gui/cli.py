@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--screenshot", metavar="PNG",
                         help="render the window (with --input as the camera), save it as PNG and exit")
     parser.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)  # smoke tests
+    # with --screenshot: read the window's pixels back from the display server (tests under Xvfb)
+    parser.add_argument("--grab-screen", action="store_true", help=argparse.SUPPRESS)
 
 
 def parse_models(items: list[str]) -> dict[str, str]:
@@ -65,20 +67,19 @@ def build_window(args: argparse.Namespace):
 
 
 def _check_display() -> None:
-    """Qt aborts the process without a display; say so in one line instead."""
-    import os
-    import sys
+    """Qt aborts the process when its platform plugin cannot start (no display, a display that does
+    not answer, a missing system library); find that first and say it in one line with the fix."""
+    from .qtlibs import platform_problem
 
-    from ..errors import MirageError
-
-    if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
-            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
-        raise MirageError("no display to open the window on (DISPLAY and WAYLAND_DISPLAY are not set)",
-                          "start it from a desktop session, or use `mirage run` for the headless engine")
+    problem = platform_problem()
+    if problem is not None:
+        raise problem
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+
+    _check_display()  # before Qt is loaded: it would abort the process instead
 
     import PySide6  # noqa: F401 - imported before qasync so it picks PySide6
     import qasync
@@ -95,12 +96,12 @@ def run(args: argparse.Namespace) -> int:
             with isolated_profile(keep_models=True):
                 loaded = config.load()
                 engine = Engine(loaded.settings, model_overrides=parse_models(args.model))
-                print(render_window(args.screenshot, engine=engine, notices=loaded.notices, image=args.input))
+                print(render_window(args.screenshot, engine=engine, notices=loaded.notices, image=args.input,
+                                    from_screen=getattr(args, "grab_screen", False)))
         else:
-            print(render_window(args.screenshot, image=args.input))
+            print(render_window(args.screenshot, image=args.input, from_screen=getattr(args, "grab_screen", False)))
         return 0
 
-    _check_display()
     app = create_app()
     win = build_window(args)
     loop = qasync.QEventLoop(app)

@@ -88,15 +88,19 @@ def release(win) -> None:
 
 
 def render_window(png: str | os.PathLike, *, engine=None, image=None, source_photo=None, notices=None,
-                  seconds: float = 3.0, size: tuple[int, int] = (1480, 920), view: str = "side_by_side") -> Path:
+                  seconds: float = 3.0, size: tuple[int, int] = (1480, 920), view: str = "side_by_side",
+                  from_screen: bool = False) -> Path:
     """Open the window, stream ``image`` (a path or BGR array) for ``seconds``, save a PNG.
+    ``from_screen``: take the picture the display server shows in the window's place (X11: the
+    window's pixels read back from the server) instead of rendering the widget into an image.
     Nothing is read from or written to the user's settings, identities or caches."""
     with isolated_profile(keep_models=engine is not None) as folder:
         return _render(png, folder, engine=engine, image=image, source_photo=source_photo, notices=notices,
-                       seconds=seconds, size=size, view=view)
+                       seconds=seconds, size=size, view=view, from_screen=from_screen)
 
 
-def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds, size, view) -> Path:
+def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds, size, view,
+            from_screen=False) -> Path:
     from PySide6.QtCore import QCoreApplication, QEventLoop
 
     from ..vision.capture import ImageSource
@@ -146,7 +150,7 @@ def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds,
     spin(seconds)
     spin(1.0, lambda: False)
     png.parent.mkdir(parents=True, exist_ok=True)
-    pm = win.grab()
+    pm = win.screen().grabWindow(win.winId()) if from_screen else win.grab()
     ok = pm.save(str(png), "PNG")
     spin(5.0, lambda: win.controller.jobs.busy == 0)  # nothing still writing when the folder goes
     win.close()
