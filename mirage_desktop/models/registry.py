@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # pragma: no cover - 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from ..config import models_dir
-from ..errors import ModelError
+from ..errors import ModelError, WriteError
 from ..fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -390,7 +390,9 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _update_json(path: Path, key: str, value: dict | None) -> None:
+def _update_json(path: Path, key: str, value: dict | None, what: str = "") -> None:
+    """Set (or with None remove) ``key`` in a small JSON file, written atomically: a failed
+    write raises :class:`WriteError` naming the file and leaves the old one whole."""
     with _json_lock:
         data = _read_json(path)
         if value is None:
@@ -399,7 +401,7 @@ def _update_json(path: Path, key: str, value: dict | None) -> None:
             data.pop(key)
         else:
             data[key] = value
-        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", what)
 
 
 def pins_path() -> Path:
@@ -417,14 +419,15 @@ def pinned_sha256(name: str) -> str | None:
 
 
 def pin_sha256(name: str, sha256: str, *, url: str = "", size: int | None = None) -> None:
+    """Pin ``name``'s hash in pins.json; :class:`WriteError` (naming the file) if it cannot be written."""
     _update_json(pins_path(), name, {
         "sha256": sha256, "url": url, "size": size,
         "pinned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    }, "pins file")
 
 
 def forget_pin(name: str) -> None:
-    _update_json(pins_path(), name, None)
+    _update_json(pins_path(), name, None, "pins file")
 
 
 def expected_sha256(spec: ModelSpec) -> str | None:
@@ -473,8 +476,8 @@ def remember_sha256(path: Path, digest: str, st: os.stat_result | None = None) -
     try:
         st = st or path.stat()
         _update_json(models_dir() / VERIFY_CACHE_FILE, _cache_key(path),
-                     {**_stat_key(st), "sha256": digest})
-    except OSError as exc:  # a read-only or full models dir still works, just slower
+                     {**_stat_key(st), "sha256": digest}, "verification cache")
+    except (OSError, WriteError) as exc:  # a read-only or full models dir still works, just slower
         log.debug("cannot write verification cache: %s", exc)
 
 
@@ -502,7 +505,7 @@ def status(spec: ModelSpec, *, refresh: bool = False) -> ModelStatus:
     path = model_path(spec)
     try:
         st = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: the models dir is a file
         part = part_path(path)
         detail = "not downloaded"
         if part.exists():
