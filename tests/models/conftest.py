@@ -33,7 +33,7 @@ def models_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MIRAGE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr(dl, "BACKOFF", (0.0,))
     monkeypatch.setattr(dl, "CHUNK", 16 * 1024)
-    monkeypatch.setattr(dl, "READ_TIMEOUT", 5.0)
+    monkeypatch.setattr(dl, "STALL_TIMEOUT", 5.0)
     monkeypatch.setattr(dl, "CONNECT_TIMEOUT", 5.0)
     return mdir
 

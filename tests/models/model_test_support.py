@@ -4,9 +4,15 @@ The server supports ``Range: bytes=N-`` and has per-path modes to misbehave:
 ``good``, ``wrong`` (same length, other bytes), ``truncate`` (a complete but short
 response), ``drop_once`` (first response announces the full length, sends part of it and
 drops the connection; later ones behave), ``drop_always``, ``stall`` (headers and a
-little of the body, then nothing until ``release`` is set) and ``404``. Independent of the
-mode, ``cap`` limits every ranged (206) answer to that many bytes, as some servers do, and
-``delay`` sends the body in 1 KiB pieces with that many seconds between them.
+little of the body, then nothing until ``release`` is set), ``silent`` (takes the request
+and answers nothing until ``release`` is set) and ``404``. Independent of the mode, ``cap``
+limits every ranged (206) answer to that many bytes, as some servers do, and ``delay``
+sends the body in 1 KiB pieces with that many seconds between them.
+
+To send too much: ``extra`` bytes follow the body, framed by ``framing``: ``length``
+(Content-Length counts them: the server announces too much), ``close`` (no length, the
+body ends when the server closes) or ``chunked``. ``sent`` counts the body bytes the
+server managed to write before the client hung up. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ class Served:
     cap: int | None = None      # ranged answers carry at most this many bytes
     delay: float = 0.0          # seconds between 1 KiB pieces of the body
     release: threading.Event = field(default_factory=threading.Event)  # ends a ``stall``
+    extra: bytes = b""          # sent after the body (see ``framing``)
+    framing: str = "length"     # length | close | chunked
+    sent: int = 0               # body bytes written to the socket
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -48,6 +57,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         served.requests.append(rng)
         mode = served.mode
+        if mode == "silent":
+            served.release.wait(10)
+            self.close_connection = True
+            return
+        if served.extra or served.framing != "length":
+            self._send_framed(served, rng)
+            return
         body = served.body
         if mode == "wrong":
             body = bytes(b ^ 0xFF for b in body)
@@ -95,6 +111,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(served.delay)
             return
         self.wfile.write(chunk)
+
+    def _send_framed(self, served: Served, rng: str | None):
+        """The whole body plus ``extra`` as a 200 (a Range is ignored, as servers may)."""
+        data = served.body + served.extra
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if served.framing == "length":
+            self.send_header("Content-Length", str(len(data)))
+        elif served.framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for i in range(0, len(data), 64 * 1024):  # bounded by len(data)
+                piece = data[i:i + 64 * 1024]
+                if served.framing == "chunked":
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                else:
+                    self.wfile.write(piece)
+                served.sent += len(piece)
+            if served.framing == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:  # the client stopped reading and hung up: expected
+            pass
 
     def _send_simple(self, code: int, body: bytes):
         self.send_response(code)
