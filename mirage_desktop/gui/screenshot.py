@@ -133,7 +133,8 @@ def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds,
                 return
             time.sleep(0.01)
 
-    spin(10.0, lambda: win.controller.models_ready.is_set())
+    # each wait ends when what it waits for has happened; the caps only end a broken run
+    spin(120.0, lambda: win.controller.models_ready.is_set())
     photo = source_photo if source_photo is not None else src_img
     if photo is not None:
         if isinstance(photo, np.ndarray):
@@ -144,15 +145,23 @@ def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds,
             cv2.imwrite(str(p), photo)
             photo = p
         win.picker.add_photos([str(photo)])
-        spin(15.0, lambda: bool(win.engine.identity))
+        spin(120.0, lambda: bool(win.engine.identity))
     win.set_view(view)
     win.start()
+
+    aspect = cam_img.shape[1] / max(1, cam_img.shape[0])
+
+    def streaming() -> bool:  # frames painted in the chosen view, and the plots have points
+        img = win.preview.image
+        sbs = img is not None and img.width() > 1.5 * aspect * img.height()  # two pictures side by side
+        return win.preview.painted_frames >= 3 and (sbs or view != "side_by_side") and win.history.updates >= 2
+
+    spin(120.0, streaming)  # however slow the machine, the picture shows the stream
     spin(seconds)
-    spin(1.0, lambda: False)
     png.parent.mkdir(parents=True, exist_ok=True)
     pm = win.screen().grabWindow(win.winId()) if from_screen else win.grab()
     ok = pm.save(str(png), "PNG")
-    spin(5.0, lambda: win.controller.jobs.busy == 0)  # nothing still writing when the folder goes
+    spin(120.0, lambda: win.controller.jobs.busy == 0)  # nothing still writing when the folder goes
     win.close()
     release(win)
     spin(0.2)

@@ -7,6 +7,53 @@ import threading
 import pytest
 
 
+#: how long a wait may take before the test fails. Every wait in these tests ends as soon as what it
+#: waits for has happened; this bound only decides how long a broken build takes to fail, so it is
+#: generous: on a loaded machine (CI, two cores, other suites running) an engine start can take
+#: many seconds, and a tight bound would fail good work.
+DEADLINE_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def _deadlines_only_for_failures(request):
+    """``qtbot.waitUntil`` / ``waitSignal`` / ``waitSignals`` with at least :data:`DEADLINE_MS`."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    qtbot = request.getfixturevalue("qtbot")
+    for name in ("waitUntil", "waitSignal", "waitSignals", "waitCallback"):
+        real = getattr(qtbot, name, None)
+        if real is None:
+            continue
+
+        def longer(*args, _real=real, timeout=5000, **kwargs):
+            return _real(*args, timeout=max(int(timeout or 0), DEADLINE_MS), **kwargs)
+
+        setattr(qtbot, name, longer)
+    yield
+
+
+@pytest.fixture
+def settle(qtbot):
+    """Wait until the window has nothing in flight: no background job (tracked ones: engine calls,
+    loads, saves), no start/stop pending, the picker idle; their callbacks have run on the Qt thread.
+    Use it where a test checks that something did *not* happen (instead of sleeping)."""
+    from PySide6.QtCore import QCoreApplication
+
+    def wait(win_or_controller):
+        c = getattr(win_or_controller, "controller", win_or_controller)
+        picker = getattr(win_or_controller, "picker", None)
+
+        def idle():
+            return c.jobs.busy == 0 and not c.run_pending and not (picker is not None and picker.is_busy)
+
+        qtbot.waitUntil(idle)
+        QCoreApplication.processEvents()  # callbacks already posted run now (they may start new jobs)
+        qtbot.waitUntil(idle)
+
+    return wait
+
+
 @pytest.fixture
 def gui_models(model_factory):
     """Synthetic ArcFace + inswapper with the real signatures; no det_10g, so the engine uses

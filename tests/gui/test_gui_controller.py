@@ -86,9 +86,11 @@ def test_models_load_once_when_a_photo_is_added_during_the_startup_load(qtbot, m
     calls = []
     real = eng.load_models
 
+    photo_dropped = threading.Event()
+
     def slow_load():
         calls.append(threading.current_thread().name)
-        time.sleep(0.5)  # the first load of real models takes seconds
+        photo_dropped.wait(60)  # the first load of real models takes seconds: still loading when the photo comes
         return real()
 
     eng.load_models = slow_load
@@ -97,6 +99,7 @@ def test_models_load_once_when_a_photo_is_added_during_the_startup_load(qtbot, m
         c.load_models()  # what the window does when it opens
         got = []
         c.analyse_photos([str(grace_hopper_path)], None, on_done=got.append)  # a photo dropped at once
+        photo_dropped.set()
         qtbot.waitUntil(lambda: bool(got), timeout=15000)
         reports, ident, why = got[0]
         assert ident is not None, why
@@ -106,7 +109,7 @@ def test_models_load_once_when_a_photo_is_added_during_the_startup_load(qtbot, m
         c.shutdown()
 
 
-def test_start_and_stop_report_running_only_when_none_is_pending(qtbot, make_engine, astronaut):
+def test_start_and_stop_report_running_only_when_none_is_pending(qtbot, make_engine, astronaut, settle):
     """A model load or a failing call in between never reports 'not running' mid-start."""
     from mirage_desktop.vision.capture import ImageSource
 
@@ -115,7 +118,7 @@ def test_start_and_stop_report_running_only_when_none_is_pending(qtbot, make_eng
     real_start = eng.start
 
     def held_start(*a, **k):
-        gate.wait(10)
+        gate.wait(60)
         return real_start(*a, **k)
 
     eng.start = held_start
@@ -132,7 +135,7 @@ def test_start_and_stop_report_running_only_when_none_is_pending(qtbot, make_eng
         c.stop()
         c.start(ImageSource(astronaut, fps=30, realtime=True), ["null"])  # stop + start, e.g. a new camera
         qtbot.waitUntil(lambda: len(running) > 1, timeout=15000)
-        qtbot.wait(200)
+        settle(c)  # the stop and the start have both been reported
         assert running == [True, True] and eng.running  # no 'stopped' between the two
     finally:
         c.shutdown()
@@ -162,9 +165,9 @@ def test_voice_that_cannot_start_says_why(qtbot, make_window, monkeypatch):
     assert "no microphone found" in win.last_error
 
 
-def test_a_working_option_reports_no_problem(qtbot, make_window):
+def test_a_working_option_reports_no_problem(qtbot, make_window, settle):
     win = make_window()
     win.set_option("detect_interval", 3)
     qtbot.waitUntil(lambda: win.engine.settings.detect_interval == 3, timeout=5000)
-    qtbot.wait(100)
+    settle(win)  # the call's result (or error) has come back
     assert win.last_error == "" and not win.notice_bar.notices

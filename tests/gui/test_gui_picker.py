@@ -56,7 +56,7 @@ def test_declined_consent_is_neither_saved_nor_used(qtbot, make_window, grace_ho
     assert win.picker.store.names() == []
 
 
-def test_saved_identity_without_consent_is_not_given_to_the_engine(qtbot, make_window, grace_hopper_path):
+def test_saved_identity_without_consent_is_not_given_to_the_engine(qtbot, make_window, grace_hopper_path, settle):
     win = make_window(consent=False)
     ident = win.engine.build_identity([str(grace_hopper_path)], "Grace")
     assert ident.consent is False
@@ -68,8 +68,7 @@ def test_saved_identity_without_consent_is_not_given_to_the_engine(qtbot, make_w
     assert "needs consent" in win.picker._items["Grace"].text()
     win.picker.activate("Grace")
     qtbot.waitUntil(lambda: "not confirmed" in win.picker.last_message, timeout=5000)
-    _idle(qtbot, win)
-    qtbot.wait(100)
+    settle(win)  # nothing still on its way to the engine
     assert win.engine.identity is None
     # now the person confirms: the engine gets it and the confirmation is stored
     win.picker.ask_consent = lambda n, t: True
@@ -185,8 +184,8 @@ def test_unique_name_follows_the_store_not_the_gallery(qtbot, make_window, grace
     assert win.picker._unique("Gone") == "Gone"
 
 
-def test_the_last_face_clicked_is_the_one_used(qtbot, make_window):
-    import time
+def test_the_last_face_clicked_is_the_one_used(qtbot, make_window, settle):
+    import threading
 
     from mirage_desktop.vision.identity import SourceIdentity
 
@@ -197,17 +196,19 @@ def test_the_last_face_clicked_is_the_one_used(qtbot, make_window):
         e[i] = 1.0
         store.save(SourceIdentity(n, e, [], None, True))
     real = store.load
+    bob_is_live = threading.Event()
 
-    def load(name):  # Alice's folder is on a slow disk
-        time.sleep(0.4 if name == "Alice" else 0.0)
+    def load(name):  # Alice's folder is on a slow disk: her load ends after Bob's is in use
+        if name == "Alice":
+            bob_is_live.wait(60)
         return real(name)
 
     store.load = load
     win.picker.activate("Alice")
-    qtbot.wait(50)
     win.picker.activate("Bob")
     qtbot.waitUntil(lambda: win.engine.identity is not None, timeout=5000)
-    _idle(qtbot, win)
-    qtbot.wait(300)
+    assert win.engine.identity.name == "Bob"
+    bob_is_live.set()
+    settle(win)  # Alice's late load has come back, and was ignored
     assert win.engine.identity.name == "Bob"
     assert win.picker.active == "Bob" and win.settings.source_identity == "Bob"

@@ -70,19 +70,32 @@ def test_frame_feed_renders_at_preview_size_and_drops_old_frames(qtbot):
     assert left.red() == 0 and right.red() == 255  # original left, output right
 
     feed = FrameFeed(max_fps=1000)
+    busy, release = threading.Event(), threading.Event()
+    real_render = feed.render
+
+    def first_render_is_slow(*args):  # the converter is still busy with frame 0 while the burst comes
+        if not busy.is_set():
+            busy.set()
+            release.wait(60)
+        return real_render(*args)
+
+    feed.render = first_render_is_slow
     try:
         class P:
             def __init__(self, v):
                 self.frame = np.full((40, 40, 3), v, np.uint8)
                 self.original = None
-        for v in range(50):  # a burst: only the newest matters
+        feed.on_packet(P(0))
+        assert busy.wait(60)
+        for v in range(1, 50):  # a burst: only the newest matters
             feed.on_packet(P(v))
-        qtbot.waitUntil(lambda: feed.frames_shown >= 1, timeout=3000)
-        qtbot.wait(100)
+        release.set()
+        qtbot.waitUntil(lambda: feed.frames_shown == 2)  # frame 0, then straight to the newest
         shown = feed.take_image()
         assert shown is not None and shown.pixelColor(1, 1).red() == 49
-        assert feed.frames_shown < 50
+        assert feed.frames_in == 50 and feed.frames_shown == 2
     finally:
+        release.set()
         feed.close()
 
 
@@ -162,19 +175,16 @@ def test_painting_does_not_drain_the_reference_count_of_none(qtbot, make_window)
     assert sys.getrefcount(None) - before_none > -1000 and sys.getrefcount(True) - before_true > -1000
 
 
-def test_start_button_stays_disabled_until_the_start_finishes(qtbot, make_window):
+def test_start_button_stays_disabled_until_the_start_finishes(qtbot, make_window, settle):
     """A model load that ends, or an error, while a start is still opening the camera must
     not offer Start again (a second press used to fail with 'already running')."""
-    import threading
-    import time
-
     win = make_window()
     eng = win.engine
-    gate = threading.Event()
+    gate, loading = threading.Event(), threading.Event()
     real_load, real_start = eng.load_models, eng.start
 
-    def slow_load():
-        time.sleep(0.2)
+    def slow_load():  # still loading when Start is pressed
+        loading.wait(60)
         return real_load()
 
     def held_start(*a, **k):  # opening a real webcam and virtual camera takes a while
@@ -187,6 +197,7 @@ def test_start_button_stays_disabled_until_the_start_finishes(qtbot, make_window
     win.controller.load_models()  # e.g. after a download in the Models tab
     win.start_btn.click()
     assert not win.start_btn.isEnabled()
+    loading.set()
     qtbot.waitUntil(lambda: bool(loaded), timeout=5000)
     assert not eng.running and not win.start_btn.isEnabled()
     assert win.preview._message == "Starting…"
@@ -195,18 +206,21 @@ def test_start_button_stays_disabled_until_the_start_finishes(qtbot, make_window
     win.toggle_running()  # a press now is ignored
     gate.set()
     qtbot.waitUntil(lambda: eng.running and win.start_btn.isEnabled(), timeout=10000)
-    qtbot.wait(300)
+    settle(win)  # every queued call and its callback has run
     assert eng.running and win.start_btn.text() == "Stop"
     assert "already" not in win.last_error
 
 
 def test_closing_hides_the_window_at_once_and_does_not_wait_for_pool_jobs(qtbot, make_window):
-    import threading
-    import time
-
     win = make_window()
-    gate = threading.Event()
-    win.controller.jobs.submit(gate.wait, 10)  # e.g. a photo check still running
+    gate, started = threading.Event(), threading.Event()
+
+    def photo_check():  # e.g. a photo check still running
+        started.set()
+        return gate.wait(60)
+
+    job = win.controller.jobs.submit(photo_check)
+    assert started.wait(60)
     seen = {}
     real = win.controller.shutdown
 
@@ -215,38 +229,43 @@ def test_closing_hides_the_window_at_once_and_does_not_wait_for_pool_jobs(qtbot,
         real()
 
     win.controller.shutdown = shutdown
-    t = time.monotonic()
     try:
         win.close()
-        took = time.monotonic() - t
+        running_after_close = job.running()  # close returned while the job was still at work
     finally:
         gate.set()
     assert seen == {"visible": False}  # hidden before anything is waited for
-    assert took < 3.0, took
+    assert running_after_close
+    assert job.result(60) is True
 
 
 def test_settings_saves_land_in_the_order_they_were_made(qtbot, make_window, monkeypatch):
-    import time
-
+    """A slow first write (a busy disk) is still running when the second save is made: the second
+    starts only after the first has landed, and the file ends with the last settings."""
     from mirage_desktop import config
 
     win = make_window()
     real = config.save
-    landed = []
+    events = []
+    second_made = threading.Event()
 
     def save(s):
+        events.append(("start", s.output_fps))
         if s.output_fps == 15:
-            time.sleep(0.3)  # the first write is slow (a busy disk)
-        landed.append(s.output_fps)
-        return real(s)
+            second_made.wait(60)  # slow until the next save has been asked for
+        path = real(s)
+        events.append(("written", s.output_fps))  # the file is on disk now
+        return path
 
     monkeypatch.setattr(config, "save", save)
     win.settings = win.settings.replace(output_fps=15)
-    win.save_settings()
+    first = win.save_settings()
     win.settings = win.settings.replace(output_fps=30)
-    win.save_settings()
-    qtbot.waitUntil(lambda: len(landed) == 2, timeout=5000)
-    assert landed == [15, 30]
+    second = win.save_settings()
+    second_made.set()
+    assert second.result(60) == config.settings_path()  # waits for the real end of the last write
+    assert first.done() and first.exception() is None
+    assert events == [("start", 15), ("written", 15), ("start", 30), ("written", 30)]
     assert config.load().settings.output_fps == 30
 
 
