@@ -46,6 +46,13 @@ class OutputReport:
 
 
 @dataclass
+class StillResult:
+    found: int  # faces detected
+    chosen: list  # faces selected (max_faces, reference match)
+    swapped: int
+
+
+@dataclass
 class EngineStatus:
     running: bool = False
     provider: str = "none"
@@ -219,14 +226,34 @@ class Engine:
         if self.pipeline is not None:
             self.pipeline.reference = embedding
 
+    # ---- stills ----------------------------------------------------------------------------
+    def process_still(self, img: np.ndarray) -> "StillResult":
+        """Run the frame stages once on a still (``mirage swap``), in place: the same swap, enhance
+        and mark stages as the live pipeline, faces found by one detection instead of tracking.
+        A stage that fails raises its error (a still has no next frame to recover on)."""
+        from .vision.stages import AiMark, EnhanceFrames, FrameContext, StillFaces, SwapStage, run_stages
+
+        with self._lock:
+            s = self.settings
+            faces = StillFaces(self.analyzer, self.reference)
+            stages = [faces, SwapStage(lambda: self.swapper, lambda: self.latent, self._color_fn(), self.metrics),
+                      EnhanceFrames(lambda: self.enhance_stage), AiMark()]
+        failed: list[tuple[str, Exception]] = []
+        ctx = FrameContext(img, opts=s)
+        run_stages(stages, ctx, self.metrics, lambda name, exc: exc is not None and failed.append((name, exc)))
+        if failed:
+            name, exc = failed[0]
+            raise exc if isinstance(exc, MirageError) else MirageError(f"{name} failed: {exc}")
+        return StillResult(getattr(faces, "found", 0), ctx.faces, ctx.swapped)
+
     # ---- run -------------------------------------------------------------------------------
     def start(self, source: str | int | Any = 0, outputs: list[str | Any] | None = None, *,
               realtime: bool = True, detector_async: bool = True, lossless: bool = False,
               max_frames: int | None = None) -> None:
         """Start streaming. ``lossless``: process and write every frame (file to file), never drop.
         ``max_frames``: send exactly that many frames, then finish (``wait()`` returns True)."""
-        from .outputs.sinks import make_sink
-        from .vision.capture import open_source
+        from .outputs.sinks import check_sink, make_sink
+        from .vision.capture import check_source, open_source
         from .vision.pipeline import VideoPipeline
 
         with self._lock:
@@ -235,14 +262,14 @@ class Engine:
             if self.analyzer is None:
                 self.load_models()
             s = self.settings
-            src = source if hasattr(source, "read") else open_source(
+            src = check_source(source) if not isinstance(source, (str, int)) else open_source(
                 source, width=s.capture_width, height=s.capture_height, fps=s.capture_fps, realtime=realtime)
             try:
                 if hasattr(src, "open") and getattr(src, "cap", "n/a") is None:
                     src.open()  # surface a missing camera now, with its fix
-                sinks = [o if hasattr(o, "send") else make_sink(o, backend=s.vcam_backend, width=s.output_width,
-                                                                height=s.output_height, fps=s.output_fps)
-                         for o in (outputs or ["virtualcam"])]
+                sinks = [check_sink(o) if not isinstance(o, str) else make_sink(
+                    o, backend=s.vcam_backend, width=s.output_width, height=s.output_height, fps=s.output_fps)
+                    for o in (outputs or ["virtualcam"])]
                 p = VideoPipeline(s, self.metrics, src, sinks, self.analyzer, self.swapper, self.latent,
                                   self.enhance_stage, self._make_smoother(), self._color_fn(),
                                   self.reference,

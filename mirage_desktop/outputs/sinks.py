@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -17,6 +17,30 @@ import numpy as np
 from ..errors import MirageError, VirtualCameraError, WriteError
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class FrameSink(Protocol):
+    """Where processed frames go. ``critical``: a failure stops the run (a recording) instead of
+    being counted and skipped (the virtual camera). A remote engine adds a WebRTC sink."""
+
+    name: str
+
+    def open(self, width: int, height: int, fps: float) -> None: ...
+
+    def send(self, frame: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+def check_sink(obj) -> "FrameSink":
+    missing = [a for a in ("name", "open", "send", "close", "describe") if not hasattr(obj, a)]
+    if missing:
+        raise MirageError(f"{type(obj).__name__} is not a frame sink (missing {', '.join(missing)})",
+                          "a sink needs name, open(w, h, fps), send(frame), close() and describe()")
+    return obj
 
 
 class NullSink:

@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -21,6 +22,28 @@ from .image_io import load_image
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Where frames come from: a camera, a file, a still (a remote engine adds a WebRTC track).
+    ``read()`` returns a BGR frame, or None for "nothing now" (a camera) / "no more" (a file).
+    An ``open()``, if there is one, is called at start so a missing camera fails the start."""
+
+    name: str
+    fps: float
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+def check_source(obj) -> "FrameSource":
+    missing = [a for a in ("name", "read", "close") if not hasattr(obj, a)]  # open() is optional
+    if missing:
+        raise DeviceError(f"{type(obj).__name__} is not a frame source (missing {', '.join(missing)})",
+                          "a source needs name, read() and close() (and may have open())")
+    return obj
 
 
 def _pace(due: float, fps: float) -> float:

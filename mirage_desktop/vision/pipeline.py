@@ -29,9 +29,9 @@ import numpy as np
 from ..config import Settings
 from ..errors import MirageError
 from ..metrics import Metrics
-from .blend import draw_ai_mark
 from .face import Face
 from .slot import LatestSlot
+from .stages import AiMark, EnhanceFrames, FrameContext, SwapStage, check_stage, run_stages
 from .tracking import DetectionScheduler, FaceTracker, select_faces
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,68 @@ class _OnceLogger:
         if key not in self.seen:
             self.seen.add(key)
             log.warning(msg, *args)
+
+
+class TrackFaces:
+    """The live face stage: schedule the detector (on its own thread, or inline), merge its late
+    results, move faces between detections by optical flow, and choose the faces to swap."""
+
+    name = "track"
+
+    def __init__(self, pipeline: "VideoPipeline"):
+        self.p = pipeline
+        self._fresh = True
+
+    def wants(self, opts) -> bool:
+        return self.p.analyzer is not None and opts.enable_scrfd and (opts.enable_swap or opts.enable_enhancer)
+
+    def reset(self) -> None:
+        """Switched off: faces and results from before describe another moment."""
+        p = self.p
+        p.tracker.tracks.clear()
+        p.scheduler.countdown, p.scheduler.have_faces, p.scheduler.stable = 0, False, False
+        self._fresh = True
+
+    def close(self) -> None:
+        pass
+
+    def process(self, ctx: FrameContext) -> None:
+        p, m, o, frame = self.p, self.p.metrics, ctx.opts, ctx.frame
+        if self._fresh:  # (re)starting: only detections made from now on count
+            p._results_from = ctx.index
+            self._fresh = False
+        p.tracker.track(frame, ctx.index)
+        requested = False
+        det = p.det_res.take_nowait()
+        if det is not None:
+            p._det_inflight = False
+            if det[0] < p._results_from:
+                det = None  # made before the stream was (re)activated
+        if p.scheduler.should_detect() and not p._det_inflight:
+            requested = True
+            prep = p.analyzer.detector.prepare(frame)
+            if p.detector_async:
+                # the worker paints on ``frame``: matching needs an untouched full-size copy
+                full = frame.copy() if p.reference is not None else None
+                p._det_inflight = True
+                p.det_req.put((ctx.index, prep, full))
+            else:
+                det = (ctx.index, p._run_detector(prep, frame))
+        p.scheduler.on_frame(requested)
+        if det is not None:
+            d_index, d_faces = det
+            if d_faces is not None:
+                p.tracker.update(d_faces, d_index)
+                p.tracker.note_frame(frame, ctx.index)
+                p.scheduler.on_detections([f.score for f in d_faces], stable=p.tracker.all_stable)
+                m.set_gauge("detect.stable_tracks", p.tracker.stable_tracks)
+                m.set_gauge("detect.interval_target", p.scheduler.current_interval)
+                if p._last_det_index >= 0:
+                    m.set_gauge("detect.interval_frames", d_index - p._last_det_index)
+                m.set_gauge("detect.latency_frames", ctx.index - d_index)
+                p._last_det_index = d_index
+        faces = p.tracker.faces(ctx.t_capture if o.enable_smoothing else None)
+        ctx.faces = select_faces(faces, o.max_faces, p.reference, o.match_threshold)
 
 
 class VideoPipeline:
@@ -97,12 +159,20 @@ class VideoPipeline:
         self.capture_error: str | None = None
         self._last_det_index = -1
         self._out_times: list[float] = []
-        self._active = False
         self._results_from = 0
         self.lossless = lossless
         self.max_frames = max_frames  # stop after sending this many frames (``mirage run --frames``)
         self.fatal: Exception | None = None  # a critical sink (a recording) failed: the run stops
         self.sink_errors: dict[int, str] = {}  # id(sink) -> why it failed (sending or closing)
+        self._wanted: dict[str, bool] = {}
+        # the frame stages, in order; the models are read through the pipeline, so models and
+        # identities handed over while it runs take effect on the next frame
+        self.stages = [check_stage(st) for st in (
+            TrackFaces(self),
+            SwapStage(lambda: self.swapper, lambda: self.latent, color_fn, metrics),
+            EnhanceFrames(lambda: self.enhance_stage),
+            AiMark(),
+        )]
 
     # ---- live control --------------------------------------------------------------------
     def set_option(self, name: str, value: Any) -> None:
@@ -273,76 +343,17 @@ class VideoPipeline:
             self.out_slot.put(pkt, block=self.lossless)
 
     def _process(self, pkt: FramePacket) -> None:
-        o = self.opts
-        m = self.metrics
-        frame = pkt.frame
         if self.keep_original:
-            pkt.original = frame.copy()
-        faces: list[Face] = []
-        active = self.analyzer is not None and o.enable_scrfd and (o.enable_swap or o.enable_enhancer)
-        if active and not self._active:
-            # (re)starting: forget faces and results from before, they describe another moment
-            self.tracker.tracks.clear()
-            self.scheduler.countdown, self.scheduler.have_faces = 0, False
-            self._results_from = pkt.index
-        self._active = active
-        if active:
-            t = time.perf_counter()
-            self.tracker.track(frame, pkt.index)
-            requested = False
-            det = self.det_res.take_nowait()
-            if det is not None:
-                self._det_inflight = False
-                if det[0] < self._results_from:
-                    det = None  # made before the stream was (re)activated
-            if self.scheduler.should_detect() and not self._det_inflight:
-                requested = True
-                prep = self.analyzer.detector.prepare(frame)
-                if self.detector_async:
-                    # the worker paints on ``frame``: matching needs an untouched full-size copy
-                    full = frame.copy() if self.reference is not None else None
-                    self._det_inflight = True
-                    self.det_req.put((pkt.index, prep, full))
-                else:
-                    det = (pkt.index, self._run_detector(prep, frame))
-            self.scheduler.on_frame(requested)
-            if det is not None:
-                d_index, d_faces = det
-                if d_faces is not None:
-                    self.tracker.update(d_faces, d_index)
-                    self.tracker.note_frame(frame, pkt.index)
-                    self.scheduler.on_detections([f.score for f in d_faces], stable=self.tracker.all_stable)
-                    m.set_gauge("detect.stable_tracks", self.tracker.stable_tracks)
-                    m.set_gauge("detect.interval_target", self.scheduler.current_interval)
-                    if self._last_det_index >= 0:
-                        m.set_gauge("detect.interval_frames", d_index - self._last_det_index)
-                    m.set_gauge("detect.latency_frames", pkt.index - d_index)
-                    self._last_det_index = d_index
-            faces = self.tracker.faces(pkt.t_capture if o.enable_smoothing else None)
-            m.record("track", (time.perf_counter() - t) * 1000)
-        chosen = select_faces(faces, o.max_faces, self.reference, o.match_threshold)
-        pkt.faces = chosen
-        latent = self.latent
-        if o.enable_swap and self.swapper is not None and latent is not None and chosen:
-            t = time.perf_counter()
-            for f in chosen:
-                try:
-                    if self.swapper.swap(frame, f, latent, mouth_mask=o.enable_mouth_mask,
-                                         color_fn=self.color_fn if o.enable_color_transfer else None,
-                                         metrics=m):
-                        pkt.swapped += 1
-                except Exception as exc:
-                    self._model_error("swap", exc)
-                    break
-            m.record("swap", (time.perf_counter() - t) * 1000)
-            m.incr("faces.swapped", pkt.swapped)
-        if o.enable_enhancer and self.enhance_stage is not None and chosen:
-            try:
-                self.enhance_stage.process(frame, chosen)
-            except Exception as exc:
-                self._model_error("enhance", exc)
-        if o.enable_ai_mark:
-            draw_ai_mark(frame)
+            pkt.original = pkt.frame.copy()
+        ctx = FrameContext(pkt.frame, pkt.index, pkt.t_capture, self.opts)
+        run_stages(self.stages, ctx, self.metrics, self._stage_result, self._wanted)
+        pkt.faces, pkt.swapped = ctx.faces, ctx.swapped
+
+    def _stage_result(self, stage: str, exc: Exception | None) -> None:
+        if exc is not None:
+            self._model_error(stage, exc)
+        elif stage in self.errors:
+            self.errors.pop(stage, None)  # it works again: the status no longer shows it failing
 
     def _output_loop(self) -> None:
         try:

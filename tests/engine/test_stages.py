@@ -1,0 +1,164 @@
+"""The frame-stage contract and its one guard: timing, errors counted and cleared, reset when off."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from mirage_desktop.config import Settings
+from mirage_desktop.engine import Engine
+from mirage_desktop.errors import MirageError
+from mirage_desktop.metrics import Metrics
+from mirage_desktop.vision.capture import ImageSource
+from mirage_desktop.vision.stages import FrameContext, check_stage, run_stages
+
+DEADLINE_S = 120
+
+
+class Flaky:
+    """A stage that fails while ``failing`` is set; counts resets."""
+
+    name = "flaky"
+
+    def __init__(self):
+        self.failing = threading.Event()
+        self.on = True
+        self.resets = 0
+        self.runs = 0
+
+    def wants(self, opts) -> bool:
+        return self.on
+
+    def process(self, ctx) -> None:
+        self.runs += 1
+        if self.failing.is_set():
+            raise RuntimeError("flaky broke")
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("missing", ["name", "wants", "process", "reset", "close"])
+def test_a_stage_missing_a_method_is_refused_with_a_clear_message(missing):
+    class Partial:
+        pass
+
+    for a in {"name", "wants", "process", "reset", "close"} - {missing}:
+        setattr(Partial, a, "x" if a == "name" else (lambda self, *a: None))
+    with pytest.raises(MirageError) as e:
+        check_stage(Partial())
+    assert f"missing {missing}" in str(e.value) and "is not a frame stage" in str(e.value)
+
+
+def test_a_stage_whose_method_is_not_callable_is_refused():
+    class Bad(Flaky):
+        process = 3
+
+    with pytest.raises(MirageError, match="process not callable"):
+        check_stage(Bad())
+
+
+def test_the_guard_times_counts_clears_and_resets():
+    m = Metrics()
+    st = Flaky()
+    seen: list = []
+    wanted: dict = {}
+    ctx = FrameContext(np.zeros((4, 4, 3), np.uint8), opts=Settings())
+    run_stages([st], ctx, m, lambda n, e: seen.append((n, e)), wanted)
+    assert seen == [("flaky", None)] and m.snapshot()["stages"]["flaky"]["count"] == 1
+    st.failing.set()
+    run_stages([st], ctx, m, lambda n, e: seen.append((n, e)), wanted)
+    assert seen[-1][0] == "flaky" and isinstance(seen[-1][1], RuntimeError)
+    st.on = False
+    run_stages([st], ctx, m, lambda n, e: seen.append((n, e)), wanted)
+    assert st.resets == 1 and st.runs == 2  # switched off: reset once, not run
+    run_stages([st], ctx, m, lambda n, e: seen.append((n, e)), wanted)
+    assert st.resets == 1
+
+
+def test_a_failing_stage_shows_in_the_status_and_clears_when_it_recovers(model_factory, astronaut):
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+    eng.load_models()
+    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    cond = threading.Condition()
+    outs: list = []
+
+    def got(pkt):
+        with cond:
+            outs.append(pkt.index)
+            cond.notify_all()
+
+    def frames_after(n=3):
+        with cond:
+            start = outs[-1] if outs else -1
+            assert cond.wait_for(lambda: outs and outs[-1] >= start + n, DEADLINE_S)
+
+    eng.subscribe_frames(got)
+    eng.start(ImageSource(astronaut, fps=60), ["null"])
+    try:
+        flaky = Flaky()
+        eng.pipeline.stages.insert(1, check_stage(flaky))  # between track and swap
+        frames_after()
+        assert not any("flaky" in p for p in eng.status().problems)
+        flaky.failing.set()
+        frames_after()
+        assert any("flaky failing: flaky broke" in p for p in eng.status().problems)
+        assert eng.snapshot()["health"]["level"] == "red"
+        assert eng.metrics.counter("errors.flaky") > 0
+        assert eng.metrics.counter("faces.swapped") > 0  # the other stages kept working
+        flaky.failing.clear()
+        frames_after()
+        assert not any("flaky" in p for p in eng.status().problems)  # recovered: no longer listed
+    finally:
+        eng.stop()
+
+
+def test_mirage_swap_runs_the_pipelines_stages(model_factory, astronaut):
+    """The still path is the live list with a one-shot face stage: same swap, enhance and mark."""
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+    eng.load_models()
+    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    img = astronaut.copy()
+    res = eng.process_still(img)
+    assert res.found == 1 and res.swapped == 1
+    assert not np.array_equal(img, astronaut)
+    eng.set_option("enable_swap", False)
+    eng.set_option("enable_ai_mark", False)
+    img2 = astronaut.copy()
+    assert eng.process_still(img2).swapped == 0
+    np.testing.assert_array_equal(img2, astronaut)  # every stage off: nothing touched
+
+
+def test_sources_and_sinks_are_checked_against_their_contracts(model_factory, astronaut):
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+
+    class NoRead:
+        name = "x"
+
+        def close(self):
+            pass
+
+    class NoSend:
+        name = "y"
+
+        def open(self, w, h, fps):
+            pass
+
+        def close(self):
+            pass
+
+        def describe(self):
+            return "y"
+
+    from mirage_desktop.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="NoRead is not a frame source .missing read"):
+        eng.start(NoRead(), ["null"])
+    with pytest.raises(MirageError, match="NoSend is not a frame sink .missing send"):
+        eng.start(ImageSource(astronaut), [NoSend()])
+    assert not eng.running
