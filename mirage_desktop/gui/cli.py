@@ -6,6 +6,7 @@ Heavy imports (Qt, the engine) stay inside :func:`run` so ``mirage --help`` stay
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     app.lastWindowClosed.connect(closed.set)
     app.aboutToQuit.connect(closed.set)
     win.show()
+    notifier = _close_on_signals(win)  # SIGINT/SIGTERM/SIGHUP close the window like its close button
+    logging.getLogger(__name__).info("window open")
     if getattr(args, "quit_after", None):
         async def quit_later():
             await asyncio.sleep(args.quit_after)  # runs on the qasync loop, beside Qt's events
@@ -118,7 +121,39 @@ def run(args: argparse.Namespace) -> int:
         loop.create_task(quit_later())
     with loop:
         loop.run_until_complete(closed.wait())
+    del notifier
     from .screenshot import release
 
     release(win)
     return 0
+
+
+def _close_on_signals(win):
+    """Close the window (settings saved, camera and engine stopped) on Ctrl-C, SIGTERM or SIGHUP.
+
+    Qt's event loop runs in C++, so a Python signal handler would wait for the next Python call:
+    the signal's wake-up byte goes to a socket Qt watches, which hands control to Python at once."""
+    import signal
+    import socket
+
+    from PySide6.QtCore import QSocketNotifier, QTimer
+
+    rsock, wsock = socket.socketpair()
+    for s in (rsock, wsock):
+        s.setblocking(False)
+    signal.set_wakeup_fd(wsock.fileno())
+    notifier = QSocketNotifier(rsock.fileno(), QSocketNotifier.Type.Read)
+
+    def drain() -> None:
+        try:
+            rsock.recv(64)
+        except OSError:
+            pass
+
+    notifier.activated.connect(drain)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, lambda *_: QTimer.singleShot(0, win.close))
+    notifier._socks = (rsock, wsock)  # kept alive with the notifier
+    return notifier

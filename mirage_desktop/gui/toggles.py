@@ -85,9 +85,15 @@ class LiveControls(QWidget):
                                  "Keep your own mouth (speech and teeth look natural)")
         self.mark = self._check("enable_ai_mark", "“AI” mark",
                                 "Show a visible AI badge in the corner of the output")
+        self.color = self._check("enable_color_transfer", "Colour match",
+                                 "Match the swapped face's colour and light to your skin")
+        self.smoothing = self._check("enable_smoothing", "Smoothing",
+                                     "Smooth face positions over time so the swap does not shimmer")
         fl.addRow(self.swap)
         fl.addRow(self.mouth)
         fl.addRow(self.mark)
+        fl.addRow(self.color)
+        fl.addRow(self.smoothing)
         self.max_faces = QSpinBox()
         self.max_faces.setRange(0, 32)
         self.max_faces.setSpecialValueText("all")
@@ -116,6 +122,9 @@ class LiveControls(QWidget):
         dl = QFormLayout(det)
         dl.setHorizontalSpacing(14)
         dl.setVerticalSpacing(9)
+        self.scrfd = self._check("enable_scrfd", "Face detection",
+                                 "Find faces in the camera image (off: every frame goes out as it is)")
+        dl.addRow(self.scrfd)
         self.detect_interval = QSpinBox()
         self.detect_interval.setRange(1, 60)
         self.detect_interval.setSuffix(" frames")
@@ -148,13 +157,16 @@ class LiveControls(QWidget):
 
     def load(self, s: Settings) -> None:
         """Show ``s`` without emitting anything."""
-        widgets = [self.swap, self.mouth, self.mark, self.enhancer, self.max_faces, self.detect_interval,
-                   self.det_size, self.fidelity.slider]
+        widgets = [self.swap, self.mouth, self.mark, self.color, self.smoothing, self.scrfd, self.enhancer,
+                   self.max_faces, self.detect_interval, self.det_size, self.fidelity.slider]
         for w in widgets:
             w.blockSignals(True)
         self.swap.setChecked(s.enable_swap)
         self.mouth.setChecked(s.enable_mouth_mask)
         self.mark.setChecked(s.enable_ai_mark)
+        self.color.setChecked(s.enable_color_transfer)
+        self.smoothing.setChecked(s.enable_smoothing)
+        self.scrfd.setChecked(s.enable_scrfd)
         self.enhancer.setChecked(s.enable_enhancer)
         self.max_faces.setValue(s.max_faces)
         self.detect_interval.setValue(s.detect_interval)
@@ -170,6 +182,8 @@ class LiveControls(QWidget):
         out = {
             "enable_swap": self.swap.isChecked(), "enable_mouth_mask": self.mouth.isChecked(),
             "enable_ai_mark": self.mark.isChecked(), "enable_enhancer": self.enhancer.isChecked(),
+            "enable_color_transfer": self.color.isChecked(), "enable_smoothing": self.smoothing.isChecked(),
+            "enable_scrfd": self.scrfd.isChecked(),
             "max_faces": self.max_faces.value(), "codeformer_fidelity": self.fidelity.value(),
             "detect_interval": self.detect_interval.value(), "det_size": int(self.det_size.currentData()),
         }

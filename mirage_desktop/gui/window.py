@@ -350,8 +350,10 @@ class MainWindow(QMainWindow):
         elif not cams and self._source is None:
             self.camera.addItem("No camera found", ("none", None))
         self.camera.addItem("Image or video file…", ("file", None))
-        want = self.settings.camera
-        i = next((k for k in range(self.camera.count()) if self.camera.itemData(k) == ("camera", want)), 0)
+        want = str(self.settings.camera)  # an index ("0") or a device path ("/dev/video2")
+        i = next((k for k, cam in enumerate(cams or []) if want in (str(cam.get("index")), str(cam.get("device")))),
+                 None)
+        i = 0 if i is None else i + (1 if self._source is not None else 0)
         if self._source is not None:
             i = 0
         self.camera.setCurrentIndex(i)
@@ -373,8 +375,8 @@ class MainWindow(QMainWindow):
                 return
             self.camera.insertItem(0, Path(path).name, ("path", path))
             self.camera.setCurrentIndex(0)
-        elif kind == "camera" and isinstance(value, int):
-            self.set_option("camera", value)
+        elif kind == "camera" and value is not None:
+            self.set_option("camera", str(value))
         self._camera_index = self.camera.currentIndex()
         if self.engine.running:
             self.controller.stop()

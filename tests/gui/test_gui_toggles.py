@@ -22,7 +22,23 @@ CASES = [
     ("det_size", lambda w: w.toggles.det_size.setCurrentIndex(w.toggles.det_size.findData(320)), 320),
     ("codeformer_fidelity", lambda w: w.toggles.fidelity.slider.setValue(10), 0.5),
     ("enable_enhancer", lambda w: w.toggles.enhancer.click(), True),
+    ("enable_color_transfer", lambda w: w.toggles.color.click(), True),
+    ("enable_smoothing", lambda w: w.toggles.smoothing.click(), False),
+    ("enable_scrfd", lambda w: w.toggles.scrfd.click(), False),
 ]
+
+
+def test_every_enable_flag_has_a_live_control(qtbot, make_window):
+    """Every MIRAGE_ENABLE_* flag can be switched from the window, and the list above tries each."""
+    import dataclasses
+
+    from mirage_desktop.config import Settings
+
+    win = make_window()
+    flags = {f.name for f in dataclasses.fields(Settings) if f.name.startswith("enable_")}
+    controls = set(win.toggles.controls) | set(win.toggles.voice.values())
+    assert flags <= controls, flags - controls
+    assert flags - {"enable_voice"} <= {c[0] for c in CASES}
 
 
 @pytest.mark.parametrize("name,act,value", CASES, ids=[c[0] for c in CASES])

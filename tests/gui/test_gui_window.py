@@ -6,6 +6,7 @@ import argparse
 import threading
 
 import numpy as np
+import pytest
 
 
 def _live_threads():
@@ -299,3 +300,17 @@ def test_input_frames_are_copied_only_while_side_by_side(qtbot, make_window):
                     timeout=10000)
     win.view_output.click()
     qtbot.waitUntil(lambda: not p.keep_original, timeout=5000)
+
+
+@pytest.mark.parametrize("saved", ["1", "/dev/video1"])
+def test_the_saved_camera_is_chosen_again_by_index_or_device_path(qtbot, make_window, saved):
+    win = make_window()
+    win._source = None  # a real webcam user: no demo image
+    win.settings = win.settings.replace(camera=saved)
+    win._fill_cameras([{"index": 0, "device": "/dev/video0", "name": "Cam A"},
+                       {"index": 1, "device": "/dev/video1", "name": "Cam B"}])
+    assert win.camera.currentText() == "Cam B" and win.current_source() == 1
+    a = win.camera.findText("Cam A")
+    win.camera.setCurrentIndex(a)
+    win._camera_chosen(a)
+    assert win.settings.camera == "0"  # stored as the setting's type: a string
