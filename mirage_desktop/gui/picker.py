@@ -276,8 +276,8 @@ class SourcePicker(QWidget):
         def job():
             out = []
             for name in store.names():
-                try:
-                    ident = store.load(name)
+                try:  # the embedding is checked (and rebuilt if need be) when the face is chosen
+                    ident = store.load(name, require_embedding=False)
                 except Exception as exc:  # a broken folder must not hide the others
                     log.warning("cannot load identity %s: %s", name, exc)
                     continue
@@ -424,7 +424,14 @@ class SourcePicker(QWidget):
             self._set_busy(-1)
             self._say(str(exc), "error")
 
-        self.controller.jobs.submit(self.store.load, name, on_done=loaded, on_error=failed)
+        self.controller.jobs.submit(self._load_saved, name, on_done=loaded, on_error=failed)
+
+    def _load_saved(self, name: str):
+        """A saved identity; an unusable embedding is rebuilt from its photos (off the Qt thread)."""
+        from ..vision.identity import IdentityBuilder
+
+        analyzer = self.controller.engine.analyzer
+        return self.store.load(name, builder=IdentityBuilder(analyzer) if analyzer is not None else None)
 
     def _use(self, ident) -> None:
         if self.controller.set_identity(ident) is None:

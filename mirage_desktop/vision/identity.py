@@ -34,17 +34,37 @@ EMBEDDING_DIM = 512  # ArcFace w600k_r50; the swapper's emap is 512x512
 
 def usable_embedding(emb) -> str | None:
     """Why ``emb`` cannot drive a swap (wrong shape, NaN/inf, all zero), or None if it can.
-    A bad embedding would give the swapper a NaN latent and paint a black face."""
+    A bad embedding would give the swapper a NaN latent and paint a black face. Judged as the
+    float32 vector the swapper gets (a float64 1e300 becomes inf there)."""
     a = np.asarray(emb) if emb is not None else None
     if a is None or a.dtype.kind not in "fiu":
         return "it is not a numeric vector"
     if a.shape != (EMBEDDING_DIM,):
         return f"it has shape {a.shape}, not ({EMBEDDING_DIM},)"
+    with np.errstate(over="ignore"):
+        a = a.astype(np.float32)
     if not np.isfinite(a).all():
         return "it holds NaN or infinite values"
     if float(np.linalg.norm(a)) < 1e-6:
         return "it is all zeros"
     return None
+
+
+MAX_EMBEDDING_FILE = 64 * 1024  # a 512-float .npy is about 2-4 kB; anything far bigger is not one
+
+
+def load_embedding(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """(embedding, None) from a .npy file, or (None, why it cannot be used); never raises for a bad
+    file (an oversized or lying header, a pickle, garbage) and never reads more than a few kB."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_EMBEDDING_FILE:
+            return None, f"the file is {size} bytes, far too big for an embedding"
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, MemoryError) as exc:
+        return None, f"it cannot be read ({' '.join(str(exc).split())[:80]})"
+    why = usable_embedding(a)
+    return (a.astype(np.float32), None) if why is None else (None, why)
 
 
 MIN_FACE_PX = 80
@@ -150,6 +170,7 @@ class SourceIdentity:
     reports: list[PhotoReport] = field(default_factory=list)
     thumbnail: np.ndarray | None = None
     consent: bool = False
+    problem: str | None = None  # why the saved embedding cannot be used (it is rebuilt when chosen)
 
     @property
     def usable(self) -> bool:
@@ -187,13 +208,9 @@ class IdentityBuilder:
 
         cp = self._cache_key(h)
         if cp.exists():
-            try:
-                cached = np.load(cp, allow_pickle=False)
-                why = usable_embedding(cached)
-            except (OSError, ValueError, EOFError) as exc:
-                cached, why = None, f"it cannot be read ({' '.join(str(exc).split())[:80]})"
+            cached, why = load_embedding(cp)
             if why is None:
-                return cached.astype(np.float32)
+                return cached
             log.warning("cached embedding %s is unusable (%s); computing it again", cp.name, why)
         emb = np.asarray(self.analyzer.embed(img, face), np.float32)
         why = usable_embedding(emb)
@@ -307,10 +324,12 @@ class IdentityStore:
                 continue
         return out
 
-    def load(self, name: str, builder: "IdentityBuilder | None" = None) -> SourceIdentity:
+    def load(self, name: str, builder: "IdentityBuilder | None" = None, *,
+             require_embedding: bool = True) -> SourceIdentity:
         """The saved identity. An embedding that is missing, the wrong shape or not finite is
         rebuilt from the identity's photos when they are still there (and ``builder`` is given)
-        and saved again; otherwise a MirageError says to add the identity again."""
+        and saved again; otherwise a MirageError says to add the identity again. With
+        ``require_embedding=False`` (the gallery) it is returned as it is, ``problem`` saying why."""
         d = self._find(name) or self.root / _slug(name)
         try:
             meta = json.loads((d / "meta.json").read_text())
@@ -318,22 +337,24 @@ class IdentityStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MirageError(f"saved identity {name!r} cannot be read ({' '.join(str(exc).split())[:120]})",
                               "add it again from its photos") from None
-        try:
-            emb = np.load(d / "embedding.npy", allow_pickle=False)
-            why = usable_embedding(emb)
-        except (OSError, ValueError, EOFError) as exc:
-            emb, why = None, f"it cannot be read ({' '.join(str(exc).split())[:80]})"
+        emb, why = load_embedding(d / "embedding.npy")
         thumb = cv2.imread(str(d / "thumb.png")) if (d / "thumb.png").exists() else None
         ident = SourceIdentity(meta["name"], None, [], thumb, bool(meta.get("consent")))
         ident.meta = meta
         if why is None:
-            ident.embedding = emb.astype(np.float32)
+            ident.embedding = emb
+            return ident
+        ident.problem = why
+        if not require_embedding:  # listing the gallery: show it, it is rebuilt when it is used
             return ident
         log.warning("saved identity %r: its embedding is unusable (%s)", name, why)
         photos = [p["source"] for p in meta.get("photos", []) if p.get("passed") and Path(p["source"]).is_file()]
-        if builder is None or not photos:
+        if builder is None:
+            raise MirageError(f"saved identity {name!r} has an unusable face embedding ({why}) and cannot be "
+                              f"rebuilt here", "load the face models, then choose it again, or add it again")
+        if not photos:
             raise MirageError(f"saved identity {name!r} has an unusable face embedding ({why}) and its photos are "
-                              f"{'not at hand' if builder is None else 'gone'}", "add it again from its photos")
+                              f"gone", "add it again from its photos")
         rebuilt = builder.build(photos, meta["name"])
         if rebuilt.embedding is None:
             raise MirageError(f"saved identity {name!r} could not be rebuilt from its photos",

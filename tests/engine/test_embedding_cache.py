@@ -35,6 +35,10 @@ BAD_CACHES = {
     "truncated": _npy(np.ones(512, np.float32))[:100],
     "not npy": b"garbage",
     "empty": b"",
+    "huge header": b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }"
+                   + b" " * 44 + b"\n",
+    "float64 beyond float32": _npy(np.full(512, 1e300)),
+    "oversized file": _npy(np.ones(512, np.float32)) + b"\0" * 100_000,
     "pickled object": b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }" + b" " * 60
                       + b"\n" + b"\x80\x04K\x01.",
 }
@@ -93,8 +97,10 @@ def test_a_saved_identity_with_a_bad_embedding_is_rebuilt_from_its_photos(analyz
     ident.consent = True
     d = store.save(ident)
     (d / "embedding.npy").write_bytes(BAD_CACHES[case])
-    with pytest.raises(MirageError, match="unusable face embedding.*add it again"):
+    with pytest.raises(MirageError, match="unusable face embedding.*cannot be rebuilt here"):
         store.load("Eileen")  # no builder: a clear error, not a black face
+    listed = store.load("Eileen", require_embedding=False)  # the gallery still shows it
+    assert listed.embedding is None and listed.problem
     again = store.load("Eileen", builder=builder)
     np.testing.assert_allclose(again.embedding, ident.embedding, rtol=1e-6)
     assert again.consent

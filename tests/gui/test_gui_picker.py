@@ -198,10 +198,10 @@ def test_the_last_face_clicked_is_the_one_used(qtbot, make_window, settle):
     real = store.load
     bob_is_live = threading.Event()
 
-    def load(name):  # Alice's folder is on a slow disk: her load ends after Bob's is in use
+    def load(name, *args, **kwargs):  # Alice's folder is on a slow disk: her load ends after Bob's is in use
         if name == "Alice":
             bob_is_live.wait(60)
-        return real(name)
+        return real(name, *args, **kwargs)
 
     store.load = load
     win.picker.activate("Alice")
@@ -212,3 +212,23 @@ def test_the_last_face_clicked_is_the_one_used(qtbot, make_window, settle):
     settle(win)  # Alice's late load has come back, and was ignored
     assert win.engine.identity.name == "Bob"
     assert win.picker.active == "Bob" and win.settings.source_identity == "Bob"
+
+
+def test_a_saved_face_with_a_broken_embedding_stays_listed_and_is_rebuilt_when_chosen(
+        qtbot, make_window, grace_hopper_path, settle):
+    win = make_window(consent=lambda n, t: True)
+    win.picker.add_photos([str(grace_hopper_path)])
+    qtbot.waitUntil(lambda: win.engine.identity is not None)
+    _idle(qtbot, win)
+    name = win.engine.identity.name
+    good = win.engine.identity.embedding.copy()
+    folder = win.picker.store._find(name)
+    np.save(folder / "embedding.npy", np.full(512, np.nan, np.float32))  # a damaged file on disk
+    win.engine.set_identity(None)
+    win.picker.refresh()
+    settle(win)
+    assert win.picker.names() == [name]  # still in the gallery
+    win.picker.activate(name)
+    qtbot.waitUntil(lambda: win.engine.identity is not None)
+    np.testing.assert_allclose(win.engine.identity.embedding, good, rtol=1e-5)  # rebuilt from the photo
+    assert np.isfinite(np.load(folder / "embedding.npy")).all()  # and saved again
