@@ -71,6 +71,7 @@ class Metrics:
         self._counters: dict[str, int] = defaultdict(int)
         self._gauges: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when a counter moves
         self._t0 = time.perf_counter()
 
     def histogram(self, name: str) -> LatencyHistogram:
@@ -96,11 +97,19 @@ class Metrics:
         return h.total if h is not None else 0.0
 
     def incr(self, name: str, n: int = 1) -> None:
-        with self._lock:
+        with self._changed:
             self._counters[name] += n
+            self._changed.notify_all()
 
     def counter(self, name: str) -> int:
         return self._counters.get(name, 0)
+
+    def wait_for(self, name: str, n: int, timeout: float | None = None) -> bool:
+        """Block until counter ``name`` is at least ``n``: True, or False after ``timeout`` s.
+
+        For code (and tests) that need "after N frames / runs / errors" without polling."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._counters.get(name, 0) >= n, timeout)
 
     def set_gauge(self, name: str, value: object) -> None:
         self._gauges[name] = value
