@@ -1,4 +1,9 @@
-"""The live pipeline end to end: still image as camera → swap → virtual camera / file / callback."""
+"""The live pipeline end to end: still image as camera → swap → virtual camera / file / callback.
+
+Nothing here waits for time to pass or asserts on how long anything took: each test waits for
+the frames it needs (``Frames``: "the n-th frame captured after this point", so frames still
+in flight under the old options never count), for a counter, or for a stage it holds itself
+(``Gate``). The timeouts are hang guards only."""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ import cv2
 import numpy as np
 import pytest
 import pyvirtualcam
-
+from tests_support import HANG_GUARD_S, Frames, Gate, now, wait_counter
 
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
+from mirage_desktop.metrics import Metrics
 from mirage_desktop.outputs.sinks import CallbackSink, FileSink, NullSink, VirtualCameraSink
 from mirage_desktop.vision.capture import ImageSource
 from mirage_desktop.vision.slot import LatestSlot
@@ -53,20 +59,48 @@ def engine(model_factory, astronaut):
 
 
 def _collect(engine, source, n, **kw):
-    got = []
-    done = threading.Event()
-
-    def keep(pkt):
-        got.append(pkt)
-        if len(got) >= n:
-            done.set()
-
-    tok = engine.subscribe_frames(keep, want_original=True)  # before start: every frame has its original
+    """The first ``n`` frames of a run (each with its input frame), then stop."""
+    frames = Frames(engine, want_original=True)  # before start: every frame has its original
     engine.start(source, [CallbackSink(lambda f: None)], **kw)
-    assert done.wait(30), f"only {len(got)} frames arrived"
-    engine.unsubscribe_frames(tok)
-    engine.stop()
-    return got
+    try:
+        frames.after(frames.created, n)
+    finally:
+        frames.close()
+        engine.stop()
+    return frames.since(frames.created)[:n]
+
+
+def _swapping(engine, source, more=3):
+    """Run until the first frame with a face chosen for swapping, and ``more`` frames after it."""
+    frames = Frames(engine, want_original=True)
+    engine.start(source, [NullSink()])
+    try:
+        first = frames.first(lambda p: p.faces)
+        frames.after(first.t_capture, more)
+    finally:
+        frames.close()
+        engine.stop()
+    return first, frames.since(first.t_capture)
+
+
+def test_metrics_wait_for_wakes_when_a_counter_reaches_n():
+    m = Metrics()
+    assert m.wait_for("x", 0, 0) and not m.wait_for("x", 1, 0)  # already there / not yet: no waiting
+    result = []
+    started = threading.Event()
+
+    def waiter():
+        started.set()
+        result.append(m.wait_for("x", 3, HANG_GUARD_S))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    started.wait()
+    m.incr("y", 5)  # another counter does not satisfy it
+    m.incr("x")
+    m.incr("x", 2)
+    t.join(HANG_GUARD_S)
+    assert result == [True] and m.counter("x") == 3  # woken by incr, not by the timeout
 
 
 def test_virtual_camera_backend_receives_swapped_frames(engine, astronaut):
@@ -74,16 +108,22 @@ def test_virtual_camera_backend_receives_swapped_frames(engine, astronaut):
     RecordingBackend.frames.clear()
     RecordingBackend.opened.clear()
     sink = VirtualCameraSink(backend="mirage-test", width=640, height=360, fps=30)
-    engine.start(ImageSource(astronaut, fps=60, frames=20), [sink])
-    assert engine.wait(30)
+    frames = Frames(engine)
+    engine.start(ImageSource(astronaut, fps=60), [sink])
+    swapped = frames.first(lambda p: p.swapped)
+    frames.after(swapped.t_capture, 3)
     engine.stop()
     from pyvirtualcam.util import encode_fourcc
 
     assert RecordingBackend.opened == [(640, 360, 30.0, encode_fourcc(pyvirtualcam.PixelFormat.BGR.value))]
-    assert len(RecordingBackend.frames) >= 10
-    f = RecordingBackend.frames[-1]
-    assert f.dtype == np.uint8 and f.size == 640 * 360 * 3  # BGR, as requested
-    img = f.reshape(360, 640, 3)
+    sent = frames.since(frames.created)
+    # the call app received every frame that left the pipeline, in order, and nothing else
+    assert len(RecordingBackend.frames) == len(sent) == engine.metrics.counter("frames.out") >= 4
+    for pkt, f in zip(sent, RecordingBackend.frames):
+        assert f.dtype == np.uint8 and f.size == 640 * 360 * 3  # BGR, as requested
+        np.testing.assert_array_equal(f.reshape(360, 640, 3),
+                                      cv2.resize(pkt.frame, (640, 360), interpolation=cv2.INTER_AREA))
+    img = RecordingBackend.frames[sent.index(swapped)].reshape(360, 640, 3)
     ref = cv2.resize(astronaut, (640, 360), interpolation=cv2.INTER_AREA)
     assert np.abs(img.astype(int) - ref).mean() > 0.5  # something was swapped
     assert engine.metrics.counter("faces.swapped") > 0
@@ -100,21 +140,21 @@ def test_missing_virtual_camera_says_how_to_install_it():
 
 def test_file_sink_writes_a_playable_video(engine, astronaut, tmp_path):
     out = tmp_path / "out.mp4"
-    engine.start(ImageSource(astronaut, fps=20, frames=15), [FileSink(out)])
-    assert engine.wait(30)
+    engine.start(ImageSource(astronaut, fps=20), [FileSink(out)], max_frames=8)  # live, as --frames 8
+    assert engine.wait(HANG_GUARD_S)
     engine.stop()
     cap = cv2.VideoCapture(str(out))
     n = 0
     while cap.read()[0]:
         n += 1
-    assert n == engine.metrics.counter("frames.out") >= 5  # every frame sent is in the file
+    assert n == engine.metrics.counter("frames.out") == 8  # every frame sent is in the file
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (512, 512)
 
 
 def test_swap_toggles_live_and_identity_switches_within_frames(engine, astronaut):
-    got = _collect(engine, ImageSource(astronaut, fps=60), 12)
-    last = got[-1]
-    assert last.swapped == 1 and np.any(last.frame != last.original)
+    first, later = _swapping(engine, ImageSource(astronaut, fps=60))
+    for p in [first, *later]:  # from the first frame with a face on, every frame is swapped
+        assert p.swapped == 1 and np.any(p.frame != p.original)
 
     engine.set_option("enable_ai_mark", False)
     engine.set_option("enable_swap", False)
@@ -124,18 +164,19 @@ def test_swap_toggles_live_and_identity_switches_within_frames(engine, astronaut
 
 
 def test_identity_switch_while_running(engine, astronaut, grace_hopper_path):
-    seen = []
+    def face(p):
+        return p.frame[95:135, 205:245].astype(int)
+
+    frames = Frames(engine)
     engine.start(ImageSource(astronaut, fps=60), [NullSink()])
-    engine.subscribe_frames(lambda p: seen.append(p.frame[95:135, 205:245].copy()))
-    time.sleep(0.6)
-    before = seen[-1]
+    before = frames.first(lambda p: p.swapped)  # the mirrored astronaut's face
     engine.set_source_photos([grace_hopper_path], "grace")
-    n0 = len(seen)
-    deadline = time.time() + 5
-    while len(seen) < n0 + 3 and time.time() < deadline:
-        time.sleep(0.02)
+    switched = now()
+    first = frames.after(switched, 1)
     engine.stop()
-    assert np.abs(seen[n0 + 2].astype(int) - before).mean() > 1.0  # a different face within 2 frames
+    # the very first frame captured after the switch already shows the new face
+    assert first.swapped == 1
+    assert np.abs(face(first) - face(before)).mean() > 1.0
 
 
 def test_a_failing_model_sends_the_frame_unswapped_and_logs_once(engine, astronaut, caplog):
@@ -144,12 +185,19 @@ def test_a_failing_model_sends_the_frame_unswapped_and_logs_once(engine, astrona
 
     engine.swapper.swap_crop = boom
     engine.set_option("enable_ai_mark", False)
+    frames = Frames(engine, want_original=True)
     with caplog.at_level(logging.WARNING):
-        got = _collect(engine, ImageSource(astronaut, fps=60), 10)
-    assert all(np.array_equal(p.frame, p.original) for p in got)
-    assert engine.metrics.counter("errors.swap") >= 5
-    assert caplog.text.count("CUDA out of memory") == 1
-    assert engine.metrics.counter("frames.out") >= 10
+        engine.start(ImageSource(astronaut, fps=60), [NullSink()])
+        frames.after(frames.created, 5, where=lambda p: p.faces)  # five frames on which a swap was tried
+        frames.after(frames.created, 10)
+        engine.stop()
+    got = frames.since(frames.created)
+    tried = [p for p in got if p.faces]
+    assert len(got) == engine.metrics.counter("frames.out") >= 10 and len(tried) >= 5
+    assert all(np.array_equal(p.frame, p.original) for p in got)  # sent as they came in
+    assert all(p.swapped == 0 for p in tried)
+    assert engine.metrics.counter("errors.swap") >= len(tried)  # each failed try counted
+    assert caplog.text.count("CUDA out of memory") == 1  # and logged once
 
 
 def test_env_flags_set_stages_at_start(monkeypatch):
@@ -183,21 +231,54 @@ def test_drop_oldest_slot_counts_and_never_blocks():
     assert s.get(0.01) is None
 
 
+class NumberedFrames(ImageSource):
+    """The still photo as a camera; each frame carries its number in its top-left pixels, so a
+    stage can tell which frame it was given (the face, where the work happens, is far from there)."""
+
+    def read(self):
+        frame = super().read()
+        if frame is not None:
+            frame[0, :4, 0] = np.frombuffer(np.uint32(self._n - 1).tobytes(), np.uint8)
+        return frame
+
+
+def frame_number(frame) -> int:
+    return int(np.frombuffer(frame[0, :4, 0].tobytes(), np.uint32)[0])
+
+
 def test_slow_worker_drops_frames_instead_of_queueing(engine, astronaut):
-    real = engine.swapper.swap_crop
+    """The worker is held on one frame (as by a very slow model) for as long as the test wants:
+    the camera keeps going, every frame it replaces is counted as dropped, and the next frame
+    the worker gets is one of the newest, not a backlog of old ones."""
+    gate, order = Gate(), []  # order: the number of each frame the worker swapped, in turn
+    real = engine.swapper.swap
 
-    def slow(*a, **k):
-        time.sleep(0.05)
-        return real(*a, **k)
+    def swap(frame, *a, **k):
+        order.append(frame_number(frame))
+        if len(order) == 1:  # the first swap holds the worker until the test lets go
+            gate.enter()
+        return real(frame, *a, **k)
 
-    engine.swapper.swap_crop = slow
-    engine.start(ImageSource(astronaut, fps=100), [NullSink()])
-    time.sleep(1.5)
+    engine.swapper.swap = swap
+    frames = Frames(engine)
+    m = engine.metrics
+    engine.start(NumberedFrames(astronaut, fps=100), [NullSink()])
+    try:
+        gate.wait_reached()
+        worked = m.histogram("worker").count  # frames finished before the held one
+        wait_counter(m, "dropped.worker_busy", m.counter("dropped.worker_busy") + 20)
+        assert m.histogram("worker").count == worked  # capture ran on while the worker was held
+        captured = m.counter("frames.in")  # frames 0 .. captured-1 exist; captured-2 was handed over
+    finally:
+        gate.open()
+    frames.after(now(), 2)  # the worker has moved on
     engine.stop()
-    c = engine.metrics.counters if hasattr(engine.metrics, "counters") else engine.metrics.snapshot()["counters"]
-    assert c.get("dropped.worker_busy", 0) > 20
-    total = engine.metrics.snapshot()["stages"]["total"]
-    assert total["p50"] < 200  # latency stays near one frame's work, no backlog
+    held, after = order[0], order[1]
+    assert after >= captured - 2 and after - held > 20, order  # the newest frame next: nothing queued
+    assert order == sorted(order)
+    # every frame captured was either worked on or counted as dropped (one may be cut off by stop)
+    unaccounted = m.counter("frames.in") - m.histogram("worker").count - m.counter("dropped.worker_busy")
+    assert unaccounted in (0, 1), unaccounted
 
 
 def test_multiple_faces_up_to_max(model_factory, t1_path):
@@ -208,11 +289,11 @@ def test_multiple_faces_up_to_max(model_factory, t1_path):
     eng = Engine(Settings(max_faces=3), model_overrides=paths)
     eng.load_models()
     eng.set_source_photos([img], "group")
-    got = _collect(eng, ImageSource(img, fps=60), 10)
-    assert got[-1].swapped == 3
+    first, later = _swapping(eng, ImageSource(img, fps=60))
+    assert all(p.swapped == len(p.faces) == 3 for p in [first, *later])
     eng.set_option("max_faces", 6)
-    got = _collect(eng, ImageSource(img, fps=60), 10)
-    assert got[-1].swapped == min(6, len(got[-1].faces)) and got[-1].swapped >= 5
+    first, later = _swapping(eng, ImageSource(img, fps=60))
+    assert all(p.swapped == len(p.faces) == min(6, len(p.faces)) and p.swapped >= 5 for p in [first, *later])
 
 
 class FlakyCamera:
@@ -244,19 +325,17 @@ class FlakyCamera:
 
 def test_unplugged_camera_is_reported_and_the_stream_resumes(engine, astronaut):
     cam = FlakyCamera(astronaut)
+    frames = Frames(engine)
     engine.start(cam, [NullSink()])
-    time.sleep(0.5)
+    frames.after(frames.created, 3)  # streaming
     cam.unplugged = True
-    time.sleep(0.5)
+    wait_counter(engine.metrics, "errors.capture", 1)  # the driver error reached the capture thread
     st = engine.status()
     assert any("stopped delivering frames" in p and "check the cable" in p for p in st.problems)
     assert engine.snapshot()["health"]["level"] == "red"
-    out_before = engine.metrics.counter("frames.out")
     cam.unplugged = False
-    deadline = time.time() + 6
-    while engine.metrics.counter("frames.out") < out_before + 5 and time.time() < deadline:
-        time.sleep(0.05)
-    assert engine.metrics.counter("frames.out") >= out_before + 5  # back without a restart
+    back = now()
+    frames.after(back, 5)  # five frames captured after the camera came back: no restart needed
     assert not any("stopped delivering" in p for p in engine.status().problems)
     engine.stop()
 
@@ -264,20 +343,16 @@ def test_unplugged_camera_is_reported_and_the_stream_resumes(engine, astronaut):
 def test_models_downloaded_while_running_take_over_without_a_restart(model_factory, astronaut):
     eng = Engine(Settings(enable_ai_mark=False))
     eng.load_models()  # nothing downloaded: pass-through
-    seen = []
-    eng.subscribe_frames(lambda p: seen.append(p.swapped))
+    frames = Frames(eng)
     eng.start(ImageSource(astronaut, fps=30), [NullSink()])
     try:
-        time.sleep(0.4)
-        assert seen and not any(seen)
+        frames.after(frames.created, 3)
+        assert not any(p.swapped for p in frames.since(frames.created))
         eng.overrides.update(model_factory(astronaut))  # as if the models had just been downloaded
         eng.load_models()
         eng.set_source_photos([astronaut], "self")
-        n = len(seen)
-        deadline = time.time() + 5
-        while time.time() < deadline and not any(seen[n:]):
-            time.sleep(0.05)
-        assert any(seen[n:]) and eng.status().passthrough == []
+        frames.first(lambda p: p.swapped, now())  # the running stream swaps (a hang guard, no deadline)
+        assert eng.status().passthrough == []
     finally:
         eng.stop()
 
@@ -296,7 +371,7 @@ class BrokenDecoder(FlakyCamera):
 
 def test_a_source_that_raises_ends_the_stream_with_the_reason(engine, astronaut):
     engine.start(BrokenDecoder(astronaut), [NullSink()])
-    assert engine.wait(5), "the stream must end, not freeze"
+    assert engine.wait(HANG_GUARD_S), "the stream must end, not freeze"
     assert any("Input/output error" in p for p in engine.status().problems)
     engine.stop()
 
@@ -322,7 +397,7 @@ def test_a_failed_start_closes_what_it_opened(engine, astronaut, tmp_path):
 def test_lossless_render_writes_every_frame(engine, astronaut, tmp_path):
     out = tmp_path / "all.mp4"
     engine.start(ImageSource(astronaut, fps=1000, frames=40, realtime=False), [FileSink(out)], lossless=True)
-    assert engine.wait(60)
+    assert engine.wait(HANG_GUARD_S)
     engine.stop()
     assert engine.metrics.counter("frames.out") == 40
     assert sum(v for k, v in engine.metrics.snapshot()["counters"].items() if k.startswith("dropped.")) == 0
@@ -330,16 +405,21 @@ def test_lossless_render_writes_every_frame(engine, astronaut, tmp_path):
 
 
 def test_switching_swap_back_on_forgets_old_face_positions(engine, astronaut):
+    frames = Frames(engine)
     engine.start(ImageSource(astronaut, fps=30), [NullSink()])
-    time.sleep(0.5)
+    assert frames.first(lambda p: p.faces).faces[0].bbox[0] < 300  # tracked where the face is
     engine.set_option("enable_swap", False)
-    time.sleep(0.3)
-    engine.pipeline.tracker.tracks[0].face.bbox += 200  # a stale position from long ago
+    frames.after(now(), 1)  # a frame made with swap off is out: the worker leaves the tracker alone now
+    tracks = engine.pipeline.tracker.tracks
+    if tracks:  # kept while swap is off (a pipeline may also forget them right away: nothing stale then)
+        tracks[0].face.bbox += 200  # a stale position from long ago
     engine.set_option("enable_swap", True)
-    time.sleep(0.5)
-    faces = engine.pipeline.tracker.faces()
+    on = now()
+    found = frames.first(lambda p: p.faces, on)
     engine.stop()
-    assert faces and faces[0].bbox[0] < 300  # re-detected where the face really is
+    assert found.faces[0].bbox[0] < 300  # re-detected where the face really is
+    # and no frame since switching back on carried the stale position
+    assert all(p.faces[0].bbox[0] < 300 for p in frames.since(on) if p.faces)
 
 
 def test_det_size_applies_while_stopped(engine):
@@ -352,16 +432,16 @@ def test_det_size_applies_while_stopped(engine):
 
 
 def test_the_input_frame_is_copied_only_while_a_subscriber_wants_it(engine, astronaut):
-    got = []
-    tok = engine.subscribe_frames(got.append)
+    frames = Frames(engine)  # an output-only preview
     engine.start(ImageSource(astronaut, fps=30), [NullSink()])
-    time.sleep(0.4)
-    assert got and all(p.original is None for p in got)  # output-only preview: no per-frame copy
-    engine.set_frame_subscription(tok, True)  # side-by-side view
-    n = len(got)
-    time.sleep(0.4)
+    frames.after(frames.created, 3)
+    assert all(p.original is None for p in frames.since(frames.created))  # no per-frame copy
+    engine.set_frame_subscription(frames.token, True)  # side-by-side view
+    wanted = now()
+    frames.after(wanted, 3)
     engine.stop()
-    assert got[-1].original is not None and len(got) > n
+    later = frames.since(wanted)
+    assert len(later) >= 3 and all(p.original is not None for p in later)
 
 
 def test_match_mode_swaps_only_the_reference_person(model_factory, astronaut, grace_hopper_path):
@@ -374,11 +454,11 @@ def test_match_mode_swaps_only_the_reference_person(model_factory, astronaut, gr
     # (the scripted detector knows this frame's faces, so photos come from it; the largest is Grace)
     eng.set_source_photos([frame], "self")
     eng.set_reference(eng.build_identity([frame], "reference").embedding)
-    got = _collect(eng, ImageSource(frame, fps=30), 12)
-    last = got[-1]
-    assert last.swapped == 1
-    changed = np.any(last.frame != last.original, axis=2)
-    assert changed[:, 512:].sum() > 1000 and not changed[:, :512].any()  # Grace swapped, not the astronaut
+    first, later = _swapping(eng, ImageSource(frame, fps=30))
+    for p in [first, *later]:
+        assert p.swapped == 1
+        changed = np.any(p.frame != p.original, axis=2)
+        assert changed[:, 512:].sum() > 1000 and not changed[:, :512].any()  # Grace swapped, not the astronaut
     eng.set_reference(None)  # any face again, largest first
-    got = _collect(eng, ImageSource(frame, fps=30), 12)
-    assert got[-1].swapped == 2
+    first, later = _swapping(eng, ImageSource(frame, fps=30))
+    assert all(p.swapped == 2 for p in [first, *later])
