@@ -1,26 +1,46 @@
-"""EnhanceStage(background=True): a slow enhancer never holds up the frame."""
+"""EnhanceStage(background=True): a slow enhancer never holds up the frame.
+
+The slow model is one the test holds on an Event: "did not block" means process() returned
+while the model was provably still inside its call, not that it returned quickly."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
+from test_enhance_stage_region import GREEN, SolidEnhancer, make_face, make_frame
 
 from mirage_desktop.metrics import Metrics
 from mirage_desktop.vision.enhancer import EnhanceStage, face_box
-from test_enhance_stage_region import GREEN, SolidEnhancer, make_face, make_frame
+
+HANG_GUARD_S = 120.0  # only stops a broken build from hanging the suite; nothing asserts on time
 
 
 class SlowSolid(SolidEnhancer):
-    def __init__(self, size=128, delay=0.3):
+    """A model that stays inside ``enhance`` until the test sets ``release``; counts the calls
+    it started and the ones it finished."""
+
+    def __init__(self, size=128):
         super().__init__(size)
-        self.delay = delay
         self.release = threading.Event()
+        self.cond = threading.Condition()
+        self.started = self.finished = 0
 
     def enhance(self, crop):
-        self.release.wait(5)
-        return super().enhance(crop)
+        with self.cond:
+            self.started += 1
+            self.cond.notify_all()
+        self.release.wait(HANG_GUARD_S)  # (a stage that waited for the model gets here only then)
+        out = super().enhance(crop)
+        with self.cond:
+            self.finished += 1
+            self.cond.notify_all()
+        return out
+
+    def wait(self, started=0, finished=0):
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.started >= started and self.finished >= finished,
+                                      HANG_GUARD_S), (self.started, self.finished)
 
 
 def test_background_enhancer_does_not_block_and_result_follows_the_face():
@@ -31,14 +51,16 @@ def test_background_enhancer_does_not_block_and_result_follows_the_face():
         face = make_face(160, 120)
         frame = make_frame()
         before = frame.copy()
-        t = time.perf_counter()
-        stage.process(frame, [face])  # the model is busy (blocked) on its thread
-        assert time.perf_counter() - t < 0.2
+        stage.process(frame, [face])  # hands the face to the model's thread and returns
+        enh.wait(started=1)  # the model is inside its call, held by the test...
+        assert enh.finished == 0  # ...and still is: process() did not wait for it
         assert np.array_equal(frame, before)  # nothing enhanced yet: the face is left as it is
+        # a second face asked for now is taken by the model's thread only after it has stored the
+        # first result, so "the second call started" means "the first result is in"
+        stage.process(make_frame(seed=3), [make_face(100, 100, track_id=2)])
         enh.release.set()
-        deadline = time.time() + 5
-        while m.counter("enhance.runs") < 1 and time.time() < deadline:
-            time.sleep(0.01)
+        enh.wait(started=2, finished=2)
+        assert m.counter("enhance.runs") == 2
         moved = make_face(180, 130)  # the face moved: the cached result is pasted where it is now
         frame2 = make_frame(seed=1)
         ref = frame2.copy()
@@ -50,6 +72,7 @@ def test_background_enhancer_does_not_block_and_result_follows_the_face():
         changed[y0:y1, x0:x1] = False
         assert not changed.any()  # only the face box was touched
     finally:
+        enh.release.set()
         stage.close()
 
 
@@ -60,12 +83,12 @@ def test_reset_drops_results_still_being_made():
     try:
         face = make_face(160, 120)
         stage.process(make_frame(), [face])  # a result for the old identity is being made
+        enh.wait(started=1)
         stage.reset()  # identity switched / swap turned off
+        stage.process(make_frame(seed=3), [make_face(100, 100, track_id=2)])  # queued behind it
         enh.release.set()
-        deadline = time.time() + 5
-        while m.counter("enhance.runs") < 1 and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.05)
+        enh.wait(started=2, finished=2)  # the old result was handled before the second call began
+        assert m.counter("enhance.runs") == 2
         frame = make_frame(seed=2)
         before = frame.copy()
         enh.release.clear()  # hold the next run so the frame can only show a stale result
