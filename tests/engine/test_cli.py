@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
 import pytest
+from tests_support import HANG_GUARD_S
 
 from mirage_desktop.cli import main
 
@@ -70,24 +72,64 @@ def test_run_without_models_passes_through_and_says_why(photos, tmp_path, capsys
     assert "pass-through:" in err and "mirage models download" in err
 
 
+class _Terminal:
+    """A pseudo-terminal a subprocess writes to, as it would in a user's terminal; reads block
+    until output arrives (the timeout is a hang guard only)."""
+
+    def __init__(self):
+        import pty
+
+        self.master, self.slave = pty.openpty()
+        self.text = ""
+
+    def started(self) -> None:
+        os.close(self.slave)  # the child holds its own copy: EOF once it exits
+
+    def read_until(self, pred) -> bool:
+        while not pred(self.text):
+            ready, _, _ = select.select([self.master], [], [], HANG_GUARD_S)
+            assert ready, f"no output for {HANG_GUARD_S:.0f} s; so far: {self.text[-2000:]!r}"
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            if not chunk:
+                return pred(self.text)
+            self.text += chunk.decode(errors="replace")
+        return True
+
+    def close(self) -> None:
+        os.close(self.master)
+
+
 def test_ctrl_c_stops_cleanly(photos, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    term = _Terminal()
     p = subprocess.Popen([sys.executable, "-m", "mirage_desktop", "run", "--input", str(photos["target"]),
                           "--output", "null", "--source", str(photos["target"]), "--confirm-rights",
                           *_model_args(photos["paths"])],
-                         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 60
-    line = ""
-    while time.time() < deadline and "running" not in line:
-        line = p.stderr.readline()
-        if not line and p.poll() is not None:
-            break
-    assert "running" in line, line
-    time.sleep(1.0)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=30)
+                         stdin=subprocess.DEVNULL, stdout=term.slave, stderr=term.slave, env=env)
+    term.started()
+    try:
+        # on a terminal the run shows a status line every second: wait for one that says frames
+        # are flowing (FPS above 0 needs two frames out), then press Ctrl-C
+        def flowing(text):
+            return any(float(f) > 0 for f in re.findall(r"\r\s*([0-9.]+) FPS", text))
+
+        assert term.read_until(lambda t: "running" in t and flowing(t)), term.text
+        p.send_signal(signal.SIGINT)
+        term.read_until(lambda t: False)  # everything, until the process closes the terminal
+        p.wait(HANG_GUARD_S)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        term.close()
+    err = term.text
     assert p.returncode == 0, err
-    assert "frames in" in err and "Traceback" not in err
+    summary = re.search(r"frames in (\d+), out (\d+)", err)
+    assert summary and int(summary[2]) > 0, err  # the summary counts the frames that went out
+    assert "Traceback" not in err
 
 
 def test_devices_and_doctor(capsys):
@@ -104,7 +146,28 @@ def test_devices_and_doctor(capsys):
     assert "onnxruntime" in out and "fix: mirage models download" in out and "virtual camera" in out
 
 
-def test_bench_prints_percentiles_and_fps(capsys):
+def test_bench_prints_percentiles_and_fps(capsys, monkeypatch):
+    from mirage_desktop.engine import Engine
+
+    runs = []  # per engine run: (faces swapped on each frame out, faces.swapped / frames.out)
+    real_start, real_stop = Engine.start, Engine.stop
+
+    def start(self, *a, **k):
+        seen = []
+        runs.append([seen, None])
+        self._test_token = self.subscribe_frames(lambda p: seen.append(p.swapped))
+        return real_start(self, *a, **k)
+
+    def stop(self):
+        real_stop(self)
+        if getattr(self, "_test_token", None) is not None:
+            self.unsubscribe_frames(self._test_token)
+            self._test_token = None
+            c = self.metrics.snapshot()["counters"]
+            runs[-1][1] = c.get("faces.swapped", 0) / max(c.get("frames.out", 0), 1)
+
+    monkeypatch.setattr(Engine, "start", start)
+    monkeypatch.setattr(Engine, "stop", stop)
     rc = main(["bench", "--compute", "tiny", "--frames", "20", "--faces", "1,6", "--source-fps", "60"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -112,4 +175,11 @@ def test_bench_prints_percentiles_and_fps(capsys):
     assert "worker.outside_model" in out and "FPS out" in out and "P99 ms" in out
     six = out.split("6 face(s)")[1]
     swapped = float(six.split("faces swapped/frame")[0].split(",")[-1])
-    assert swapped > 5.0
+    # four runs: a warm-up and the measured run per scenario. How many frames go by before the
+    # first detection lands depends on the machine, so the average is not asserted; what is: once
+    # the faces are found every frame swaps all of them, and the figure printed is the counters'.
+    assert len(runs) == 4
+    for (seen, _), n in zip(runs[1::2], (1, 6)):
+        assert seen and max(seen) == n
+        assert all(k == n for k in seen[seen.index(n):]), seen
+    assert 0 < swapped == pytest.approx(runs[3][1], abs=0.005)
