@@ -290,6 +290,9 @@ def _to_text(value: Any) -> str:
     raise _Bad("is not text")
 
 
+MAX_CAMERA_INDEX = 1023  # past any real device count; a larger number would overflow OpenCV's C int
+
+
 def _to_camera(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -297,6 +300,8 @@ def _to_camera(value: Any) -> str:
         raise _Bad("is not a camera")
     text = value.strip()
     if re.fullmatch(r"\d+", text):
+        if int(text) > MAX_CAMERA_INDEX:
+            raise _Bad(f"is not a camera: indexes go up to {MAX_CAMERA_INDEX}")
         return str(int(text))
     if re.fullmatch(r"[-+]\d+", text):
         raise _Bad("is not a camera: camera indexes start at 0")
@@ -565,10 +570,10 @@ def load_file(path: Path | None = None) -> tuple[dict, list[str]]:
     renamed aside and ignored, with a notice."""
     path = path or settings_path()
     notices: list[str] = []
-    if not path.exists():
-        return {}, notices
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        return {}, notices
     except OSError as exc:  # e.g. a folder or no permission: nothing to set aside
         _notice(notices, f"settings file {path} cannot be read ({exc.strerror or exc}); using defaults")
         return {}, notices

@@ -57,7 +57,7 @@ def check_writable_target(path: str | os.PathLike, what: str = "") -> Path:
         raise write_error(path, OSError(errno.ENOTDIR, "Not a directory"), what)
     probe = None
     try:  # os.access lies for root and for read-only mounts; a real probe file does not
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".probe", dir=path.parent)
         try:
             os.write(fd, b"\0")  # a disk with no block left fails here
         finally:
@@ -84,7 +84,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", what: str = "") -> It
         if path.is_dir():
             raise OSError(errno.EISDIR, "Is a directory")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

@@ -43,13 +43,18 @@ def check_outputs(specs: list[str]) -> None:
     from ..fsutil import check_writable_target
     from ..outputs.sinks import check_video_path
 
+    seen: set[Path] = set()
     for spec in specs:
         if spec.startswith("file:"):
             path = Path(spec[5:]).expanduser()
             if not spec[5:]:
                 raise MirageError("--output file: needs a path", "e.g. --output file:out.mp4")
+            if path.resolve() in seen:
+                raise MirageError(f"--output file:{spec[5:]} is given twice", "record each file once")
+            seen.add(path.resolve())
+            if not path.is_dir():  # a folder is named as such below; otherwise the format first,
+                check_video_path(path)  # before any folder is made for it
             check_writable_target(path, "recording")
-            check_video_path(path)
         elif spec not in ("", "virtualcam", "vcam", "null"):
             raise MirageError(f"unknown output {spec!r}", "use virtualcam, file:out.mp4 or null")
 
@@ -108,7 +113,7 @@ def run(args) -> int:
     handlers = {}
     for name in STOP_SIGNALS:
         sig = getattr(signal, name, None)
-        if sig is not None:
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup / `&` ignore them
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
     voice_status = None
     metrics_warned: list[str] = []
@@ -156,6 +161,10 @@ def run(args) -> int:
               + (f", pass-through: {v['passthrough_reason']}" if v.get("passthrough_reason") else "")
               + (f", error: {v['error']}" if v.get("error") else ""), file=sys.stderr)
     rc = 1 if metrics_warned else 0
+    if args.frames is not None and c.get("frames.out", 0) < args.frames and not stop.is_set() and \
+            not any(o.error for o in engine.last_outputs):
+        print(f"mirage: note: the input ended after {c.get('frames.out', 0)} of the {args.frames} frames asked for",
+              file=sys.stderr)
     for out in engine.last_outputs:
         if out.kept is not None and out.error is None:
             print(f"{out.output}: {out.kept} frames written", file=sys.stderr)

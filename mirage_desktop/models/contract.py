@@ -81,12 +81,16 @@ def _ordered_inputs(contract: Contract, inputs: Sequence[Any]) -> list[Any]:
     return list(inputs)
 
 
-def check(handle: Any, contract: Contract) -> dict[str, int]:
+def check(handle: Any, contract: Contract, outputs: list[int] | None = None) -> dict[str, int]:
     """Check a session handle (``inputs``/``outputs``/``run``/``path``) against ``contract``.
+    ``outputs``: which of the model's outputs the contract's outputs describe, in order (default:
+    the first ones), for exports whose result is not their first output.
 
     Returns the sizes the named dimensions took (``{"S": 128}``). Raises the contract's
     ModelError naming expected and actual shapes."""
-    ins, outs = list(handle.inputs), list(handle.outputs)
+    ins, all_outs = list(handle.inputs), list(handle.outputs)
+    pick = outputs if outputs is not None else list(range(len(all_outs)))
+    outs = [all_outs[i] for i in pick]
     path = getattr(handle, "path", contract.model)
     want_in = ", ".join(f"{s.name + ' ' if s.name else ''}{fmt_shape(s.shape) if s.shape else 'any'}"
                         for s in contract.inputs)
@@ -102,13 +106,13 @@ def check(handle: Any, contract: Contract) -> dict[str, int]:
             raise contract.refuse(path, f"input {inp.name!r} is {fmt_shape(inp.shape)}, expected "
                                         f"{fmt_shape(_resolve(spec.shape, env))}")
     counts = contract.output_counts or ((len(contract.outputs),) if contract.outputs else ())
-    if counts and len(outs) not in counts:
-        raise contract.refuse(path, f"it has {len(outs)} output(s); expected "
+    if counts and len(all_outs) not in counts:
+        raise contract.refuse(path, f"it has {len(all_outs)} output(s); expected "
                                     f"{' or '.join(str(c) for c in counts)}")
     _check_outputs(contract, path, [o.shape for o in outs], env)
     if any(not _known(d) for i in ins for d in (i.shape or [None])) or \
             any(not _known(d) for o in outs for d in (o.shape or [None])):
-        _probe(handle, contract, ordered, env, path)
+        _probe(handle, contract, ordered, env, path, pick)
     return env
 
 
@@ -130,7 +134,11 @@ def _check_outputs(contract: Contract, path: Any, shapes: list, env: dict[str, i
                                             f"{' or ?x'.join(str(v) for v in last)}")
 
 
-def _probe(handle: Any, contract: Contract, ordered: list, env: dict[str, int], path: Any) -> None:
+MAX_PROBE_ELEMENTS = 64 << 20  # 256 MB of float32: far above any real model's input
+
+
+def _probe(handle: Any, contract: Contract, ordered: list, env: dict[str, int], path: Any,
+           pick: list[int]) -> None:
     """One run with zeros where the model leaves dimensions open; check the real output shapes."""
     sizes = {**contract.probe, **env}
     feeds = {}
@@ -145,16 +153,20 @@ def _probe(handle: Any, contract: Contract, ordered: list, env: dict[str, int], 
                 shape.append(want)
             else:
                 shape.append(int(sizes.get(want, 1)) if isinstance(want, str) else 1)
+        if int(np.prod(shape, dtype=np.float64)) > MAX_PROBE_ELEMENTS:
+            raise contract.refuse(path, f"input {inp.name!r} is {fmt_shape(shape)}, far larger than any "
+                                        f"{contract.kind} takes")
         feeds[inp.name] = np.full(shape, 0.5, np.float32)  # mid-grey / a plain vector: finite for any net
     try:
         results = handle.run(feeds)
     except ModelError:
         raise
-    except Exception as exc:  # onnxruntime's own error types; the message is what the user needs
+    except Exception as exc:  # onnxruntime's own error types (and MemoryError); the message is what counts
         raise contract.refuse(path, "a test run with inputs "
                                     f"{', '.join(f'{k} {fmt_shape(v.shape)}' for k, v in feeds.items())} failed "
                                     f"({' '.join(str(exc).split())[:160]})") from None
     probe_env = dict(sizes)
+    results = [results[i] for i in pick]
     _check_outputs(contract, path, [list(np.shape(r)) for r in results], probe_env)
     for r in results:
         if not np.all(np.isfinite(np.asarray(r, np.float32))):

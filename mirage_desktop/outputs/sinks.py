@@ -6,6 +6,7 @@ Every sink has ``open(width, height, fps)``, ``send(frame_bgr)``, ``close()`` an
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 from pathlib import Path
@@ -104,12 +105,13 @@ class FileSink:
         self.frames = 0  # frames handed to the writer
         self.kept: int | None = None  # frames in the finished file (after close)
         self.error: str | None = None  # why the recording stopped early
+        self.fix = FULL_FIX
 
     def open(self, width: int, height: int, fps: float) -> None:
         from ..fsutil import check_writable_target
 
         check_writable_target(self.path, "recording")
-        for old in self.path.parent.glob(f".{self.path.stem}.recording-*{self.path.suffix}"):
+        for old in self.path.parent.glob(f".{glob.escape(self.path.stem)}.recording-*{glob.escape(self.path.suffix)}"):
             pid = old.stem.rsplit("-", 1)[-1]
             if pid.isdigit() and not _alive(int(pid)):  # a run that was killed before it could finish
                 log.warning("an unfinished recording from an earlier run is kept as %s (rename it to keep it, "
@@ -124,7 +126,7 @@ class FileSink:
             raise WriteError(f"cannot write recording {self.path}: OpenCV has no {self.fourcc} encoder for "
                              f"{self.path.suffix}", "use a .mp4 or .avi path")
         self.size = (int(width), int(height))
-        self.frames, self.kept, self.error = 0, None, None
+        self.frames, self.kept, self.error, self.fix = 0, None, None, FULL_FIX
         self._peak = self._last_size = 0
 
     def _room_left(self) -> int:
@@ -138,8 +140,11 @@ class FileSink:
             try:
                 room = self._room_left()
                 size = os.stat(self.tmp).st_size
-            except OSError as exc:
-                raise self._stopped(exc.strerror or str(exc)) from None
+            except OSError as exc:  # the folder or the file went away (an unplugged disk)
+                from ..fsutil import describe_os_error
+
+                why, fix = describe_os_error(exc)
+                raise self._stopped(why, fix) from None
             self._peak = max(self._peak, size - self._last_size)  # the largest write seen so far
             self._last_size = size
             # room to finish: the encoder's buffer and a few frames, plus the index (grows per frame)
@@ -150,9 +155,9 @@ class FileSink:
         self.writer.write(frame)
         self.frames += 1
 
-    def _stopped(self, why: str) -> WriteError:
-        self.error = why
-        return WriteError(f"recording {self.path} stopped: {why}", FULL_FIX)
+    def _stopped(self, why: str, fix: str = "") -> WriteError:
+        self.error, self.fix = why, fix or FULL_FIX
+        return WriteError(f"recording {self.path} stopped: {why}", self.fix)
 
     def close(self) -> None:
         """Finalise and move into place. Raises WriteError (saying how many frames are kept, and
@@ -164,14 +169,14 @@ class FileSink:
         if self.frames == 0:
             self._discard()
             if self.error:
-                raise WriteError(f"recording {self.path} failed before its first frame: {self.error}", FULL_FIX)
+                raise WriteError(f"recording {self.path} failed before its first frame: {self.error}", self.fix)
             return
         self.kept = _count_frames(self.tmp)
         if self.kept == 0:
             why = self.error or "the file is unreadable; the disk may be full"
             self.error = why
-            raise WriteError(f"recording {self.path} could not be finalised ({why}); the partial file is kept "
-                             f"as {self.tmp}", FULL_FIX)
+            where = f"; the partial file is kept as {self.tmp}" if self.tmp.exists() else "; nothing could be kept"
+            raise WriteError(f"recording {self.path} could not be finalised ({why}){where}", self.fix)
         try:
             os.replace(self.tmp, self.path)
         except OSError as exc:
@@ -186,7 +191,7 @@ class FileSink:
             why = self.error or f"only {self.kept} of the {self.frames} frames sent reached the file"
             self.error = why
             raise WriteError(f"recording {self.path} stopped early ({why}); {self.kept} frames are kept in "
-                             f"{self.path}", FULL_FIX)
+                             f"{self.path}", self.fix)
 
     def _discard(self) -> None:
         if self.tmp is not None:

@@ -57,6 +57,10 @@ class FaceAnalyzer:
             h = create_session(resolve_model("det_10g", overrides), providers)
             detector = SCRFD(h, det_size=det_size)
             st.detector, st.provider = "scrfd", h.provider
+            if detector.fixed_size and detector.fixed_size != det_size:
+                st.problems.append(f"detector: this {h.path.name} export only runs at {detector.fixed_size} px, "
+                                   f"so det_size {det_size} is not used")
+                log.warning(st.problems[-1])
         except MirageError as exc:
             st.problems.append(f"detector: {exc}")
             if not allow_fallback:

@@ -8,6 +8,7 @@ fix; the capture thread reports it and keeps trying to reopen it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ def _pace(due: float, fps: float) -> float:
 
 
 CAMERA_FIX = "use 0, 1, ... or a device path such as /dev/video0; `mirage devices` lists the cameras"
+MAX_CAMERA_INDEX = 1023  # past any real device count; a larger number overflows OpenCV's C int
+V4L2_MAJOR = 81  # the Linux device number of video4linux nodes
 
 
 def parse_camera(spec: int | str) -> int | str:
@@ -63,13 +66,13 @@ def parse_camera(spec: int | str) -> int | str:
     if isinstance(spec, bool):
         raise DeviceError(f"camera {spec!r} is not a camera", CAMERA_FIX)
     if isinstance(spec, int):
-        if spec < 0:
-            raise DeviceError(f"camera {spec} is not a camera index (indexes start at 0)", CAMERA_FIX)
+        if not 0 <= spec <= MAX_CAMERA_INDEX:
+            raise DeviceError(f"camera {spec} is not a camera index (0 to {MAX_CAMERA_INDEX})", CAMERA_FIX)
         return spec
     text = str(spec).strip()
-    if text.isdigit():
-        return int(text)
-    if text.lstrip("+-").isdigit():
+    if text.isascii() and text.isdigit():
+        return parse_camera(int(text))
+    if text.isascii() and text.lstrip("+-").isdigit():
         raise DeviceError(f"camera {text} is not a camera index (indexes start at 0)", CAMERA_FIX)
     if text and (text.startswith("/dev/") or "/" in text or "\\" in text):
         if not Path(text).exists():
@@ -248,10 +251,24 @@ class ImageSource:
         pass
 
 
+def _is_video_device(path: str) -> bool:
+    """A camera device node (``/dev/video2``), not any path under /dev (``/dev/stdin`` is a file)."""
+    import stat
+
+    if not path.startswith("/dev/"):
+        return False
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return Path(path).name.startswith("video")  # not plugged in yet: say so as a camera
+    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == V4L2_MAJOR
+
+
 def open_source(spec: str | int, *, width: int = 1280, height: int = 720, fps: int = 30, loop: bool = True,
                 realtime: bool = True):
     """``0`` / ``"1"`` / ``/dev/video2`` → camera; an image path → still; anything else → video file."""
-    if isinstance(spec, int) or (isinstance(spec, str) and (spec.strip().isdigit() or spec.startswith("/dev/"))):
+    if isinstance(spec, int) or (isinstance(spec, str) and ((spec.strip().isascii() and spec.strip().isdigit())
+                                                   or _is_video_device(spec))):
         return CameraSource(spec, width, height, fps)
     p = Path(spec)
     if p.suffix.lower() in IMAGE_EXTS:

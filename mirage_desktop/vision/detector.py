@@ -70,6 +70,9 @@ class SCRFD:
         self._lock = threading.Lock()
 
     def set_det_size(self, size: int) -> None:
+        if self.fixed_size is not None and int(size) != self.fixed_size:
+            log.warning("%s only runs at %d px; det_size %d is not used", self.handle.path.name, self.fixed_size,
+                        int(size))
         with self._lock:
             self.det_size = int(size) if self.fixed_size is None else self.fixed_size
 

@@ -232,10 +232,13 @@ class GFPGANEnhancer:
                                  "use the GFPGAN v1.4 512x512 ONNX export from models.toml")
         from ..models import contract
 
+        outs = list(self.session.outputs)
+        image_out = next((k for k, o in enumerate(outs) if len(o.shape or ()) == 4), 0)  # the first image
         dims = contract.check(self.session, contract.enhancer_contract(
-            REGISTRY_NAMES["gfpgan"], self._image, self._weight.name if self._weight is not None else None))
+            REGISTRY_NAMES["gfpgan"], self._image, self._weight.name if self._weight is not None else None),
+            outputs=[image_out])
         self.size = int(dims.get("S", self.size))
-        self._output = self.session.outputs[0].name
+        self._output = outs[image_out].name
         self.supports_fidelity = self._weight is not None
         self._fidelity = _clamp01(fidelity)
 

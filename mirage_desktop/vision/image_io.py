@@ -6,17 +6,14 @@ import os
 import struct
 from pathlib import Path
 
-# OpenCV's own guard, checked by its decoders before they allocate: a second line of defence
-# behind the header check below, for formats that check does not parse
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..errors import InputImageError, WriteError  # noqa: E402
+from ..errors import InputImageError, WriteError
 
 MAX_SIDE = 2048  # analysis never needs more; huge photos are scaled down on load
-MAX_PIXELS = 100_000_000  # 10000x10000; checked from the header, before anything is decoded
+MAX_PIXELS = 100_000_000  # 10000x10000; checked from the header, before anything is decoded (and by
+# OpenCV's own guard, OPENCV_IO_MAX_IMAGE_PIXELS, set in mirage_desktop/__init__.py before cv2 loads)
 MAX_FILE_BYTES = 512 << 20  # no photo is this big; a file that is is not read into memory
 WRITE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -64,7 +61,7 @@ def load_image(source: str | os.PathLike | bytes, max_side: int = MAX_SIDE) -> n
         raise InputImageError(f"{name} has no pixels", "pick another photo")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise InputImageError(f"{name} is too large ({img.shape[1]}x{img.shape[0]})",
-                              "scale it below 200 megapixels")
+                              f"scale it below {MAX_PIXELS // 1_000_000} megapixels")
     img = _to_uint8(img)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
@@ -150,11 +147,11 @@ def check_image_target(path: str | os.PathLike) -> str:
     from ..fsutil import check_writable_target
 
     p = Path(path)
-    check_writable_target(p, "image")
     ext = p.suffix.lower()
-    if ext not in WRITE_EXTS:
+    if ext not in WRITE_EXTS and not p.is_dir():  # before any folder is made for it
         raise WriteError(f"cannot write image {p}: {ext or 'a name without an extension'} is not an image format "
                          f"Mirage writes", f"end the name with {', '.join(WRITE_EXTS)}")
+    check_writable_target(p, "image")
     return ext
 
 
@@ -203,6 +200,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     while i + 9 < n:
         if data[i] != 0xFF:
             return None
+        while i + 1 < n and data[i + 1] == 0xFF:  # fill bytes may pad any marker
+            i += 1
         marker = data[i + 1]
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2

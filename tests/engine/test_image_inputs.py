@@ -147,13 +147,6 @@ def _jpeg_header(w: int, h: int) -> bytes:
     return bytes(data)
 
 
-def _sun_raster_header(w: int, h: int) -> bytes:
-    """A Sun raster (a format OpenCV reads that Mirage's header check does not parse)."""
-    import struct
-
-    return struct.pack(">8I", 0x59A66A95, w, h, 24, w * h * 3, 1, 0, 0) + b"\0" * 1024
-
-
 @pytest.mark.parametrize("make,ext", [(_png_header, ".png"), (_jpeg_header, ".jpg")])
 @pytest.mark.parametrize("w,h", [(20000, 20000), (60000, 2000), (65535, 65535)])
 def test_an_over_limit_image_is_refused_from_its_header(tmp_path, monkeypatch, make, ext, w, h):
@@ -169,9 +162,34 @@ def test_an_over_limit_image_is_refused_from_its_header(tmp_path, monkeypatch, m
 
 
 def test_opencv_guards_the_formats_the_header_check_does_not_read(tmp_path):
-    p = tmp_path / "big.ras"
-    p.write_bytes(_sun_raster_header(30000, 30000))
-    with pytest.raises(InputImageError, match="not a readable image"):
+    """OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS only when cv2 is first imported: the package sets it
+    before that, so in a fresh process that imports Mirage, OpenCV itself refuses to decode more than
+    100 megapixels even when called directly (a decoder Mirage's header check does not know)."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "big.png"
+    ok, enc = cv2.imencode(".png", np.zeros((10001, 10001), np.uint8))  # 100.02 MP, a valid image
+    p.write_bytes(enc.tobytes())
+    code = ("import sys, numpy as np; import mirage_desktop.cli; import cv2; "
+            "buf = np.fromfile(sys.argv[1], np.uint8)\n"
+            "try:\n    r = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)\nexcept cv2.error:\n    r = None\n"
+            "print('refused' if r is None else 'decoded')")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, env=env)
+    assert r.stdout.strip() == "refused", r.stderr
+    env["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(1 << 30)  # OpenCV's default: the same file decodes
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, env=env)
+    assert r.stdout.strip() == "decoded", r.stderr
+
+
+def test_fill_bytes_before_a_jpeg_marker_do_not_hide_its_size(tmp_path):
+    data = bytearray(_jpeg_header(15000, 15000))
+    i = data.index(b"\xff\xc0")
+    data[i:i] = b"\xff\xff"  # legal padding before the frame marker
+    p = tmp_path / "padded.jpg"
+    p.write_bytes(bytes(data))
+    with pytest.raises(InputImageError, match="15000x15000"):
         load_image(p)
 
 

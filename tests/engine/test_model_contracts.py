@@ -220,3 +220,25 @@ def test_a_wrong_enhancer_leaves_the_swap_running_and_says_why(tmp_path, model_f
     assert "enhancer:" in text and all(w in text for w in words)
     engine.set_source_photos([astronaut])
     assert engine.status().passthrough == []  # the swap itself is unaffected
+
+
+def test_an_enhancer_whose_image_is_not_its_first_output_is_accepted(tmp_path):
+    p = build_signature(tmp_path / "cf.onnx", inputs=[("x", [1, 3, 512, 512])],
+                        outputs=[("logits", [1, 256, 1024], [1, 256, 1024]), ("y", [1, 3, 512, 512], [1, 3, 512, 512])])
+    enh = GFPGANEnhancer(p)
+    assert enh._output == "y" and enh.size == 512
+
+
+def test_a_model_declaring_a_gigantic_input_is_refused_not_allocated(tmp_path):
+    p = build_signature(tmp_path / "det.onnx", inputs=[("input.1", [1, 3, "H", 1_000_000_000])],
+                        outputs=[(f"o{i}", [12800, 1], [12800, 1]) for i in range(6)])
+    with pytest.raises(ModelError, match="far larger than any face detector"):
+        SCRFD(create_session(p))
+
+
+def test_a_fixed_size_detector_says_det_size_is_not_used(model_factory, astronaut):
+    from mirage_desktop.vision.analysis import FaceAnalyzer
+
+    models = model_factory(astronaut)  # the synthetic detector is a static 640 export
+    a = FaceAnalyzer.load(320, overrides=models)
+    assert any("only runs at 640 px, so det_size 320 is not used" in p for p in a.status.problems)

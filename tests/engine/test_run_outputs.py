@@ -211,7 +211,8 @@ def test_a_swap_output_with_an_unknown_extension_is_refused_first(still, tmp_pat
 
 # ---- camera values ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["-1", "-7", "abc", "1.5", "", " ", "/dev/video99", "0x1"])
+@pytest.mark.parametrize("value", ["-1", "-7", "abc", "1.5", "", " ", "/dev/video99", "0x1", "²", "5000",
+                                   "99999999999999999999"])
 def test_a_bad_camera_value_is_one_line(value, capsys):
     rc = main(["run", "--camera", value, "--output", "null", "--frames", "1"])
     err = capsys.readouterr().err
@@ -266,3 +267,72 @@ def test_a_killed_run_never_leaves_a_half_file_under_the_users_name(noise_clip, 
     assert again.returncode == 0, again.stderr
     assert f"an unfinished recording from an earlier run is kept as {partial[0]}" in again.stderr
     assert _frames_in(out) == 3 and partial[0].exists()  # the old partial is the user's to keep or delete
+
+
+def test_stdin_is_a_video_file_not_a_camera(noise_clip, tmp_path):
+    out = tmp_path / "o.avi"
+    with open(noise_clip, "rb") as fh:
+        r = subprocess.run([sys.executable, "-m", "mirage_desktop", "run", "--input", "/dev/stdin", "--output",
+                            f"file:{out}", "--no-swap"], stdin=fh, capture_output=True, text=True,
+                           cwd=Path(__file__).parents[2], timeout=DEADLINE_S)
+    assert r.returncode == 0, r.stderr
+    assert _frames_in(out) == 30  # the clip once: it ended, as a file does
+
+
+def test_an_ignored_hangup_stays_ignored(still, tmp_path):
+    """Under nohup SIGHUP is ignored before mirage starts: closing the terminal must not stop the run."""
+    metrics = tmp_path / "m.json"
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "mirage_desktop", "run", "--input", str(still), "--output",
+                             "null", "--no-swap", "--metrics-json", str(metrics)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parents[2],
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    _wait_for(metrics.exists, proc)
+    proc.send_signal(signal.SIGHUP)
+    metrics.unlink()
+    _wait_for(metrics.exists, proc)  # still running and writing snapshots after the hangup
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 0
+
+
+def test_the_same_recording_twice_is_refused(still, tmp_path, capsys):
+    out = tmp_path / "a.avi"
+    rc = main(["run", "--input", str(still), "--output", f"file:{out}", "--output", f"file:{out}", "--frames", "2"])
+    lines = _errors(capsys.readouterr().err)
+    assert rc == 2 and len(lines) == 1 and "given twice" in lines[0]
+
+
+def test_a_refused_extension_makes_no_folders(still, tmp_path, capsys):
+    rc = main(["run", "--input", str(still), "--output", f"file:{tmp_path / 'new' / 'a' / 'out.xyz'}"])
+    assert rc == 2 and not (tmp_path / "new").exists()
+    rc = main(["swap", "--source", str(still), "--target", str(still), "-o", str(tmp_path / "new2" / "x.gif"),
+               "--confirm-rights"])
+    assert rc == 2 and not (tmp_path / "new2").exists()
+
+
+def test_a_long_file_name_the_system_accepts_is_written(tmp_path):
+    from mirage_desktop.fsutil import atomic_write_text, check_writable_target
+
+    p = tmp_path / ("m" * 245 + ".json")
+    check_writable_target(p)
+    atomic_write_text(p, "{}")
+    assert p.read_text() == "{}"
+
+
+def test_an_unfinished_recording_with_brackets_in_its_name_is_found(noise_clip, tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "take[1].avi"
+    (tmp_path / ".take[1].recording-999999.avi").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        assert main(["run", "--input", str(noise_clip), "--output", f"file:{out}", "--frames", "2",
+                     "--no-swap"]) == 0
+    assert "an unfinished recording from an earlier run is kept as" in caplog.text
+
+
+def test_asking_for_more_frames_than_the_input_has_says_so(noise_clip, tmp_path, capsys):
+    out = tmp_path / "o.avi"
+    assert main(["run", "--input", str(noise_clip), "--output", f"file:{out}", "--frames", "31", "--no-swap"]) == 0
+    err = capsys.readouterr().err
+    assert "the input ended after 30 of the 31 frames asked for" in err and _frames_in(out) == 30
