@@ -126,22 +126,16 @@ def test_a_wrong_swapper_is_refused_at_load(tmp_path, case):
         assert w in msg
 
 
-@pytest.mark.parametrize("case", list(BAD_RECOGNIZERS))
-def test_a_wrong_recognizer_is_refused_at_load(tmp_path, case):
-    kw, words = BAD_RECOGNIZERS[case]
-    h = create_session(build_signature(tmp_path / "arc.onnx", **kw))
-    with pytest.raises(ModelError) as e:
-        ArcFace(h)
-    for w in words:
-        assert w in str(e.value)
+REFUSERS = [(ArcFace, "arc.onnx", kw, words) for kw, words in BAD_RECOGNIZERS.values()] + \
+           [(SCRFD, "det.onnx", kw, words) for kw, words in BAD_DETECTORS.values()]
 
 
-@pytest.mark.parametrize("case", list(BAD_DETECTORS))
-def test_a_wrong_detector_is_refused_at_load(tmp_path, case):
-    kw, words = BAD_DETECTORS[case]
-    h = create_session(build_signature(tmp_path / "det.onnx", **kw))
+@pytest.mark.parametrize("cls,file,kw,words", REFUSERS,
+                         ids=[f"{c.__name__}:{n}" for (c, _, _, _), n in zip(REFUSERS, [*BAD_RECOGNIZERS, *BAD_DETECTORS])])
+def test_a_wrong_recognizer_or_detector_is_refused_at_load(tmp_path, cls, file, kw, words):
+    h = create_session(build_signature(tmp_path / file, **kw))
     with pytest.raises(ModelError) as e:
-        SCRFD(h)
+        cls(h)
     for w in words:
         assert w in str(e.value)
 
