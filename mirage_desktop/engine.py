@@ -23,6 +23,7 @@ import numpy as np
 from .config import Settings, coerce, validate
 from .errors import MirageError
 from .metrics import Metrics
+from .status import Problem, Problems, from_error
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ LIVE_OPTIONS = {
     "enable_smoothing", "enable_scrfd", "max_faces", "detect_interval", "det_size", "match_threshold",
     "codeformer_fidelity", "enhancer_interval", "enhancer_blend", "enable_voice", "voice_pitch", "voice_formant",
 }
+
+
+# how bad a failing stage is: the optional ones leave the video as asked, less polished
+STAGE_LEVELS = {"enhance": "warning", "embed": "warning"}
 
 
 @dataclass
@@ -64,7 +69,8 @@ class EngineStatus:
     source: str = ""
     outputs: list[str] = field(default_factory=list)
     passthrough: list[str] = field(default_factory=list)  # why frames go out unswapped, in words
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the problems' lines (``Problem.text()``)
+    issues: list[dict] = field(default_factory=list)  # typed: source, level, message, fix (status.Problem)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +92,8 @@ class Engine:
         self.voice = None
         self._lock = threading.RLock()
         self._status = EngineStatus()
+        self.problems = Problems()  # one entry per source, set and cleared by that source
+        self._passthrough: list[Problem] = []
         self._frame_subs: dict[int, Callable] = {}
         self._originals: dict[int, bool] = {}
         self._next_token = 0
@@ -102,15 +110,17 @@ class Engine:
 
         s = self.settings
         st = self._status
-        st.problems.clear()
+        for src in ("detector", "recognizer", "swapper"):
+            self.problems.clear(src)
         self.analyzer = FaceAnalyzer.load(s.det_size, s.providers, self.overrides)
         st.detector, st.recognizer, st.provider = (self.analyzer.status.detector,
                                                    self.analyzer.status.recognizer, self.analyzer.status.provider)
-        st.problems.extend(self.analyzer.status.problems)
+        for pr in self.analyzer.status.problems:
+            self.problems.set(pr)
         self.swapper = None
         names = ["inswapper_128_fp16", "inswapper_128"] if s.swapper_precision == "fp16" else \
             ["inswapper_128", "inswapper_128_fp16"]
-        errors = []
+        errors: list[MirageError] = []
         for name in names:
             try:
                 h = create_session(resolve_model(name, self.overrides), s.providers, fp16=s.swapper_precision == "fp16")
@@ -119,13 +129,14 @@ class Engine:
                 if st.provider == "none":
                     st.provider = h.provider
                 if name != names[0]:
-                    st.problems.append(f"swapper: using {name}; {errors[0]}")
+                    pr = from_error("swapper", "info", errors[0])
+                    self.problems.set(Problem("swapper", "info", f"using {name}; {pr.message}", pr.fix))
                 break
             except MirageError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
         if self.swapper is None:
             st.swapper = "none"
-            st.problems.append(f"swapper: {errors[0]}")
+            self.problems.set(from_error("swapper", "error", errors[0]))
         self.metrics.set_gauge("provider", st.provider)
         self._load_enhancer()
         if self.identity is not None:
@@ -135,14 +146,14 @@ class Engine:
             p.analyzer, p.swapper = self.analyzer, self.swapper
             p.set_latent(self.latent)
         self._refresh_passthrough()
-        return st
+        return self.status()
 
     def _load_enhancer(self) -> None:
         st = self._status
         if self.enhance_stage is not None:
             self.enhance_stage.close()
         self.enhance_stage = None
-        st.problems = [p for p in st.problems if not p.startswith("enhancer:")]
+        self.problems.clear("enhancer")
         if not self.settings.enable_enhancer:
             st.enhancer = "off"
             return
@@ -155,29 +166,33 @@ class Engine:
                                               blend=self.settings.enhancer_blend, metrics=self.metrics,
                                               background=self.settings.enhancer_async)
             st.enhancer = self.settings.enhancer
-        except (MirageError, ImportError) as exc:
+        except (MirageError, ImportError) as exc:  # an optional stage: the video itself is fine
             st.enhancer = "none"
-            st.problems = [p for p in st.problems if not p.startswith("enhancer:")] + [f"enhancer: {exc}"]
+            self.problems.set(from_error("enhancer", "warning", exc))
         if self.pipeline is not None:
             self.pipeline.enhance_stage = self.enhance_stage
 
     def _refresh_passthrough(self) -> None:
         st, s = self._status, self.settings
-        reasons = []
-        if not s.enable_swap:
-            reasons.append("face swap is switched off")
+        reasons: list[Problem] = []
+        if not s.enable_swap:  # the user's own choice: shown, not alarming
+            reasons.append(Problem("passthrough:swap", "info", "face swap is switched off"))
         elif not s.enable_scrfd:
-            reasons.append("face detection is switched off (MIRAGE_ENABLE_SCRFD=0), so no face is found to swap")
+            reasons.append(Problem("passthrough:detect", "info", "face detection is switched off "
+                                   "(MIRAGE_ENABLE_SCRFD=0), so no face is found to swap"))
         else:
             if self.swapper is None:
-                reasons.append(next((p.split(": ", 1)[1] for p in st.problems if p.startswith("swapper:")),
-                                    "no swapper model"))
+                sw = self.problems.get("swapper")
+                reasons.append(Problem("passthrough:swapper", "error", sw.message if sw else "no swapper model",
+                                       sw.fix if sw else ""))
             if self.analyzer is not None and self.analyzer.recognizer is None:
-                reasons.append("no source embedding: the ArcFace model (w600k_r50) is missing — run "
-                               "`mirage models download buffalo_l`")
+                reasons.append(Problem("passthrough:embedding", "error", "no source embedding: the ArcFace model "
+                                       "(w600k_r50) is missing", "run `mirage models download buffalo_l`"))
             elif self.identity is None:
-                reasons.append("no source face chosen — add a photo of the face to use")
-        st.passthrough = reasons
+                reasons.append(Problem("passthrough:identity", "error", "no source face chosen",
+                                       "add a photo of the face to use"))
+        self._passthrough = reasons
+        st.passthrough = [r.message + (f" — {r.fix}" if r.fix else "") for r in reasons]
 
     # ---- identity ----------------------------------------------------------------------------
     def build_identity(self, photos: list, name: str | None = None):
@@ -316,11 +331,11 @@ class Engine:
 
             self.voice = VoicePipeline(self.settings, self.metrics)
             if not self.voice.start():  # device errors do not raise here: they are reported
-                self._status.problems.append(f"voice: {self.voice.error}")
+                self.problems.set(Problem("voice", "error", str(self.voice.error)))
                 log.warning("voice could not start: %s", self.voice.error)
         except (MirageError, ImportError) as exc:
             self.voice = None
-            self._status.problems.append(f"voice: {exc}")
+            self.problems.set(from_error("voice", "error", exc))
             log.warning("voice could not start: %s", exc)
 
     def stop(self) -> None:
@@ -373,7 +388,7 @@ class Engine:
                 elif name == "enhancer_blend":
                     self.enhance_stage.set_blend(value)
             if name == "enable_voice":
-                self._status.problems = [p for p in self._status.problems if not p.startswith("voice:")]
+                self.problems.clear("voice")
                 if value and self.voice is None and self.pipeline is not None:
                     self._start_voice()
                 elif not value and self.voice is not None:
@@ -417,12 +432,16 @@ class Engine:
         """A snapshot of the status (never changes the engine's state)."""
         with self._lock:
             st = EngineStatus(**self._status.to_dict())
+            passthrough = list(self._passthrough)
+        found = self.problems.all()
         p = self.pipeline
-        if p is not None:
-            live = [f"{k} failing: {v}" for k, v in list(p.errors.items())]
+        if p is not None:  # the running stream's own: each stage's last failure, cleared when it works
             if p.capture_error:
-                live.insert(0, p.capture_error)
-            st.problems = list(st.problems) + live
+                found.insert(0, Problem("capture", "error", p.capture_error))
+            for k, v in list(p.errors.items()):
+                found.append(Problem(k, STAGE_LEVELS.get(k, "error"), v))
+        st.problems = [pr.text() for pr in found]
+        st.issues = [pr.to_dict() for pr in found + passthrough]
         return st
 
     def snapshot(self) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..status import Problem
+
 TARGET_FPS = 20.0
 TARGET_P95_MS = 80.0
 
@@ -11,18 +13,18 @@ def verdict(snapshot: dict) -> dict:
     stages = snapshot.get("stages", {})
     counters = snapshot.get("counters", {})
     gauges = snapshot.get("gauges", {})
-    reasons_red, reasons_yellow = [], []
-    for p in status.get("passthrough", []):
-        reasons_red.append(f"pass-through: {p}")
-    for p in status.get("problems", []):
-        if "failing" in p or "camera" in p:
-            reasons_red.append(p)
-        elif p.startswith(("enhancer:", "voice:")):
-            reasons_yellow.append(p)  # an optional stage is off, the video itself is fine
+    reasons_red, reasons_yellow, notes = [], [], []
+    by_level = {"error": reasons_red, "warning": reasons_yellow, "info": notes}
+    for p in status.get("issues", []):  # typed: the level decides the colour, never the wording
+        line = Problem(**p).text()
+        if p["source"].startswith("passthrough:") and p["level"] == "error":
+            line = f"pass-through: {line}"
+        by_level[p["level"]].append(line)
     voice = snapshot.get("voice") or {}  # the voice pipeline's own status (errors after start too)
     if voice.get("error"):  # devices missing/busy or a dead stream: the virtual microphone is silent
-        reasons_red.append(f"voice: {voice['error']}")
-        reasons_yellow = [r for r in reasons_yellow if r not in reasons_red]  # the same line from problems
+        line = f"voice: {voice['error']}"
+        if line not in reasons_red:  # the same failure as the engine's own voice problem
+            reasons_red.append(line)
     elif voice.get("passthrough_reason") and not voice.get("bypass"):  # the user's own bypass is no problem
         reasons_yellow.append(f"voice pass-through: {voice['passthrough_reason']}")
     if status.get("running"):
@@ -37,7 +39,7 @@ def verdict(snapshot: dict) -> dict:
         if frames_in > 60 and dropped / frames_in > 0.2:
             reasons_yellow.append(f"{100 * dropped / frames_in:.0f}% of frames dropped")
     if reasons_red:
-        return {"level": "red", "reasons": reasons_red + reasons_yellow}
+        return {"level": "red", "reasons": reasons_red + reasons_yellow + notes}
     if reasons_yellow:
-        return {"level": "yellow", "reasons": reasons_yellow}
-    return {"level": "green", "reasons": ["running well" if status.get("running") else "ready"]}
+        return {"level": "yellow", "reasons": reasons_yellow + notes}
+    return {"level": "green", "reasons": ["running well" if status.get("running") else "ready"] + notes}

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import MirageError, ModelError
 from ..models.runtime import create_session
+from ..status import Problem, from_error
 from .detector import SCRFD, HaarFaceDetector
 from .face import Face
 from .recognizer import ArcFace
@@ -39,7 +40,7 @@ class AnalyzerStatus:
     detector: str = "none"
     recognizer: str = "none"
     provider: str = "none"
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
 
 class FaceAnalyzer:
@@ -58,11 +59,14 @@ class FaceAnalyzer:
             detector = SCRFD(h, det_size=det_size)
             st.detector, st.provider = "scrfd", h.provider
             if detector.fixed_size and detector.fixed_size != det_size:
-                st.problems.append(f"detector: this {h.path.name} export only runs at {detector.fixed_size} px, "
-                                   f"so det_size {det_size} is not used")
-                log.warning(st.problems[-1])
+                st.problems.append(Problem("detector", "info", f"this {h.path.name} export only runs at "
+                                           f"{detector.fixed_size} px, so det_size {det_size} is not used"))
+                log.warning(st.problems[-1].text())
         except MirageError as exc:
-            st.problems.append(f"detector: {exc}")
+            # the built-in detector works, less well: a warning, not a failure
+            pr = from_error("detector", "warning", exc)
+            st.problems.append(Problem("detector", "warning", f"{pr.message}; using OpenCV's built-in detector, which "
+                                       "is less accurate", pr.fix))
             if not allow_fallback:
                 raise
             log.warning("SCRFD detector unavailable (%s); using OpenCV's built-in detector", exc)
@@ -76,7 +80,7 @@ class FaceAnalyzer:
             if st.provider == "none":
                 st.provider = h.provider
         except MirageError as exc:
-            st.problems.append(f"recognizer: {exc}")
+            st.problems.append(from_error("recognizer", "warning", exc))  # the pass-through reason is the error
             log.warning("ArcFace recognizer unavailable: %s", exc)
         return cls(detector, recognizer, st)
 

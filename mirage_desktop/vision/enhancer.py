@@ -368,7 +368,7 @@ class EnhanceStage:
     stage. Only the face's box is read and written.
 
     A raising enhancer does not stop the stream: the face is left as it is, the error counted
-    (``enhance.errors``) and kept in :attr:`last_error`.
+    (``errors.enhance_model``) and kept in :attr:`last_error`.
 
     With ``background=True`` the model runs on a thread of its own: the video thread hands it
     the newest aligned crop of each face that is due and pastes the newest finished result
@@ -376,7 +376,7 @@ class EnhanceStage:
     is, never the frame rate. A face has no enhancement until its first result is ready.
 
     Metrics: ``enhance`` (whole stage per frame), ``enhance.model`` (network call only),
-    counters ``enhance.runs``, ``enhance.reused``, ``enhance.errors``, ``enhance.superseded``.
+    counters ``enhance.runs``, ``enhance.reused``, ``errors.enhance_model``, ``enhance.superseded``.
     """
 
     def __init__(self, enhancer: Enhancer, interval: int = 1, blend: float = 1.0,
@@ -502,13 +502,13 @@ class EnhanceStage:
             with self.metrics.timer("enhance.model"):
                 enhanced = self.enhancer.enhance(raw)
         except Exception as exc:  # pass-through: never stop the stream
-            self.metrics.incr("enhance.errors")
+            self.metrics.incr("errors.enhance_model")
             if self.last_error is None:
                 log.warning("face enhancer %s failed, face left unenhanced: %s", self.enhancer.name, exc)
             self.last_error = f"{type(exc).__name__}: {exc}"
             return None
         if enhanced.shape != (self.size, self.size, 3) or enhanced.dtype != np.uint8:
-            self.metrics.incr("enhance.errors")
+            self.metrics.incr("errors.enhance_model")
             self.last_error = f"enhancer returned {enhanced.dtype} {enhanced.shape}"
             return None
         self.metrics.incr("enhance.runs")

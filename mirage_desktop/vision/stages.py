@@ -173,7 +173,7 @@ class EnhanceFrames:
 
     def __init__(self, stage: Callable[[], Any]):
         self._stage = stage
-        self._seen = (0, 0)  # enhance.errors, enhance.runs at the last frame
+        self._seen = (0, 0)  # errors.enhance_model, enhance.runs at the last frame
         self._failing: str | None = None
 
     def wants(self, opts) -> bool:
@@ -185,7 +185,7 @@ class EnhanceFrames:
             return
         st.process(ctx.frame, ctx.faces)
         # the model may run on its own thread: judge by what happened since the last frame
-        now = (st.metrics.counter("enhance.errors"), st.metrics.counter("enhance.runs"))
+        now = (st.metrics.counter("errors.enhance_model"), st.metrics.counter("enhance.runs"))
         if now[0] > self._seen[0]:
             self._failing = st.last_error or "error"
         elif now[1] > self._seen[1]:

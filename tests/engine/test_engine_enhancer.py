@@ -93,7 +93,7 @@ def test_background_enhancer_keeps_the_stream_going(model_factory, astronaut, tm
     finally:
         frames.close()
         eng.stop()
-    assert m.counter("enhance.runs") >= 1 and m.counter("enhance.errors") == 0
+    assert m.counter("enhance.runs") >= 1 and m.counter("errors.enhance_model") == 0
 
 
 def test_missing_enhancer_model_is_a_reason_not_a_crash(model_factory, astronaut):

@@ -235,4 +235,4 @@ def test_a_fixed_size_detector_says_det_size_is_not_used(model_factory, astronau
 
     models = model_factory(astronaut)  # the synthetic detector is a static 640 export
     a = FaceAnalyzer.load(320, overrides=models)
-    assert any("only runs at 640 px, so det_size 320 is not used" in p for p in a.status.problems)
+    assert any("only runs at 640 px, so det_size 320 is not used" in p.message for p in a.status.problems)

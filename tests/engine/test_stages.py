@@ -107,13 +107,17 @@ def test_a_failing_stage_shows_in_the_status_and_clears_when_it_recovers(model_f
         assert not any("flaky" in p for p in eng.status().problems)
         flaky.failing.set()
         frames_after()
-        assert any("flaky failing: flaky broke" in p for p in eng.status().problems)
+        assert "flaky: flaky broke" in eng.status().problems
+        issue = [i for i in eng.status().issues if i["source"] == "flaky"]
+        assert issue == [{"source": "flaky", "level": "error", "message": "flaky broke", "fix": ""}]
         assert eng.snapshot()["health"]["level"] == "red"
         assert eng.metrics.counter("errors.flaky") > 0
         assert eng.metrics.counter("faces.swapped") > 0  # the other stages kept working
         flaky.failing.clear()
         frames_after()
         assert not any("flaky" in p for p in eng.status().problems)  # recovered: no longer listed
+        health = eng.snapshot()["health"]  # (yellow would be the machine's speed, not the stage)
+        assert health["level"] != "red" and not any("flaky" in r for r in health["reasons"])
     finally:
         eng.stop()
 

@@ -211,7 +211,7 @@ def test_a_failing_model_leaves_the_frame_alone():
     before = frame.copy()
     stage.process(frame, [make_face(160, 120)])
     np.testing.assert_array_equal(frame, before)
-    assert metrics.counter("enhance.errors") == 1
+    assert metrics.counter("errors.enhance_model") == 1
     assert "CUDA out of memory" in stage.last_error
 
 
