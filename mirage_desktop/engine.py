@@ -259,6 +259,7 @@ class Engine:
         if failed:
             name, exc = failed[0]
             raise exc if isinstance(exc, MirageError) else MirageError(f"{name} failed: {exc}")
+        self.metrics.incr("faces.swapped", ctx.swapped)
         return StillResult(getattr(faces, "found", 0), ctx.faces, ctx.swapped)
 
     # ---- run -------------------------------------------------------------------------------

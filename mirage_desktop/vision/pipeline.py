@@ -392,6 +392,7 @@ class VideoPipeline:
             self.metrics.record("output", (now - t) * 1000)
             self.metrics.record("total", (now - pkt.t_capture) * 1000)
             self.metrics.incr("frames.out")
+            self.metrics.incr("faces.swapped", pkt.swapped)
             self._out_times.append(now)
             while self._out_times and now - self._out_times[0] > 2.0:
                 self._out_times.pop(0)

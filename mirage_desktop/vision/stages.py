@@ -147,13 +147,10 @@ class SwapStage:
         swapper, latent, o = self._swapper(), self._latent(), ctx.opts
         if swapper is None or latent is None:  # taken away since wants(): pass the frame through
             return
-        try:
-            for f in ctx.faces:
-                if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask,
-                                color_fn=self.color_fn if o.enable_color_transfer else None, metrics=self.metrics):
-                    ctx.swapped += 1
-        finally:
-            self.metrics.incr("faces.swapped", ctx.swapped)
+        for f in ctx.faces:  # faces.swapped is counted where the frame leaves (a dropped frame shows none)
+            if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask,
+                            color_fn=self.color_fn if o.enable_color_transfer else None, metrics=self.metrics):
+                ctx.swapped += 1
 
     def reset(self) -> None:
         pass
