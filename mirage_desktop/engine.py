@@ -103,74 +103,42 @@ class Engine:
     def load_models(self) -> EngineStatus:
         """Load what is there; anything missing or broken becomes a pass-through reason.
 
-        Safe while running (after a download, say): the new models take over from the next frame."""
-        from .models.runtime import create_session
-        from .vision.analysis import FaceAnalyzer, resolve_model
-        from .vision.swapper import InSwapper
+        Safe while running (after a download, say): the models load outside the lock, then take
+        over in one step, from the next frame."""
+        from .models.loader import load_face_models
 
-        s = self.settings
-        st = self._status
-        for src in ("detector", "recognizer", "swapper"):
-            self.problems.clear(src)
-        self.analyzer = FaceAnalyzer.load(s.det_size, s.providers, self.overrides)
-        st.detector, st.recognizer, st.provider = (self.analyzer.status.detector,
-                                                   self.analyzer.status.recognizer, self.analyzer.status.provider)
-        for pr in self.analyzer.status.problems:
-            self.problems.set(pr)
-        self.swapper = None
-        names = ["inswapper_128_fp16", "inswapper_128"] if s.swapper_precision == "fp16" else \
-            ["inswapper_128", "inswapper_128_fp16"]
-        errors: list[MirageError] = []
-        for name in names:
-            try:
-                h = create_session(resolve_model(name, self.overrides), s.providers, fp16=s.swapper_precision == "fp16")
-                self.swapper = InSwapper(h)
-                st.swapper = name
-                if st.provider == "none":
-                    st.provider = h.provider
-                if name != names[0]:
-                    pr = from_error("swapper", "info", errors[0])
-                    self.problems.set(Problem("swapper", "info", f"using {name}; {pr.message}", pr.fix))
-                break
-            except MirageError as exc:
-                errors.append(exc)
-        if self.swapper is None:
-            st.swapper = "none"
-            self.problems.set(from_error("swapper", "error", errors[0]))
-        self.metrics.set_gauge("provider", st.provider)
-        self._load_enhancer()
-        if self.identity is not None:
-            self._update_latent()
-        p = self.pipeline
-        if p is not None:  # hand the new models to the running stream (reference swaps)
-            p.analyzer, p.swapper = self.analyzer, self.swapper
-            p.set_latent(self.latent)
-        self._refresh_passthrough()
+        ms = load_face_models(self.settings, self.overrides)
+        with self._lock:
+            st = self._status
+            for src in ("detector", "recognizer", "swapper"):
+                self.problems.clear(src)
+            for pr in ms.problems:
+                self.problems.set(pr)
+            self.analyzer, self.swapper = ms.analyzer, ms.swapper
+            st.detector, st.recognizer = ms.analyzer.status.detector, ms.analyzer.status.recognizer
+            st.swapper, st.provider = ms.swapper_name, ms.provider
+            self.metrics.set_gauge("provider", st.provider)
+            self._load_enhancer()
+            if self.identity is not None:
+                self._update_latent()
+            if self.pipeline is not None:  # hand the new models to the running stream
+                self.pipeline.use_models(self.analyzer, self.swapper, self.latent)
+            self._refresh_passthrough()
         return self.status()
 
     def _load_enhancer(self) -> None:
-        st = self._status
-        if self.enhance_stage is not None:
-            self.enhance_stage.close()
-        self.enhance_stage = None
-        self.problems.clear("enhancer")
-        if not self.settings.enable_enhancer:
-            st.enhancer = "off"
-            return
-        try:
-            from .vision.enhancer import REGISTRY_NAMES, EnhanceStage, load_enhancer
+        from .models.loader import load_enhance_stage
 
-            kind = self.settings.enhancer
-            enh = load_enhancer(kind, self.settings, path=self.overrides.get(REGISTRY_NAMES[kind]))
-            self.enhance_stage = EnhanceStage(enh, interval=self.settings.enhancer_interval,
-                                              blend=self.settings.enhancer_blend, metrics=self.metrics,
-                                              background=self.settings.enhancer_async)
-            st.enhancer = self.settings.enhancer
-        except (MirageError, ImportError) as exc:  # an optional stage: the video itself is fine
-            st.enhancer = "none"
-            self.problems.set(from_error("enhancer", "warning", exc))
-        if self.pipeline is not None:
-            self.pipeline.enhance_stage = self.enhance_stage
+        with self._lock:
+            if self.enhance_stage is not None:
+                self.enhance_stage.close()
+            self.enhance_stage, self._status.enhancer, problems = load_enhance_stage(
+                self.settings, self.overrides, self.metrics)
+            self.problems.clear("enhancer")
+            for pr in problems:
+                self.problems.set(pr)
+            if self.pipeline is not None:
+                self.pipeline.use_enhancer(self.enhance_stage)
 
     def _refresh_passthrough(self) -> None:
         st, s = self._status, self.settings
@@ -237,9 +205,10 @@ class Engine:
 
     def set_reference(self, embedding: np.ndarray | None) -> None:
         """Only swap faces that look like this person (None: any face, largest first)."""
-        self.reference = embedding
-        if self.pipeline is not None:
-            self.pipeline.reference = embedding
+        with self._lock:
+            self.reference = embedding
+            if self.pipeline is not None:
+                self.pipeline.set_reference(embedding)
 
     # ---- stills ----------------------------------------------------------------------------
     def process_still(self, img: np.ndarray) -> "StillResult":

@@ -69,22 +69,30 @@ class TrackFaces:
     def __init__(self, pipeline: "VideoPipeline"):
         self.p = pipeline
         self._fresh = True
+        self._reset_requested = False
 
     def wants(self, opts) -> bool:
         return self.p.analyzer is not None and opts.enable_scrfd and (opts.enable_swap or opts.enable_enhancer)
 
     def reset(self) -> None:
-        """Switched off: faces and results from before describe another moment."""
+        """Switched off: faces and results from before describe another moment. (Worker thread.)"""
         p = self.p
         p.tracker.tracks.clear()
         p.scheduler.countdown, p.scheduler.have_faces, p.scheduler.stable = 0, False, False
         self._fresh = True
+
+    def reset_soon(self) -> None:
+        """Ask for a reset from another thread: done before the next frame is tracked."""
+        self._reset_requested = True
 
     def close(self) -> None:
         pass
 
     def process(self, ctx: FrameContext) -> None:
         p, m, o, frame = self.p, self.p.metrics, ctx.opts, ctx.frame
+        if self._reset_requested:
+            self._reset_requested = False
+            self.reset()
         if self._fresh:  # (re)starting: only detections made from now on count
             p._results_from = ctx.index
             self._fresh = False
@@ -185,6 +193,19 @@ class VideoPipeline:
 
     def set_latent(self, latent: np.ndarray | None) -> None:
         self.latent = latent  # an atomic reference swap: the next frame uses it
+
+    def use_models(self, analyzer, swapper, latent: np.ndarray | None) -> None:
+        """New models for the running stream (after a download): the next frame uses them. The
+        tracks and any detection in flight describe what the old detector saw, so they go."""
+        with self._opts_lock:
+            self.analyzer, self.swapper, self.latent = analyzer, swapper, latent
+        self.stages[0].reset_soon()  # on the worker's thread, before its next frame
+
+    def use_enhancer(self, stage) -> None:
+        self.enhance_stage = stage  # read by the enhance stage on the next frame
+
+    def set_reference(self, embedding: np.ndarray | None) -> None:
+        self.reference = embedding
 
 
     # ---- threads ---------------------------------------------------------------------------

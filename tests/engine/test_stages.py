@@ -166,3 +166,24 @@ def test_sources_and_sinks_are_checked_against_their_contracts(model_factory, as
     with pytest.raises(MirageError, match="NoSend is not a frame sink .missing send"):
         eng.start(ImageSource(astronaut), [NoSend()])
     assert not eng.running
+
+
+def test_models_loaded_while_running_are_handed_over_by_method_and_locked(model_factory, astronaut, tmp_path):
+    """load_models() on a running engine: loading happens outside the lock, the hand-over inside it
+    (through VideoPipeline.use_models, not attribute assignment), and the stream keeps swapping."""
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+    eng.load_models()
+    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    eng.start(ImageSource(astronaut, fps=60), ["null"])
+    try:
+        handed = []
+        real = eng.pipeline.use_models
+        eng.pipeline.use_models = lambda *a: (handed.append(eng._lock._is_owned()), real(*a))
+        old_swapper = eng.swapper
+        eng.load_models()
+        assert handed == [True]  # under the engine's lock
+        assert eng.pipeline.swapper is eng.swapper is not old_swapper
+        n = eng.metrics.counter("faces.swapped")
+        assert eng.metrics.wait_for("faces.swapped", n + 3, DEADLINE_S)  # new models, still swapping
+    finally:
+        eng.stop()

@@ -1,0 +1,74 @@
+"""Load the face models into a :class:`ModelSet`, with what went wrong as typed problems.
+
+The engine decides what to do with the set (swap it into a running stream, say); this module only
+loads: the detector (SCRFD, else OpenCV's built-in one), the recognizer (ArcFace), the swapper
+(the precision asked for, else the other one) and the optional enhancer. Nothing here raises for
+a missing or refused model: it becomes a problem, and the stream passes that part through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import MirageError
+from ..status import Problem, from_error
+
+
+@dataclass
+class ModelSet:
+    analyzer: Any  # vision.analysis.FaceAnalyzer (detector + optional recognizer)
+    swapper: Any | None  # vision.swapper.InSwapper
+    swapper_name: str = "none"
+    provider: str = "none"
+    problems: list[Problem] = field(default_factory=list)
+
+
+def swapper_order(precision: str) -> list[str]:
+    """The inswapper files to try, the asked-for precision first."""
+    return ["inswapper_128_fp16", "inswapper_128"] if precision == "fp16" else ["inswapper_128", "inswapper_128_fp16"]
+
+
+def load_face_models(settings, overrides: Mapping[str, str | Path] | None = None) -> ModelSet:
+    from ..vision.analysis import FaceAnalyzer, resolve_model
+    from ..vision.swapper import InSwapper
+    from .runtime import create_session
+
+    analyzer = FaceAnalyzer.load(settings.det_size, settings.providers, overrides)
+    ms = ModelSet(analyzer, None, provider=analyzer.status.provider, problems=list(analyzer.status.problems))
+    names = swapper_order(settings.swapper_precision)
+    errors: list[MirageError] = []
+    for name in names:
+        try:
+            h = create_session(resolve_model(name, overrides), settings.providers,
+                               fp16=settings.swapper_precision == "fp16")
+            ms.swapper, ms.swapper_name = InSwapper(h), name
+        except MirageError as exc:
+            errors.append(exc)
+            continue
+        if ms.provider == "none":
+            ms.provider = h.provider
+        if name != names[0]:  # the other precision works: say why the asked-for one did not
+            pr = from_error("swapper", "info", errors[0])
+            ms.problems.append(Problem("swapper", "info", f"using {name}; {pr.message}", pr.fix))
+        break
+    if ms.swapper is None:
+        ms.problems.append(from_error("swapper", "error", errors[0]))
+    return ms
+
+
+def load_enhance_stage(settings, overrides: Mapping[str, str | Path] | None, metrics) -> tuple[Any, str, list]:
+    """(EnhanceStage or None, what to show as the enhancer, problems). Off when not enabled."""
+    if not settings.enable_enhancer:
+        return None, "off", []
+    try:
+        from ..vision.enhancer import REGISTRY_NAMES, EnhanceStage, load_enhancer
+
+        kind = settings.enhancer
+        enh = load_enhancer(kind, settings, path=(overrides or {}).get(REGISTRY_NAMES[kind]))
+        stage = EnhanceStage(enh, interval=settings.enhancer_interval, blend=settings.enhancer_blend,
+                             metrics=metrics, background=settings.enhancer_async)
+        return stage, kind, []
+    except (MirageError, ImportError) as exc:  # an optional stage: the video itself is fine
+        return None, "none", [from_error("enhancer", "warning", exc)]
