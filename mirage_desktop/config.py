@@ -112,7 +112,20 @@ class Settings:
     voice_formant: float = 1.0
     voice_input: str = ""
     voice_output: str = ""
-    extra: dict = field(default_factory=dict)  # forward-compatible bag for other modules
+    voice_converter: str = "world"  # world (built-in pitch/formant) | rvc (your RVC ONNX model) | passthrough
+    voice_preset: str = ""  # a built-in voice preset (VOICE_PRESETS), "" = none
+    voice_f0_method: str = ""  # dio | harvest | rmvpe; "" = the converter's default
+    voice_model: str = ""  # RVC synthesizer .onnx
+    voice_encoder: str = ""  # RVC content encoder .onnx (vec-768 / vec-256)
+    voice_rmvpe: str = ""  # RMVPE .onnx, for voice_f0_method rmvpe
+    voice_speaker: int = 0  # RVC speaker id
+    voice_block_ms: float = 192.0  # chunk size; adapted at run time unless voice_adapt is off
+    voice_silence_db: float = -50.0  # chunks quieter than this pass through unconverted
+    voice_adapt: bool = True
+    voice_bypass: bool = False  # pass the voice through (the window's voice switch)
+    voice_samplerate: int = 0  # 0: the devices' own rates
+    voice_device_block_ms: float = 10.0  # PortAudio callback size for both streams
+    extra: dict = field(default_factory=dict)  # forward-compatible bag for other modules (the window's layout)
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -127,6 +140,12 @@ _DEFAULTS = Settings()
 # ---------------------------------------------------------------------------- per-field rules
 
 DET_SIZES = (160, 224, 256, 320, 384, 416, 480, 512, 576, 640, 736, 800, 960, 1024)
+ENHANCER_KINDS = ("codeformer", "gfpgan")
+VOICE_CONVERTERS = ("world", "rvc", "passthrough")
+VOICE_PRESETS = ("neutral", "deeper", "higher", "feminine", "masculine", "chipmunk", "giant", "robot", "whisper")
+F0_METHODS = ("dio", "harvest", "rmvpe")
+PITCH_RANGE = (-24.0, 24.0)  # semitones
+FORMANT_RANGE = (0.5, 2.0)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -158,6 +177,10 @@ class Rule:
     choices: tuple = ()
     zero_ok: bool = False
     zero_means: str = ""
+    live: bool = False  # takes effect on a running stream (else: at the next start)
+
+    def at_run_time(self) -> "Rule":
+        return dataclasses.replace(self, live=True)
 
     @property
     def ranged(self) -> bool:
@@ -183,7 +206,7 @@ class Rule:
                 span = noun
             return f"0 ({self.zero_means}) or {span}" if self.zero_ok else span
         if k == "choice":
-            return "one of " + ", ".join(self.choices)
+            return "one of " + ", ".join(c or '"" (none)' for c in self.choices)
         if k == "camera":
             return f"a camera index (0, 1, …) or a device path such as /dev/video2 ({CAMERA_FIX})"
         if k == "providers":
@@ -207,7 +230,7 @@ class Rule:
         if k == "choice":
             text = _to_text(value).strip().lower()
             if text not in self.choices:
-                raise _Bad("is not one of " + ", ".join(self.choices))
+                raise _Bad("is not one of " + ", ".join(c or '""' for c in self.choices))
             return text
         if k == "camera":
             return _to_camera(value)
@@ -336,7 +359,7 @@ RULES: dict[str, Rule] = {
     "stable_count": Rule("int", 1, 100),
     "match_threshold": Rule("float", 0.0, 1.0),
     "swapper_precision": Rule("choice", choices=("fp16", "fp32")),
-    "enhancer": Rule("choice", choices=("codeformer", "gfpgan")),
+    "enhancer": Rule("choice", choices=ENHANCER_KINDS),
     "codeformer_fidelity": Rule("float", 0.0, 1.0),
     "enhancer_interval": Rule("int", 1, 1000),
     "enhancer_blend": Rule("float", 0.0, 1.0),
@@ -352,12 +375,32 @@ RULES: dict[str, Rule] = {
     "output_fps": Rule("int", 1, 240, zero_ok=True, zero_means="the camera's"),
     "vcam_backend": Rule("text"),
     "source_identity": Rule("text"),
-    "voice_pitch": Rule("float", -24.0, 24.0),
-    "voice_formant": Rule("float", 0.5, 2.0),
+    "voice_pitch": Rule("float", *PITCH_RANGE),
+    "voice_formant": Rule("float", *FORMANT_RANGE),
     "voice_input": Rule("text"),
     "voice_output": Rule("text"),
+    "voice_converter": Rule("choice", choices=VOICE_CONVERTERS),
+    "voice_preset": Rule("choice", choices=("", *VOICE_PRESETS)),
+    "voice_f0_method": Rule("choice", choices=("", *F0_METHODS)),
+    "voice_model": Rule("text"),
+    "voice_encoder": Rule("text"),
+    "voice_rmvpe": Rule("text"),
+    "voice_speaker": Rule("int", 0, 10_000),
+    "voice_block_ms": Rule("float", 20.0, 2000.0),
+    "voice_silence_db": Rule("float", -150.0, 0.0),
+    "voice_adapt": _B,
+    "voice_bypass": _B,
+    "voice_samplerate": Rule("int", 8000, 192_000, zero_ok=True, zero_means="the devices' own rates"),
+    "voice_device_block_ms": Rule("float", 1.0, 100.0),
     "extra": Rule("dict"),
 }
+# what applies to a running stream without a restart (the engine routes each in Engine.set_option)
+LIVE = ("enable_swap", "enable_enhancer", "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer",
+        "enable_smoothing", "enable_scrfd", "enable_voice", "max_faces", "detect_interval", "det_size",
+        "match_threshold", "codeformer_fidelity", "enhancer_interval", "enhancer_blend", "voice_pitch",
+        "voice_formant", "voice_preset", "voice_f0_method", "voice_speaker", "voice_converter", "voice_bypass")
+for _name in LIVE:
+    RULES[_name] = RULES[_name].at_run_time()
 
 
 def rule(name: str) -> Rule:
@@ -591,6 +634,10 @@ def load_file(path: Path | None = None) -> tuple[dict, list[str]]:
         _notice(notices, f"settings file {path} was unreadable ({exc}); {where}; using defaults")
         return {}, notices
     values = {}
+    old = raw.get("extra") if isinstance(raw.get("extra"), dict) else {}
+    for k in [k for k in old if k in _FIELDS and k != "extra"]:  # kept in "extra" before they were settings
+        v = old.pop(k)
+        raw.setdefault(k, v)
     for k, v in raw.items():
         if k in _FIELDS:
             try:

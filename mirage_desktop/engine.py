@@ -27,13 +27,6 @@ from .status import Problem, Problems, from_error
 
 log = logging.getLogger(__name__)
 
-LIVE_OPTIONS = {
-    "enable_swap", "enable_enhancer", "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer",
-    "enable_smoothing", "enable_scrfd", "max_faces", "detect_interval", "det_size", "match_threshold",
-    "codeformer_fidelity", "enhancer_interval", "enhancer_blend", "enable_voice", "voice_pitch", "voice_formant",
-}
-
-
 # how bad a failing stage is: the optional ones leave the video as asked, less polished
 STAGE_LEVELS = {"enhance": "warning", "embed": "warning"}
 
@@ -337,37 +330,69 @@ class Engine:
 
     # ---- live options ------------------------------------------------------------------------
     def set_option(self, name: str, value: Any) -> None:
-        """Change a setting while running. Raises MirageError for unknown or invalid values."""
+        """Change a setting while running. Raises MirageError for unknown or invalid values.
+
+        Which settings apply live is declared once, in ``config.RULES`` (``live``); the stream reads
+        them per frame, and the few that need more than that are routed by :attr:`_LIVE_EFFECTS`.
+        The others are stored and take effect at the next start."""
+        from .config import rule
+
         value = coerce(name, value)
         with self._lock:
-            new = validate(self.settings.replace(**{name: value}))
-            self.settings = new
-            if self.pipeline is not None and name in LIVE_OPTIONS:
-                self.pipeline.set_option(name, value)
-            elif name == "det_size" and self.analyzer is not None:
-                self.analyzer.detector.set_det_size(value)
-            if name in ("enable_swap", "enable_enhancer") and self.enhance_stage is not None:
-                self.enhance_stage.reset()  # never re-paste a face made under the old setting
-            if name == "enable_enhancer" and value and self.enhance_stage is None:
-                self._load_enhancer()
-            if self.enhance_stage is not None:
-                if name == "codeformer_fidelity" and hasattr(self.enhance_stage, "set_fidelity"):
-                    self.enhance_stage.set_fidelity(value)
-                elif name == "enhancer_interval":
-                    self.enhance_stage.set_interval(value)
-                elif name == "enhancer_blend":
-                    self.enhance_stage.set_blend(value)
-            if name == "enable_voice":
-                self.problems.clear("voice")
-                if value and self.voice is None and self.pipeline is not None:
-                    self._start_voice()
-                elif not value and self.voice is not None:
-                    self.voice.stop()
-                    self.voice = None
-            if name in ("voice_pitch", "voice_formant") and self.voice is not None:
-                self.voice.settings = new  # the voice pipeline reads the same settings object
-                self.voice.set_option(name.replace("voice_", ""), value)
+            self.settings = validate(self.settings.replace(**{name: value}))
+            if rule(name).live:
+                if self.pipeline is not None:
+                    self.pipeline.set_option(name, value)
+                effect = self._LIVE_EFFECTS.get(name)
+                if effect is not None:
+                    effect(self, name, value)
             self._refresh_passthrough()
+
+    # ---- what a live change does beyond the stream reading it ----------------------------------
+    def _det_size(self, name: str, value) -> None:
+        if self.pipeline is None and self.analyzer is not None:  # the running pipeline sets it itself
+            self.analyzer.detector.set_det_size(value)
+
+    def _enhancer_switch(self, name: str, value) -> None:
+        if self.enhance_stage is not None:
+            self.enhance_stage.reset()  # never re-paste a face made under the old setting
+        if name == "enable_enhancer" and value and self.enhance_stage is None:
+            self._load_enhancer()
+
+    def _enhancer_setting(self, name: str, value) -> None:
+        st = self.enhance_stage
+        if st is None:
+            return
+        if name == "codeformer_fidelity":
+            st.set_fidelity(value)
+        elif name == "enhancer_interval":
+            st.set_interval(value)
+        else:
+            st.set_blend(value)
+
+    def _voice_switch(self, name: str, value) -> None:
+        self.problems.clear("voice")
+        if value and self.voice is None and self.pipeline is not None:
+            self._start_voice()
+        elif not value and self.voice is not None:
+            self.voice.stop()
+            self.voice = None
+
+    def _voice_option(self, name: str, value) -> None:
+        if self.voice is not None:
+            option = {"voice_bypass": "bypass"}.get(name, name.replace("voice_", "", 1))
+            self.voice.set_option(option, value)
+
+    _LIVE_EFFECTS: dict[str, Callable] = {
+        "det_size": _det_size,
+        "enable_swap": _enhancer_switch, "enable_enhancer": _enhancer_switch,
+        "codeformer_fidelity": _enhancer_setting, "enhancer_interval": _enhancer_setting,
+        "enhancer_blend": _enhancer_setting,
+        "enable_voice": _voice_switch,
+        "voice_pitch": _voice_option, "voice_formant": _voice_option, "voice_preset": _voice_option,
+        "voice_f0_method": _voice_option, "voice_speaker": _voice_option, "voice_converter": _voice_option,
+        "voice_bypass": _voice_option,
+    }
 
     # ---- observation -------------------------------------------------------------------------
     def subscribe_frames(self, fn: Callable, want_original: bool = False) -> int:

@@ -32,34 +32,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-every", type=float, default=5.0, help="print status every N seconds (0 = never)")
 
 
+FLAGS = {"voice_pitch": "--pitch", "voice_formant": "--formant", "voice_input": "--input", "voice_output": "--output",
+         "voice_preset": "--preset", "voice_converter": "--converter", "voice_model": "--model",
+         "voice_encoder": "--encoder", "voice_rmvpe": "--rmvpe", "voice_f0_method": "--f0",
+         "voice_speaker": "--speaker", "voice_block_ms": "--block-ms", "voice_silence_db": "--silence-db"}
+ARGS = {"voice_pitch": "pitch", "voice_formant": "formant", "voice_input": "input", "voice_output": "output",
+        "voice_preset": "preset", "voice_converter": "converter", "voice_model": "model", "voice_encoder": "encoder",
+        "voice_rmvpe": "rmvpe", "voice_f0_method": "f0_method", "voice_speaker": "speaker",
+        "voice_block_ms": "block_ms", "voice_silence_db": "silence_db"}
+
+
 def settings_from_args(args):
+    """The settings with this command's flags on top; every flag is checked like its setting, and a
+    bad value names the flag."""
     from ..config import load
 
-    cli = {"enable_voice": True}
-    if args.pitch is not None:
-        cli["voice_pitch"] = args.pitch
-    if args.formant is not None:
-        cli["voice_formant"] = args.formant
-    if args.input is not None:
-        cli["voice_input"] = args.input
-    if args.output is not None:
-        cli["voice_output"] = args.output
-    res = load(cli, flag_names={"voice_pitch": "--pitch", "voice_formant": "--formant", "voice_input": "--input",
-                                "voice_output": "--output"})
+    cli = {"enable_voice": True, **{name: getattr(args, attr) for name, attr in ARGS.items()}}
+    if args.no_adapt:
+        cli["voice_adapt"] = False
+    res = load(cli, flag_names=FLAGS)
     for notice in res.notices:
         print(f"mirage: notice: {notice}", file=sys.stderr)
-    settings = res.settings
-    extra = dict(settings.extra or {})
-    for key, val in (("voice_preset", args.preset), ("voice_converter", args.converter),
-                     ("voice_model", args.model), ("voice_encoder", args.encoder), ("voice_rmvpe", args.rmvpe),
-                     ("voice_f0_method", args.f0_method), ("voice_speaker", args.speaker),
-                     ("voice_block_ms", args.block_ms), ("voice_silence_db", args.silence_db)):
-        if val is not None:
-            extra[key] = val
-    if args.no_adapt:
-        extra["voice_adapt"] = False
-    settings.extra = extra
-    return settings
+    return res.settings
 
 
 def _line(st: dict) -> str:

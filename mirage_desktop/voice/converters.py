@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import F0_METHODS, FORMANT_RANGE, PITCH_RANGE, VOICE_CONVERTERS, VOICE_PRESETS
 from ..errors import MirageError
 from . import SAMPLE_RATE
 
@@ -35,6 +36,7 @@ PRESETS: dict[str, tuple[float, float, str]] = {
     "robot": (0.0, 1.0, "monotone:110"),
     "whisper": (0.0, 1.0, "whisper"),
 }
+assert tuple(PRESETS) == VOICE_PRESETS, "config.VOICE_PRESETS names the presets defined here"
 
 
 def check_converter(obj: Any) -> Any:
@@ -49,15 +51,16 @@ def check_converter(obj: Any) -> Any:
 def check_pitch(value: Any) -> float:
     """A pitch shift in semitones, -24..+24, or a one-line error."""
     v = float(value)
-    if not -24.0 <= v <= 24.0:
-        raise MirageError(f"pitch {v:+g} is out of range", "use -24..+24 semitones")
+    lo, hi = PITCH_RANGE
+    if not lo <= v <= hi:
+        raise MirageError(f"pitch {v:+g} is out of range", f"use {lo:+g}..{hi:+g} semitones")
     return v
 
 
 def check_formant(value: Any) -> float:
     """A formant ratio, 0.5..2.0, or a one-line error."""
     v = float(value)
-    if not 0.5 <= v <= 2.0:
+    if not FORMANT_RANGE[0] <= v <= FORMANT_RANGE[1]:
         raise MirageError(f"formant {v:g} is out of range", "use 0.5..2.0 (1.0 = unchanged)")
     return v
 
@@ -74,8 +77,8 @@ def check_option(name: str, value: Any) -> None:
             if str(value).lower() not in PRESETS:
                 raise MirageError(f"unknown voice preset {value!r}", f"use one of: {', '.join(PRESETS)}")
         elif name == "f0_method":
-            if value not in ("dio", "harvest", "rmvpe"):
-                raise MirageError(f"unknown F0 method {value!r}", "use dio, harvest or rmvpe")
+            if value not in F0_METHODS:
+                raise MirageError(f"unknown F0 method {value!r}", f"use {', '.join(F0_METHODS)}")
         elif name == "speaker":
             int(value)
     except (TypeError, ValueError) as exc:
@@ -221,16 +224,16 @@ class WorldConverter:
         return out.astype(np.float32)
 
 
-CONVERTERS = ("world", "rvc", "passthrough")
+CONVERTERS = VOICE_CONVERTERS
 
 
 def make_converter(kind: str, settings=None, **overrides):
-    """Build a converter by name from settings (``voice_pitch``, ``voice_formant``, ``extra``)."""
-    extra = dict(getattr(settings, "extra", {}) or {}) if settings is not None else {}
+    """Build a converter by name from settings (``voice_pitch``, ``voice_formant``, ``voice_preset``,
+    ``voice_f0_method``; RVC: ``voice_model``, ``voice_encoder``, ``voice_rmvpe``, ``voice_speaker``)."""
     pitch = float(overrides.get("pitch", getattr(settings, "voice_pitch", 0.0) if settings else 0.0))
     formant = float(overrides.get("formant", getattr(settings, "voice_formant", 1.0) if settings else 1.0))
-    preset = overrides.get("preset", extra.get("voice_preset"))
-    f0_method = overrides.get("f0_method", extra.get("voice_f0_method"))
+    preset = overrides.get("preset", getattr(settings, "voice_preset", "") or None)
+    f0_method = overrides.get("f0_method", getattr(settings, "voice_f0_method", "") or None)
     if kind == "passthrough":
         return PassThrough()
     if kind == "world":

@@ -3,7 +3,7 @@
 Threads: the PortAudio input callback only copies mono audio into a bounded queue; a worker
 thread resamples to 16 kHz, runs the engine (converter + SOLA + control) as soon as a block's
 samples are in, and resamples to the output rate into a FIFO; the output callback plays from
-the FIFO. Both device streams use 10 ms callbacks (``extra.voice_device_block_ms``; PortAudio
+the FIFO. Both device streams use 10 ms callbacks (``voice_device_block_ms``; PortAudio
 asks the ALSA ``pulse`` device for two periods of buffering, so it reports 20 ms per stream).
 5 ms callbacks halve that but, on a loaded 2-core machine, the output device underflows.
 
@@ -44,14 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Settings
+from ..config import Settings, check
 from ..errors import DeviceError, MirageError
 from ..metrics import Metrics
 from . import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-DEVICE_BLOCK_S = 0.010  # PortAudio callback size for both streams (extra.voice_device_block_ms)
+DEVICE_BLOCK_S = 0.010  # PortAudio callback size for both streams (the voice_device_block_ms setting)
 MARGIN_START_S = 0.010  # jitter allowance on top of the longest recent conversion time
 MARGIN_STEP_S = 0.010  # + per underrun
 MARGIN_MAX_S = 0.120
@@ -138,8 +138,6 @@ class SampleFifo:
         return self.read_into(tmp)
 
 
-def _extra(settings: Settings, key: str, default):
-    return (settings.extra or {}).get(key, default)
 
 
 class VoicePipeline:
@@ -148,9 +146,9 @@ class VoicePipeline:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
-        self.converter_kind = str(_extra(settings, "voice_converter", "world"))
-        self.block_ms = float(_extra(settings, "voice_block_ms", 192.0))
-        self.silence_db = float(_extra(settings, "voice_silence_db", -50.0))
+        self.converter_kind = settings.voice_converter
+        self.block_ms = float(settings.voice_block_ms)
+        self.silence_db = float(settings.voice_silence_db)
         self.engine = None
         self.error: str | None = None
         self.input_dev = self.output_dev = None
@@ -198,7 +196,7 @@ class VoicePipeline:
 
         conv = make_converter(self.converter_kind, self.settings)
         return VoiceEngine(conv, self.metrics, block_ms=self.block_ms, silence_db=self.silence_db,
-                           adapt=bool(_extra(self.settings, "voice_adapt", True)))
+                           adapt=bool(self.settings.voice_adapt))
 
     def _open(self) -> None:
         from .audio_io import open_stream, resolve_device
@@ -210,11 +208,11 @@ class VoicePipeline:
         self._in_q = queue.Queue(maxsize=256)
         self._pending_options = queue.Queue()
         self.engine = self._build_engine()
-        self.engine.bypass = bool(_extra(self.settings, "voice_bypass", False))
+        self.engine.bypass = bool(self.settings.voice_bypass)
         self.input_dev = resolve_device(self.settings.voice_input, "input")
         self.output_dev = resolve_device(self.settings.voice_output, "output")
-        self.sr_in = int(_extra(self.settings, "voice_samplerate", 0) or self.input_dev.samplerate)
-        self.sr_out = int(_extra(self.settings, "voice_samplerate", 0) or self.output_dev.samplerate)
+        self.sr_in = int(self.settings.voice_samplerate or self.input_dev.samplerate)
+        self.sr_out = int(self.settings.voice_samplerate or self.output_dev.samplerate)
         self._rs_in = StreamResampler(self.sr_in, SAMPLE_RATE)
         self._rs_out = StreamResampler(SAMPLE_RATE, self.sr_out)
         self._in_frames = self._out_frames = 0
@@ -227,7 +225,7 @@ class VoicePipeline:
         self._proc_guess = self._warm_up()
         self._markers.clear()
         self._fifo = SampleFifo()
-        dev_s = float(_extra(self.settings, "voice_device_block_ms", DEVICE_BLOCK_S * 1000.0)) / 1000.0
+        dev_s = float(self.settings.voice_device_block_ms) / 1000.0
         dev_block_in = max(64, int(self.sr_in * dev_s))
         dev_block_out = max(64, int(self.sr_out * dev_s))
         self._in_stream = open_stream(self.input_dev, self.sr_in, dev_block_in, self._on_input, channels=1)
@@ -302,7 +300,7 @@ class VoicePipeline:
                 self.engine.bypass = not on
                 if on:
                     self.engine.clear_fallback()
-            self.settings.extra = {**(self.settings.extra or {}), "voice_bypass": not on}
+            self.settings = self.settings.replace(voice_bypass=not on)  # its own copy, never the caller's
             return
         if name == "converter":
             from .converters import CONVERTERS
@@ -310,6 +308,7 @@ class VoicePipeline:
             if value not in CONVERTERS:
                 raise MirageError(f"unknown voice converter {value!r}", f"use one of: {', '.join(CONVERTERS)}")
             self.converter_kind = str(value)
+            self.settings = self.settings.replace(voice_converter=str(value))
             if self.engine is not None:
                 self._pending_options.put(("converter", value))
             return
@@ -323,13 +322,10 @@ class VoicePipeline:
         check_option(name, value)
         if self.engine is not None:
             self.engine.converter.set_option(name, value)  # the converter's own checks; applies live
-        if name == "pitch":
-            self.settings.voice_pitch = float(value)
-        elif name == "formant":
-            self.settings.voice_formant = float(value)
-        else:
-            key = {"preset": "voice_preset", "f0_method": "voice_f0_method", "speaker": "voice_speaker"}[name]
-            self.settings.extra = {**(self.settings.extra or {}), key: value}
+        key = {"pitch": "voice_pitch", "formant": "voice_formant", "preset": "voice_preset",
+               "f0_method": "voice_f0_method", "speaker": "voice_speaker"}[name]
+        # a new Settings object: the engine's (and the window's) settings are never changed from here
+        self.settings = self.settings.replace(**{key: check(key, value)})
         if self.engine is not None:
             self.engine.clear_fallback()
 

@@ -262,15 +262,14 @@ class RvcConverter:
 
     @classmethod
     def from_settings(cls, settings, pitch: float = 0.0, f0_method: str = "rmvpe", **over) -> "RvcConverter":
-        extra = dict(getattr(settings, "extra", {}) or {})
-        model = over.get("model") or extra.get("voice_model")
-        encoder = over.get("encoder") or extra.get("voice_encoder")
-        rmvpe = over.get("rmvpe") or extra.get("voice_rmvpe")
+        model = over.get("model") or getattr(settings, "voice_model", "")
+        encoder = over.get("encoder") or getattr(settings, "voice_encoder", "")
+        rmvpe = over.get("rmvpe") or getattr(settings, "voice_rmvpe", "")
         if not model or not encoder:
             raise ModelError("the RVC converter needs a synthesizer and a content encoder ONNX model",
                              "pass --model model.onnx --encoder vec-768-layer-12.onnx")
         return cls(model, encoder, rmvpe, f0_method=f0_method, pitch=pitch,
-                   speaker=int(over.get("speaker", extra.get("voice_speaker", 0))))
+                   speaker=int(over.get("speaker", getattr(settings, "voice_speaker", 0))))
 
     def set_option(self, name: str, value: Any) -> None:
         with self._lock:

@@ -440,3 +440,15 @@ def test_the_engine_refuses_a_bad_live_option_naming_it():
     with pytest.raises(MirageError, match="max_faces"):
         eng.set_option("max_faces", 99)
     assert eng.settings.max_faces == 1
+
+
+def test_voice_settings_kept_in_extra_by_older_versions_become_typed_settings(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"extra": {"voice_converter": "rvc", "voice_block_ms": 250, "voice_speaker": "3",
+                                          "voice_preset": "warp", "gui": {"view": "side"}}}))
+    res = config.load(path=path, environ={})
+    s = res.settings
+    assert (s.voice_converter, s.voice_block_ms, s.voice_speaker) == ("rvc", 250.0, 3)
+    assert s.voice_preset == ""  # a bad old value: dropped with a notice naming the key, like any other
+    assert any("voice_preset" in n and str(path) in n for n in res.notices)
+    assert s.extra == {"gui": {"view": "side"}}

@@ -187,3 +187,42 @@ def test_models_loaded_while_running_are_handed_over_by_method_and_locked(model_
         assert eng.metrics.wait_for("faces.swapped", n + 3, DEADLINE_S)  # new models, still swapping
     finally:
         eng.stop()
+
+
+def _other_value(name):
+    from mirage_desktop import config
+
+    r, default = config.rule(name), getattr(Settings(), name)
+    if r.kind == "bool":
+        return not default
+    if r.choices:
+        return next(c for c in r.choices if c != default)
+    if r.kind in ("int", "float"):
+        return type(default)(r.hi if default != r.hi else r.lo)
+    raise AssertionError(f"no test value for {name}")
+
+
+@pytest.mark.parametrize("name", __import__("mirage_desktop.config", fromlist=["LIVE"]).LIVE)
+def test_every_live_option_reaches_the_running_stream_without_a_restart(model_factory, astronaut, name):
+    """The option table says which options are live; each one set on a running engine is in the
+    stream's options for the next frame, and the stream is the same one."""
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+    eng.start(ImageSource(astronaut, fps=60), ["null"])
+    try:
+        p = eng.pipeline
+        value = _other_value(name)
+        eng.set_option(name, value)
+        assert getattr(eng.settings, name) == value and getattr(p.opts, name) == value
+        assert eng.pipeline is p
+    finally:
+        eng.stop()
+
+
+def test_an_option_that_is_not_live_waits_for_the_next_start(model_factory, astronaut):
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+    eng.start(ImageSource(astronaut, fps=60), ["null"])
+    try:
+        eng.set_option("capture_fps", 15)
+        assert eng.settings.capture_fps == 15 and eng.pipeline.opts.capture_fps == 30  # stored, not applied
+    finally:
+        eng.stop()

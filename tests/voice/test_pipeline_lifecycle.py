@@ -42,8 +42,8 @@ def fake_devices(monkeypatch):
     return fail
 
 
-def _settings(**extra):
-    return Settings(enable_voice=True, extra={"voice_converter": "passthrough", **extra})
+def _settings(**kw):
+    return Settings(enable_voice=True, voice_converter="passthrough", **kw)
 
 
 def test_input_stream_failure_names_the_input_device(fake_devices):
@@ -72,18 +72,19 @@ def test_rejected_option_is_not_stored(fake_devices):
                       ("pitch", "high")):
         with pytest.raises(MirageError):
             pipe.set_option(name, bad)
-    assert (s.voice_pitch, s.voice_formant) == (2.0, 1.1)
-    assert "voice_preset" not in (s.extra or {}) and "voice_f0_method" not in (s.extra or {})
+    assert (pipe.settings.voice_pitch, pipe.settings.voice_formant) == (2.0, 1.1)
+    assert pipe.settings.voice_preset == "" and pipe.settings.voice_f0_method == ""
     assert pipe.start() is True  # the settings still start a converter
     try:
         with pytest.raises(MirageError, match="pitch \\+99 is out of range"):
             pipe.set_option("pitch", 99)
-        assert s.voice_pitch == 2.0 and pipe.status()["options"]["pitch"] == 2.0
+        assert pipe.settings.voice_pitch == 2.0 and pipe.status()["options"]["pitch"] == 2.0
         with pytest.raises(MirageError):  # the converter's own check (WORLD: no rmvpe)
             pipe.set_option("f0_method", "rmvpe")
-        assert "voice_f0_method" not in (s.extra or {})
+        assert pipe.settings.voice_f0_method == ""
         pipe.set_option("pitch", -3)
-        assert s.voice_pitch == -3.0 and pipe.status()["options"]["pitch"] == -3.0
+        assert pipe.settings.voice_pitch == -3.0 and pipe.status()["options"]["pitch"] == -3.0
+        assert s.voice_pitch == 2.0  # the caller's settings are never changed by the pipeline
     finally:
         pipe.stop()
     assert pipe.start() is True  # a restart with the stored settings works
@@ -95,7 +96,7 @@ def test_rejected_option_is_not_stored(fake_devices):
     try:
         with pytest.raises(MirageError):
             pipe2.set_option("pitch", 99)
-        assert s2.voice_pitch == 0.0
+        assert pipe2.settings.voice_pitch == 0.0
     finally:
         pipe2.stop()
 

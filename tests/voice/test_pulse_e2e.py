@@ -128,7 +128,7 @@ def test_end_to_end_pitch_and_latency(mirage_mic, null_sink):
     m = Metrics()
     settings = Settings(enable_voice=True, voice_pitch=4.0, voice_formant=1.0,
                         voice_input="mirage_test_in.monitor", voice_output="Mirage Microphone",
-                        extra={"voice_samplerate": SR})
+                        voice_samplerate=SR)
     pipe = VoicePipeline(settings, m)
     assert pipe.start(), pipe.status()["error"]
     assert pipe.output_dev.pulse_name == "mirage_mic_sink"
