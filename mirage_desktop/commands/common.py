@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import load
+from ..config import RULES, load
 from ..errors import MirageError
 
 
@@ -17,7 +17,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--det-size", type=int, help="detector input size, e.g. 320 (faster) or 640 (default)")
     g.add_argument("--detect-interval", type=int, help="run the detector every N frames (default 5)")
     g.add_argument("--providers", help="execution providers in order, e.g. cuda,cpu (default: auto)")
-    g.add_argument("--swapper-precision", choices=["fp16", "fp32"], help="inswapper variant (default fp16)")
+    g.add_argument("--swapper-precision", choices=RULES["swapper_precision"].choices,
+                   help="inswapper variant (default fp16)")
     g.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="use this ONNX file for a model instead of the downloaded one (not verified)")
     g.add_argument("--no-swap", dest="enable_swap", action="store_false", default=None, help="pass video through")
@@ -32,7 +33,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("enhancer")
     e.add_argument("--enhance", dest="enable_enhancer", action="store_true", default=None,
                    help="restore the swapped face (MIRAGE_ENABLE_ENHANCER)")
-    e.add_argument("--enhancer", choices=["codeformer", "gfpgan"], help="which enhancer (default codeformer)")
+    e.add_argument("--enhancer", choices=RULES["enhancer"].choices, help="which enhancer (default codeformer)")
     e.add_argument("--fidelity", dest="codeformer_fidelity", type=float,
                    help="CodeFormer fidelity 0..1 (MIRAGE_CODEFORMER_FIDELITY, default 0.75)")
     e.add_argument("--enhancer-interval", type=int, help="enhance every k-th frame, re-use in between (default 1)")

@@ -37,7 +37,7 @@ from .slot import LatestSlot
 
 log = logging.getLogger(__name__)
 
-ENHANCER_KINDS = ("codeformer", "gfpgan")
+from ..config import ENHANCER_KINDS  # noqa: E402  (declared once, with the settings)
 REGISTRY_NAMES = {"codeformer": "codeformer", "gfpgan": "gfpgan_1_4"}
 DEFAULT_FIDELITY = 0.75
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import F0_METHODS, VOICE_CONVERTERS
+
 
 def _signed_float(text: str) -> float:
     return float(text)
@@ -17,12 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "masculine, chipmunk, giant, robot, whisper)")
     parser.add_argument("--input", default=None, help="microphone: name, name fragment or index (`mirage devices`)")
     parser.add_argument("--output", default=None, help='output device, e.g. "Mirage Microphone", "CABLE Input", "BlackHole"')
-    parser.add_argument("--converter", choices=("world", "rvc", "passthrough"), default=None,
+    parser.add_argument("--converter", choices=VOICE_CONVERTERS, default=None,
                         help="world: built-in pitch/formant changer (default); rvc: your RVC ONNX model")
     parser.add_argument("--model", default=None, help="RVC synthesizer .onnx (with --converter rvc)")
     parser.add_argument("--encoder", default=None, help="content encoder .onnx, e.g. vec-768-layer-12.onnx")
     parser.add_argument("--rmvpe", default=None, help="RMVPE .onnx for --f0 rmvpe")
-    parser.add_argument("--f0", dest="f0_method", choices=("rmvpe", "harvest", "dio"), default=None,
+    parser.add_argument("--f0", dest="f0_method", choices=F0_METHODS, default=None,
                         help="F0 method (default: dio for world, rmvpe for rvc)")
     parser.add_argument("--speaker", type=int, default=None, help="RVC speaker id")
     parser.add_argument("--block-ms", type=float, default=None, help="chunk size in ms (default 192)")
