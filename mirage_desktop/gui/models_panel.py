@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QProgressBar,
+    QSizePolicy,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -68,6 +69,34 @@ def licence_section(text: str, model: str) -> str:
     return ""
 
 
+def purpose_text(needed_by) -> str:
+    """What a model is for, in words ("face identity, face swap")."""
+    words = dict.fromkeys(PURPOSE.get(f, f) for f in needed_by)
+    if "face swap" in words:
+        words.pop("face swap (fp32)", None)
+    return ", ".join(words) or "—"
+
+
+def licence_short(spec) -> str:
+    """A few words for the table (the full licence is in the tooltip and the licence dialog)."""
+    if "unclear" in spec.license.lower():
+        return "commercial use unclear ⚠"
+    if not spec.commercial_use:
+        return "non-commercial ⚠"
+    return spec.license if len(spec.license) <= 24 else "commercial use allowed"
+
+
+def markdown_html(md: str) -> str:
+    """Markdown rendered by Qt (headings, lists, bold, code, links), as an HTML fragment."""
+    from PySide6.QtGui import QTextDocument
+
+    doc = QTextDocument()
+    doc.setMarkdown(md)
+    out = doc.toHtml()
+    m = re.search(r"<body[^>]*>(.*)</body>", out, re.S)
+    return m.group(1) if m else out
+
+
 class LicenceDialog(QDialog):
     """Each model's licence, non-commercial ones flagged; OK only after ticking the box."""
 
@@ -93,8 +122,10 @@ class LicenceDialog(QDialog):
 
     @staticmethod
     def licence_html(specs: list) -> str:
+        """Each model with its flag, then the LICENSES.md sections that name them, rendered from
+        their Markdown (each section once, under the first model it names)."""
         notes = licence_notes()
-        parts = []
+        parts, shown = [], set()
         for s in specs:
             flag = ("<span style='color:%s; font-weight:700'>NON-COMMERCIAL</span>" % theme.RED
                     if not s.commercial_use else
@@ -104,8 +135,9 @@ class LicenceDialog(QDialog):
                          f"<p>{flag}<br>{html.escape(s.license)}<br>"
                          f"<a href='{html.escape(s.license_url)}'>{html.escape(s.license_url)}</a></p>")
             sec = licence_section(notes, s.name)
-            if sec:
-                parts.append("<pre style='white-space:pre-wrap; color:%s'>%s</pre>" % (theme.MUTED, html.escape(sec)))
+            if sec and sec not in shown:
+                shown.add(sec)
+                parts.append(markdown_html("#" + sec))  # "## …" → "### …": below the model's own heading
         return "".join(parts)
 
     @classmethod
@@ -118,7 +150,10 @@ class ModelsPanel(QWidget):
     models_changed = Signal()  # a download finished: the engine should reload
     _progress = Signal(str, object, object)  # from the download thread: name, done, total
 
-    COLS = ("Model", "For", "State", "Size", "Licence", "")
+    #: the table's columns; each row's action button sits under its state, so the four columns
+    #: fit the side panel at the default window size (no sideways scrolling)
+    COLS = ("Model", "State", "Size", "Licence")
+    MODEL, STATE, SIZE, LICENCE = range(4)
 
     def __init__(self, jobs, parent: QWidget | None = None):
         super().__init__(parent)
@@ -131,6 +166,7 @@ class ModelsPanel(QWidget):
         self._queue: list = []
         self._current: str | None = None
         self._buttons: dict[str, QPushButton] = {}
+        self._state_labels: dict[str, QLabel] = {}
         self.last_error = ""
         self._last_progress = 0.0
 
@@ -145,24 +181,36 @@ class ModelsPanel(QWidget):
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSelectionMode(QAbstractItemView.NoSelection)
+        self.table.setFocusPolicy(Qt.NoFocus)
         self.table.setShowGrid(False)
         self.table.setWordWrap(True)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.table.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
         hh = self.table.horizontalHeader()
-        hh.setSectionResizeMode(QHeaderView.ResizeToContents)
-        hh.setSectionResizeMode(4, QHeaderView.Stretch)
+        hh.setDefaultAlignment(Qt.AlignLeft | Qt.AlignVCenter)
+        hh.setSectionResizeMode(self.MODEL, QHeaderView.Stretch)
+        hh.setSectionResizeMode(self.STATE, QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(self.SIZE, QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(self.LICENCE, QHeaderView.Fixed)
+        self.table.setColumnWidth(self.LICENCE, self.fontMetrics().horizontalAdvance("commercial ⚠") + 10)
         lay.addWidget(self.table, 1)
         row = QHBoxLayout()
-        self.download_all = QPushButton("Download missing models")
+        self.download_all = QPushButton("Download missing")
         self.download_all.setObjectName("Primary")
+        self.download_all.setToolTip("Download the models face swap needs that are not here yet")
         self.download_all.clicked.connect(self.download_missing)
         row.addWidget(self.download_all)
         self.refresh_btn = QPushButton("Re-check")
+        self.refresh_btn.setToolTip("Check every model file again (SHA-256)")
         self.refresh_btn.clicked.connect(lambda: self.refresh(verify=True))
         row.addWidget(self.refresh_btn)
         row.addStretch(1)
+        for b in (self.download_all, self.refresh_btn):  # never squeezed below their text
+            b.setSizePolicy(QSizePolicy.Minimum, QSizePolicy.Fixed)
         lay.addLayout(row)
         self.progress_label = QLabel()
         self.progress_label.setObjectName("Muted")
+        self.progress_label.setWordWrap(True)
         self.progress = QProgressBar()
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.clicked.connect(self.cancel)
@@ -172,6 +220,7 @@ class ModelsPanel(QWidget):
         lay.addWidget(self.progress_label)
         lay.addLayout(prow)
         self._show_progress(False)
+        self.progress_label.hide()
         self._progress.connect(self._on_progress)
 
     # ---- status --------------------------------------------------------------------------
@@ -196,33 +245,55 @@ class ModelsPanel(QWidget):
         return [n for n, st in self.states.items()
                 if st.state != "present" and CORE_FEATURES.intersection(self.registry.get(n).needed_by)]
 
+    def state_text(self, name: str) -> str:
+        """The state shown in ``name``'s row ("present", "missing", ...)."""
+        lab = self._state_labels.get(name)
+        return lab.text() if lab is not None else ""
+
+    def row_names(self) -> list[str]:
+        return [self.table.item(r, self.MODEL).data(Qt.UserRole) for r in range(self.table.rowCount())]
+
     def _fill(self) -> None:
         specs = self.registry.specs() if self.registry else []
         self.table.setRowCount(len(specs))
         self._buttons.clear()
+        self._state_labels.clear()
         for r, spec in enumerate(specs):
             st = self.states.get(spec.name)
             state = st.state if st else "checking…"
-            purpose = ", ".join(dict.fromkeys(PURPOSE.get(f, f) for f in spec.needed_by)) or "—"
-            lic = spec.license + ("" if spec.commercial_use else "  ⚠ non-commercial")
-            items = [spec.name, purpose, state, f"{spec.size / 1e6:.0f} MB" if spec.size else "?", lic]
-            for c, text in enumerate(items):
-                it = QTableWidgetItem(text)
-                if c == 2:
-                    it.setForeground(Qt.GlobalColor.white)
-                    it.setData(Qt.ForegroundRole, _qcolor(STATE_COLORS.get(state, theme.MUTED)))
-                    if st is not None and st.detail:
-                        it.setToolTip(st.detail)
-                if c == 4:
-                    it.setToolTip(f"{spec.license}\n{spec.license_url}")
-                    if not spec.commercial_use:
-                        it.setData(Qt.ForegroundRole, _qcolor(theme.YELLOW))
-                self.table.setItem(r, c, it)
+            purpose = purpose_text(spec.needed_by)
+            model = QTableWidgetItem(f"{spec.name}\n{purpose}")
+            model.setData(Qt.UserRole, spec.name)
+            model.setToolTip(f"{spec.name} ({spec.filename}): needed for {purpose}")
+            self.table.setItem(r, self.MODEL, model)
+            size = QTableWidgetItem(f"{spec.size / 1e6:.0f} MB" if spec.size else "?")
+            size.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            self.table.setItem(r, self.SIZE, size)
+            lic = QTableWidgetItem(licence_short(spec))
+            lic.setToolTip(f"{spec.license}\n{spec.license_url}")
+            if not spec.commercial_use:
+                lic.setData(Qt.ForegroundRole, _qcolor(theme.YELLOW))
+            self.table.setItem(r, self.LICENCE, lic)
+            self.table.setItem(r, self.STATE, QTableWidgetItem(""))  # under the widget: keeps the row's height
+            cell = QWidget()
+            cl = QVBoxLayout(cell)
+            cl.setContentsMargins(2, 3, 2, 3)
+            cl.setSpacing(3)
+            label = QLabel(state)
+            label.setStyleSheet(f"color: {STATE_COLORS.get(state, theme.MUTED)}; font-weight: 600;"
+                                " background: transparent;")
+            if st is not None and st.detail:
+                label.setToolTip(st.detail)
+            cl.addWidget(label)
             btn = QPushButton({"present": "Re-download", "corrupt": "Repair"}.get(state, "Download"))
+            btn.setObjectName("Small")
             btn.clicked.connect(lambda _=False, s=spec: self.download([s]))
             btn.setEnabled(self._current is None)
+            cl.addWidget(btn)
+            cell.setStyleSheet("background: transparent;")
             self._buttons[spec.name] = btn
-            self.table.setCellWidget(r, 5, btn)
+            self._state_labels[spec.name] = label
+            self.table.setCellWidget(r, self.STATE, cell)
         self.table.resizeRowsToContents()
         missing = self.missing_core()
         if missing:
@@ -233,6 +304,10 @@ class ModelsPanel(QWidget):
             self.headline.setText(f"<span style='color:{theme.GREEN}'>The face-swap models are installed "
                                   "and verified.</span>")
         self.download_all.setEnabled(bool(missing) and self._current is None)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - wrapped text needs new row heights
+        super().resizeEvent(event)
+        self.table.resizeRowsToContents()
 
     # ---- downloads -----------------------------------------------------------------------
     def download_missing(self) -> None:
@@ -259,6 +334,8 @@ class ModelsPanel(QWidget):
         if not self._queue:
             self._current = None
             self._show_progress(False)
+            self.progress_label.clear()  # done: no stale "Downloading …" line
+            self.progress_label.hide()
             self.refresh()
             emit(self.models_changed)
             return
@@ -311,6 +388,8 @@ class ModelsPanel(QWidget):
             pass
 
     def _on_progress(self, name: str, done, total) -> None:
+        if name != self._current:  # a late report from a download that has ended
+            return
         if total:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(1000 * min(done, total) / total))

@@ -89,18 +89,19 @@ def release(win) -> None:
 
 def render_window(png: str | os.PathLike, *, engine=None, image=None, source_photo=None, notices=None,
                   seconds: float = 3.0, size: tuple[int, int] = (1480, 920), view: str = "side_by_side",
-                  from_screen: bool = False) -> Path:
+                  from_screen: bool = False, tab: str = "") -> Path:
     """Open the window, stream ``image`` (a path or BGR array) for ``seconds``, save a PNG.
     ``from_screen``: take the picture the display server shows in the window's place (X11: the
     window's pixels read back from the server) instead of rendering the widget into an image.
+    ``tab``: the right-hand tab to show ("Live", "Output", "Models"; default: the first).
     Nothing is read from or written to the user's settings, identities or caches."""
     with isolated_profile(keep_models=engine is not None) as folder:
         return _render(png, folder, engine=engine, image=image, source_photo=source_photo, notices=notices,
-                       seconds=seconds, size=size, view=view, from_screen=from_screen)
+                       seconds=seconds, size=size, view=view, from_screen=from_screen, tab=tab)
 
 
 def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds, size, view,
-            from_screen=False) -> Path:
+            from_screen=False, tab="") -> Path:
     from PySide6.QtCore import QCoreApplication, QEventLoop
 
     from ..vision.capture import ImageSource
@@ -147,6 +148,11 @@ def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds,
         win.picker.add_photos([str(photo)])
         spin(120.0, lambda: bool(win.engine.identity))
     win.set_view(view)
+    if tab:
+        names = [win.tabs.tabText(i).lower() for i in range(win.tabs.count())]
+        if tab.lower() not in names:
+            raise SystemExit(f"no tab {tab!r}: choose one of {', '.join(names)}")
+        win.tabs.setCurrentIndex(names.index(tab.lower()))
     win.start()
 
     aspect = cam_img.shape[1] / max(1, cam_img.shape[0])

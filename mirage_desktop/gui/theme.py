@@ -56,6 +56,7 @@ QPushButton#Primary {{ background: {ACCENT}; border-color: {ACCENT}; color: whit
 QPushButton#Primary:hover {{ background: #7aa2ff; }}
 QPushButton#Danger {{ background: {RED}; border-color: {RED}; color: white; font-weight: 700;
                       padding: 7px 20px; }}
+QPushButton#Small {{ padding: 3px 8px; border-radius: 6px; }}
 QPushButton#Link {{ background: transparent; border: none; color: {ACCENT}; padding: 2px; }}
 QComboBox, QSpinBox, QDoubleSpinBox, QLineEdit {{ background: {PANEL_2}; border: 1px solid {BORDER};
     border-radius: 6px; padding: 4px 6px; min-height: 20px; }}

@@ -177,7 +177,7 @@ class MainWindow(QMainWindow):
         split.addWidget(mid)
         # right: tabs
         self.tabs = QTabWidget()
-        self.tabs.setMinimumWidth(300)
+        self.tabs.setMinimumWidth(370)
         self.toggles = LiveControls(self.settings)
         self.toggles.option_changed.connect(self.set_option)
         self.tabs.addTab(self._scroll(self.toggles), "Live")
@@ -189,7 +189,7 @@ class MainWindow(QMainWindow):
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
         split.setStretchFactor(2, 0)
-        split.setSizes([290, 860, 330])
+        split.setSizes([262, 808, 410])
         outer.addWidget(split, 1)
         self.setCentralWidget(root)
         self._status_bar()

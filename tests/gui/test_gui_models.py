@@ -3,6 +3,7 @@ shows present/missing/corrupt and licences, and downloads with progress and canc
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -63,7 +64,7 @@ def panel(qtbot):
 
 
 def _states(p):
-    return {p.table.item(r, 0).text(): p.table.item(r, 2).text() for r in range(p.table.rowCount())}
+    return {n: p.state_text(n) for n in p.row_names()}
 
 
 def test_panel_shows_present_missing_corrupt_and_licences(qtbot, panel, tmp_path, monkeypatch):
@@ -115,10 +116,11 @@ needed_by = ["swap"]
     qtbot.waitUntil(lambda: panel.table.rowCount() == 3, timeout=5000)
     st = _states(panel)
     assert st == {"det_10g": "present", "w600k_r50": "missing", "inswapper_128_fp16": "corrupt"}
-    names = [panel.table.item(r, 0).text() for r in range(3)]
-    lic = {n: panel.table.item(r, 4).text() for r, n in enumerate(names)}
+    names = panel.row_names()
+    lic = {n: panel.table.item(r, panel.LICENCE).text() for r, n in enumerate(names)}
     assert "non-commercial" in lic["det_10g"] and lic["w600k_r50"] == "MIT"
-    assert "sha256 mismatch" in panel.table.item(names.index("inswapper_128_fp16"), 2).toolTip()
+    assert panel.table.item(names.index("det_10g"), panel.SIZE).text() == "0 MB"
+    assert "sha256 mismatch" in panel._state_labels["inswapper_128_fp16"].toolTip()
     assert sorted(panel.missing_core()) == ["inswapper_128_fp16", "w600k_r50"]
     assert panel._buttons["inswapper_128_fp16"].text() == "Repair"
     assert panel._buttons["det_10g"].text() == "Re-download"
@@ -139,8 +141,17 @@ def test_licences_are_shown_before_download_and_declining_downloads_nothing(qtbo
     assert "not accepted" in panel.progress_label.text()
     html = LicenceDialog.licence_html([panel.registry.get("codeformer"), panel.registry.get("det_10g")])
     assert "NON-COMMERCIAL" in html and "S-Lab" in html and "InsightFace" in html
-    dlg = LicenceDialog([panel.registry.get("codeformer")])
+    dlg = LicenceDialog([panel.registry.get("codeformer"), panel.registry.get("det_10g"),
+                         panel.registry.get("w600k_r50")])
     qtbot.addWidget(dlg)
+    # LICENSES.md is rendered, not shown as Markdown source: no "##", no backticks, a real list
+    text = dlg.text.toPlainText()
+    assert "S-Lab" in text and "##" not in text and "`" not in text and "<" + "https" not in text
+    assert text.count("Licence: the insightface Python library") == 1  # a shared section once
+    doc = dlg.text.document()
+    blocks = [doc.findBlockByNumber(i) for i in range(doc.blockCount())]
+    assert any(b.textList() is not None for b in blocks)  # "- Source: …" became a list
+    assert any(b.blockFormat().headingLevel() for b in blocks)
     assert not dlg.ok.isEnabled()
     dlg.check.setChecked(True)
     assert dlg.ok.isEnabled()
@@ -187,3 +198,49 @@ def test_finished_download_reloads_the_engine(qtbot, make_window, make_engine):
     with qtbot.waitSignal(win.models.models_changed, timeout=10000):
         win.models.download_missing()
     qtbot.waitUntil(lambda: len(loads) >= 1, timeout=10000)
+    # the finished download leaves no "Downloading …" line behind
+    assert win.models.progress_label.text() == "" and not win.models.progress_label.isVisibleTo(win)
+    assert not win.models.progress.isVisibleTo(win)
+
+
+def test_failed_download_replaces_the_progress_line_with_the_reason(qtbot, panel):
+    panel.refresh()
+    qtbot.waitUntil(lambda: panel.registry is not None, timeout=5000)
+
+    def broken(spec, **kw):
+        kw["on_progress"](5_000_000, 10_000_000)
+        raise OSError("connection reset by peer")
+
+    panel.confirm_licences = lambda specs: True
+    panel.downloader = broken
+    assert panel.download([panel.registry.get("det_10g")])
+    qtbot.waitUntil(lambda: not panel.downloading, timeout=5000)
+    assert panel.progress_label.text() == "Download of det_10g failed: connection reset by peer"
+    assert not panel.progress.isVisibleTo(panel) and not panel.cancel_btn.isVisibleTo(panel)
+
+
+def test_models_tab_fits_the_default_window(qtbot, make_window):
+    """At the default size every column (licence and size too) is in view, rows are a few lines
+    high, and no button's text is cut off."""
+    win = make_window()
+    win.show_models()
+    panel = win.models
+    qtbot.waitUntil(lambda: panel.table.rowCount() > 0 and bool(panel._buttons), timeout=10000)
+    t = panel.table
+    t.resizeRowsToContents()
+    total = sum(t.columnWidth(c) for c in range(t.columnCount()))
+    assert total <= t.viewport().width(), (total, t.viewport().width())
+    assert t.columnWidth(panel.LICENCE) > 0 and t.columnWidth(panel.SIZE) > 0
+    line = t.fontMetrics().height()
+    assert all(t.rowHeight(r) <= 4 * line for r in range(t.rowCount())), [t.rowHeight(r) for r in range(t.rowCount())]
+    buttons = [panel.download_all, panel.refresh_btn, *panel._buttons.values()]
+    for b in buttons:
+        assert b.width() >= b.fontMetrics().horizontalAdvance(b.text()) + 12, (b.text(), b.width())
+    # every row's text fits its cell (no "…" elision)
+    for r in range(t.rowCount()):
+        for c in (panel.MODEL, panel.SIZE, panel.LICENCE):
+            it = t.item(r, c)
+            fm = t.fontMetrics()
+            words = re.split(r"[\s-]+", it.text())  # wrapping at spaces and hyphens is fine
+            widest = max(fm.horizontalAdvance(w) for w in words)
+            assert widest <= t.columnWidth(c), (it.text(), t.columnWidth(c))
