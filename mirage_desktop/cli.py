@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "swap": ("mirage_desktop.commands.swap", "swap faces in a still image"),
     "models": ("mirage_desktop.models.cli", "list, download and verify model weights"),
     "devices": ("mirage_desktop.commands.devices", "list cameras, virtual camera backends and audio devices"),
-    "doctor": ("mirage_desktop.commands.doctor", "check providers, drivers, devices and models; say how to fix problems"),
+    "doctor": ("mirage_desktop.commands.doctor",
+               "check providers, drivers, devices and models; say how to fix problems"),
     "bench": ("mirage_desktop.commands.bench", "benchmark the video pipeline and print P50/P95/P99 and FPS"),
     "voice": ("mirage_desktop.voice.cli", "run the real-time voice changer headless"),
     "mic": ("mirage_desktop.voice.mic_cli", "create or remove the 'Mirage Microphone' virtual microphone (Linux)"),
@@ -131,7 +132,8 @@ def _crash_log(args) -> str | None:
     from .config import cache_dir
     from .fsutil import atomic_write_text
 
-    path = cache_dir() / "crash" / f"mirage-{getattr(args, 'command', '') or 'gui'}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = cache_dir() / "crash" / f"mirage-{getattr(args, 'command', '') or 'gui'}-{stamp}.log"
     try:
         atomic_write_text(path, traceback.format_exc(), "crash log")
     except MirageError:

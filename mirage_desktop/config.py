@@ -543,7 +543,8 @@ def env_notices(environ: Mapping[str, str] | None = None) -> list[str]:
     environ = os.environ if environ is None else environ
     settings_vars = setting_variables()
     out = []
-    model_vars: frozenset | None | bool = False  # False: not read yet
+    model_vars: frozenset | None = None
+    read_models = False  # the model variables are read on first need (models.toml)
     for var in sorted(k for k in environ if k.upper().startswith(ENV_PREFIX)):
         up = var.upper()
         if up in settings_vars or up in OTHER_VARIABLES:
@@ -553,8 +554,8 @@ def env_notices(environ: Mapping[str, str] | None = None) -> list[str]:
             continue
         known = list(settings_vars) + list(OTHER_VARIABLES)
         if up.endswith(MODEL_VARIABLE_SUFFIXES):
-            if model_vars is False:
-                model_vars = _model_variables(environ)
+            if not read_models:
+                model_vars, read_models = _model_variables(environ), True
             if model_vars is None or up in model_vars:
                 continue
             known = sorted(model_vars) + known
@@ -634,7 +635,7 @@ def load_file(path: Path | None = None) -> tuple[dict, list[str]]:
         _notice(notices, f"settings file {path} was unreadable ({exc}); {where}; using defaults")
         return {}, notices
     values = {}
-    old = raw.get("extra") if isinstance(raw.get("extra"), dict) else {}
+    old: dict = raw["extra"] if isinstance(raw.get("extra"), dict) else {}
     for k in [k for k in old if k in _FIELDS and k != "extra"]:  # kept in "extra" before they were settings
         v = old.pop(k)
         raw.setdefault(k, v)

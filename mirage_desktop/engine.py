@@ -75,14 +75,15 @@ class Engine:
         self.settings = validate(settings or Settings())
         self.overrides = dict(model_overrides or {})
         self.metrics = metrics or Metrics()
-        self.analyzer = None
-        self.swapper = None
-        self.enhance_stage = None
+        self.analyzer: Any = None  # vision.analysis.FaceAnalyzer once load_models() ran
+        self.swapper: Any = None
+        self.enhance_stage: Any = None
         self.identity = None
         self.reference: np.ndarray | None = None  # only swap faces that look like this (set_reference)
         self.latent: np.ndarray | None = None
-        self.pipeline = None
-        self.voice = None
+        self.pipeline: Any = None  # vision.pipeline.VideoPipeline while running
+        self.voice: Any = None  # voice.pipeline.VoicePipeline while the voice runs
+        self._gpu_monitor: Any = None
         self._lock = threading.RLock()
         self._status = EngineStatus()
         self.problems = Problems()  # one entry per source, set and cleared by that source
@@ -216,8 +217,13 @@ class Engine:
             stages = [faces, SwapStage(lambda: self.swapper, lambda: self.latent, self._color_fn(), self.metrics),
                       EnhanceFrames(lambda: self.enhance_stage), AiMark()]
         failed: list[tuple[str, Exception]] = []
+
+        def note(name: str, exc: Exception | None) -> None:
+            if exc is not None:
+                failed.append((name, exc))
+
         ctx = FrameContext(img, opts=s)
-        run_stages(stages, ctx, self.metrics, lambda name, exc: exc is not None and failed.append((name, exc)))
+        run_stages(stages, ctx, self.metrics, note)
         if failed:
             name, exc = failed[0]
             raise exc if isinstance(exc, MirageError) else MirageError(f"{name} failed: {exc}")
@@ -315,7 +321,7 @@ class Engine:
                 self.last_outputs = [OutputReport(s.describe(), int(getattr(s, "frames", 0)),
                                                   getattr(s, "kept", None), p.sink_errors.get(id(s)),
                                                   bool(getattr(s, "critical", False))) for s in p.sinks]
-            if getattr(self, "_gpu_monitor", None) is not None:
+            if self._gpu_monitor is not None:
                 self._gpu_monitor.stop()
                 self._gpu_monitor = None
             self._status.running = False

@@ -136,7 +136,8 @@ def run_scenario(n_faces: int, args, workdir: Path, log=print) -> dict:
     c = snap["counters"]
     out = c.get("frames.out", 0)
     res = {
-        "faces": n_faces, "size": f"{args.width}x{args.height}", "frames_out": out, "seconds": elapsed, "fps": out / elapsed if elapsed else 0.0,
+        "faces": n_faces, "size": f"{args.width}x{args.height}", "frames_out": out, "seconds": elapsed,
+        "fps": out / elapsed if elapsed else 0.0,
         "dropped": {k: v for k, v in c.items() if k.startswith("dropped.")},
         "faces_swapped_per_frame": c.get("faces.swapped", 0) / max(out, 1),
         "detector_runs": c.get("detect.runs", 0), "provider": st.provider,

@@ -136,8 +136,9 @@ def run(args) -> int:
                 tot = snap["stages"].get("total", {})
                 fps = snap["gauges"].get("fps", 0.0)
                 if sys.stderr.isatty():
-                    print(f"\r{fps:5.1f} FPS  total P50 {tot.get('p50') or 0:6.1f} ms  P95 {tot.get('p95') or 0:6.1f} ms"
-                          f"  {snap['health']['level']}", end="", file=sys.stderr, flush=True)
+                    print(f"\r{fps:5.1f} FPS  total P50 {tot.get('p50') or 0:6.1f} ms  "
+                          f"P95 {tot.get('p95') or 0:6.1f} ms  {snap['health']['level']}", end="", file=sys.stderr,
+                          flush=True)
         if engine.voice is not None:
             voice_status = engine.voice.status()
     finally:

@@ -116,8 +116,8 @@ def check(handle: Any, contract: Contract, outputs: list[int] | None = None) -> 
     return env
 
 
-def _resolve(shape: Sequence[Dim], env: Mapping[str, int]) -> tuple:
-    return tuple(env.get(d, d) if isinstance(d, str) else d for d in shape)
+def _resolve(shape: Sequence[Dim] | None, env: Mapping[str, int]) -> tuple | None:
+    return None if shape is None else tuple(env.get(d, d) if isinstance(d, str) else d for d in shape)
 
 
 def _check_outputs(contract: Contract, path: Any, shapes: list, env: dict[str, int]) -> None:
@@ -181,7 +181,8 @@ SCRFD = Contract(  # outputs: per stride, anchors x {1 score, 4 box, 10 keypoint
     fix="use det_10g.onnx from buffalo_l (`mirage models download --force buffalo_l`)")
 
 ARCFACE = Contract(
-    "w600k_r50", "face recognizer (ArcFace, 512-d)", inputs=(TensorSpec(("N", 3, 112, 112)),), outputs=(TensorSpec(("N", 512)),),
+    "w600k_r50", "face recognizer (ArcFace, 512-d)", inputs=(TensorSpec(("N", 3, 112, 112)),),
+    outputs=(TensorSpec(("N", 512)),),
     probe={"N": 1},
     fix="use w600k_r50.onnx from buffalo_l (`mirage models download --force buffalo_l`)")
 
@@ -197,7 +198,8 @@ def enhancer_contract(model: str, image_input: str, weight_input: str | None = N
     inputs = [TensorSpec((1, 3, "S", "S"), name=image_input)]
     if weight_input:
         inputs.append(TensorSpec(None, name=weight_input))
-    # some exports add side outputs (CodeFormer's code logits): the image is the first
-    return Contract(model, "face enhancer", inputs=tuple(inputs), outputs=(TensorSpec((1, 3, "S", "S")),), output_counts=(1, 2, 3),
+    # some exports add side outputs (CodeFormer's code logits): the caller says which is the image
+    return Contract(model, "face enhancer", inputs=tuple(inputs), outputs=(TensorSpec((1, 3, "S", "S")),),
+                    output_counts=(1, 2, 3),
                     probe={"S": 512},
                     fix=f"use {model} from models.toml (`mirage models download --force {model}`)")

@@ -1,4 +1,4 @@
-"""Where processed frames go: the virtual camera, a video file, nothing (benchmarks), a callback.
+"""Where processed frames go: the virtual camera, a video file, nothing (benchmarks).
 
 Every sink has ``open(width, height, fps)``, ``send(frame_bgr)``, ``close()`` and ``describe()``.
 """
@@ -10,7 +10,7 @@ import glob
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -61,21 +61,6 @@ class NullSink:
 
     def describe(self) -> str:
         return "null (frames are dropped)"
-
-
-class CallbackSink(NullSink):
-    name = "callback"
-
-    def __init__(self, fn: Callable[[np.ndarray], None]):
-        super().__init__()
-        self.fn = fn
-
-    def send(self, frame: np.ndarray) -> None:
-        self.frames += 1
-        self.fn(frame)
-
-    def describe(self) -> str:
-        return "preview"
 
 
 # containers OpenCV writes everywhere, and the codec used for each

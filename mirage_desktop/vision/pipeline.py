@@ -290,7 +290,7 @@ class VideoPipeline:
                         continue
                     break  # end of a finite source
                 self.metrics.incr("frames.in")
-                if idx % 30 == 0 and getattr(self.source, "measured_fps", 0):
+                if idx % 30 == 0 and getattr(self.source, "measured_fps", None):
                     self.metrics.set_gauge("capture.fps", round(self.source.measured_fps, 1))
                 self.in_slot.put(FramePacket(idx, time.perf_counter(), frame), block=self.lossless)
                 idx += 1

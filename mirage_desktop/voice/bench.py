@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         ("world dio +4 st, formant 1.1", lambda: WorldConverter(pitch=4, formant=1.1, f0_method="dio")),
         ("world harvest +4 st", lambda: WorldConverter(pitch=4, f0_method="harvest")),
         (f"{rvc_label} f0=dio", lambda: RvcConverter(paths["model"], paths["encoder"], paths.get("rmvpe"), "dio", 4)),
-        (f"{rvc_label} f0=harvest", lambda: RvcConverter(paths["model"], paths["encoder"], paths.get("rmvpe"), "harvest", 4)),
+        (f"{rvc_label} f0=harvest",
+         lambda: RvcConverter(paths["model"], paths["encoder"], paths.get("rmvpe"), "harvest", 4)),
     ]
     if paths.get("rmvpe"):
         cases.append((f"{rvc_label} f0=rmvpe",
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_converter(make(), x, args.block_ms)
         alg = r["algorithmic_latency_ms"]
         stages = " ".join(f"{k}={v:.1f}" for k, v in r["stages"].items())
-        print(f"{label:<32}{r['chunks']:>7}{r['p50']:>9.3f}{r['p95']:>7.3f}{r['p99']:>7.3f}{r['accept']:>8.0%}   {stages}")
+        print(f"{label:<32}{r['chunks']:>7}{r['p50']:>9.3f}{r['p95']:>7.3f}{r['p99']:>7.3f}"
+              f"{r['accept']:>8.0%}   {stages}")
     print(f"algorithmic latency inside the engine (block + crossfade + SOLA search): {alg:.0f} ms "
           f"(+ resampler and device latency at run time)")
     if tmp is not None:

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=None, help="built-in voice preset (neutral, deeper, higher, feminine, "
                                                        "masculine, chipmunk, giant, robot, whisper)")
     parser.add_argument("--input", default=None, help="microphone: name, name fragment or index (`mirage devices`)")
-    parser.add_argument("--output", default=None, help='output device, e.g. "Mirage Microphone", "CABLE Input", "BlackHole"')
+    parser.add_argument("--output", default=None,
+                        help='output device, e.g. "Mirage Microphone", "CABLE Input", "BlackHole"')
     parser.add_argument("--converter", choices=VOICE_CONVERTERS, default=None,
                         help="world: built-in pitch/formant changer (default); rvc: your RVC ONNX model")
     parser.add_argument("--model", default=None, help="RVC synthesizer .onnx (with --converter rvc)")
@@ -28,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="F0 method (default: dio for world, rmvpe for rvc)")
     parser.add_argument("--speaker", type=int, default=None, help="RVC speaker id")
     parser.add_argument("--block-ms", type=float, default=None, help="chunk size in ms (default 192)")
-    parser.add_argument("--silence-db", type=float, default=None, help="pass chunks quieter than this through (default -50)")
+    parser.add_argument("--silence-db", type=float, default=None,
+                        help="pass chunks quieter than this through (default -50)")
     parser.add_argument("--no-adapt", action="store_true", help="keep the chunk size fixed")
     parser.add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl+C)")
     parser.add_argument("--stats-every", type=float, default=5.0, help="print status every N seconds (0 = never)")

@@ -15,14 +15,14 @@ Contract (checked by :func:`check_converter`): a converter has
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import numpy as np
 
-from ..config import F0_METHODS, FORMANT_RANGE, PITCH_RANGE, VOICE_CONVERTERS, VOICE_PRESETS
+from ..config import F0_METHODS, FORMANT_RANGE, VOICE_CONVERTERS, VOICE_PRESETS
 from ..errors import MirageError
 from . import SAMPLE_RATE
+from .checks import _Stage, check_pitch  # noqa: F401  (shared with the RVC converter)
 
 # name -> (pitch semitones, formant ratio, f0 mode); f0 mode: "shift", "monotone:<Hz>", "whisper"
 PRESETS: dict[str, tuple[float, float, str]] = {
@@ -46,15 +46,6 @@ def check_converter(obj: Any) -> Any:
                           "implement the converter contract in mirage_desktop/voice/converters.py")
     return obj
 
-
-
-def check_pitch(value: Any) -> float:
-    """A pitch shift in semitones, -24..+24, or a one-line error."""
-    v = float(value)
-    lo, hi = PITCH_RANGE
-    if not lo <= v <= hi:
-        raise MirageError(f"pitch {v:+g} is out of range", f"use {lo:+g}..{hi:+g} semitones")
-    return v
 
 
 def check_formant(value: Any) -> float:
@@ -83,21 +74,6 @@ def check_option(name: str, value: Any) -> None:
             int(value)
     except (TypeError, ValueError) as exc:
         raise MirageError(f"bad value {value!r} for voice option {name}: {exc}", "pass a number") from None
-
-
-class _Stage:
-    """``with _Stage(timings, "f0"): ...`` adds elapsed ms to timings["f0"]."""
-
-    __slots__ = ("timings", "name", "t")
-
-    def __init__(self, timings: dict, name: str):
-        self.timings, self.name = timings, name
-
-    def __enter__(self):
-        self.t = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.timings[self.name] = self.timings.get(self.name, 0.0) + (time.perf_counter() - self.t) * 1000.0
 
 
 class PassThrough:

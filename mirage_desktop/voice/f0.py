@@ -40,10 +40,6 @@ def median_f0(x: np.ndarray, sr: int = SAMPLE_RATE, method: str = "harvest") -> 
     return float(np.median(voiced)) if voiced.size else 0.0
 
 
-def shift_f0(f0: np.ndarray, semitones: float) -> np.ndarray:
-    return f0 * (2.0 ** (semitones / 12.0))
-
-
 def harmonic_signal(f0: float, seconds: float, sr: int = SAMPLE_RATE, n_harmonics: int = 12,
                     amplitude: float = 0.3, vibrato: float = 0.0) -> np.ndarray:
     """A voice-like harmonic test tone with a known F0 (1/k amplitudes, formant-ish tilt)."""

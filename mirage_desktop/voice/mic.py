@@ -29,7 +29,8 @@ DESCRIPTION = "Mirage Microphone"
 def _require_pulse() -> None:
     if not sys.platform.startswith("linux"):
         raise DeviceError("`mirage mic` creates the virtual microphone on Linux only",
-                          "on Windows install VB-Audio CABLE, on macOS BlackHole, then use --output 'CABLE Input' / 'BlackHole'")
+                          "on Windows install VB-Audio CABLE, on macOS BlackHole, then use --output 'CABLE Input' / "
+                          "'BlackHole'")
     if not pulse_available():
         raise DeviceError("no PulseAudio/PipeWire-pulse server is reachable",
                           "start it (`pulseaudio --start` or `systemctl --user start pipewire-pulse`) and retry")

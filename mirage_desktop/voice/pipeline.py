@@ -524,13 +524,3 @@ class VoicePipeline:
                 m.set_gauge("voice.error", self.error)
                 self._running = False
                 self._close_streams()
-
-
-def start_if_enabled(settings: Settings, metrics: Metrics) -> VoicePipeline | None:
-    """For ``mirage run``: a started pipeline when ``settings.enable_voice``, else None. Never raises
-    for device problems (they are in ``status()["error"]`` and logged)."""
-    if not settings.enable_voice:
-        return None
-    pipe = VoicePipeline(settings, metrics)
-    pipe.start()
-    return pipe

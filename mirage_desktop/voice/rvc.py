@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from ..config import F0_METHODS
 from ..errors import MirageError, ModelError
 from . import SAMPLE_RATE
-from .converters import _Stage, check_pitch
+from .checks import _Stage, check_pitch
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,8 @@ class RvcConverter:
                 frames = 1 + x.size // FRAME_HOP
                 if f0.ndim != 1 or not frames // 2 <= f0.size <= frames * 2 or not np.isfinite(f0).all():
                     raise ModelError(f"the RMVPE model gave {f0.size} F0 values for {frames} frames",
-                                     "use an RMVPE export with a [1, 128, frames] mel input and [1, frames, 360] output")
+                                     "use an RMVPE export with a [1, 128, frames] mel input and a [1, frames, 360] "
+                                     "output")
             feats = self.model.encode(x)
             audio = self.model.synthesize(feats, np.zeros(feats.shape[1]), self.speaker, self._rng)
         except ModelError:
@@ -277,9 +279,10 @@ class RvcConverter:
                 self.pitch = check_pitch(value)
             elif name == "f0_method":
                 if value == "rmvpe" and self.rmvpe is None:
-                    raise ModelError("F0 method rmvpe needs an RMVPE model", "pass --rmvpe rmvpe.onnx or use --f0 harvest")
-                if value not in ("rmvpe", "harvest", "dio"):
-                    raise MirageError(f"unknown F0 method {value!r}", "use rmvpe, harvest or dio")
+                    raise ModelError("F0 method rmvpe needs an RMVPE model",
+                                     "pass --rmvpe rmvpe.onnx or use --f0 harvest")
+                if value not in F0_METHODS:
+                    raise MirageError(f"unknown F0 method {value!r}", f"use {', '.join(F0_METHODS)}")
                 self.f0_method = value
             elif name == "speaker":
                 self.speaker = int(value)

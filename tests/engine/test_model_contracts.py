@@ -130,8 +130,10 @@ REFUSERS = [(ArcFace, "arc.onnx", kw, words) for kw, words in BAD_RECOGNIZERS.va
            [(SCRFD, "det.onnx", kw, words) for kw, words in BAD_DETECTORS.values()]
 
 
-@pytest.mark.parametrize("cls,file,kw,words", REFUSERS,
-                         ids=[f"{c.__name__}:{n}" for (c, _, _, _), n in zip(REFUSERS, [*BAD_RECOGNIZERS, *BAD_DETECTORS])])
+REFUSER_IDS = [f"{c.__name__}:{n}" for (c, _, _, _), n in zip(REFUSERS, [*BAD_RECOGNIZERS, *BAD_DETECTORS])]
+
+
+@pytest.mark.parametrize("cls,file,kw,words", REFUSERS, ids=REFUSER_IDS)
 def test_a_wrong_recognizer_or_detector_is_refused_at_load(tmp_path, cls, file, kw, words):
     h = create_session(build_signature(tmp_path / file, **kw))
     with pytest.raises(ModelError) as e:

@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pytest
 import pyvirtualcam
-from tests_support import HANG_GUARD_S, Frames, Gate, now, wait_counter
+from tests_support import HANG_GUARD_S, CallbackSink, Frames, Gate, now, wait_counter
 
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
 from mirage_desktop.metrics import Metrics
-from mirage_desktop.outputs.sinks import CallbackSink, FileSink, NullSink, VirtualCameraSink
+from mirage_desktop.outputs.sinks import FileSink, NullSink, VirtualCameraSink
 from mirage_desktop.vision.capture import ImageSource
 from mirage_desktop.vision.slot import LatestSlot
 

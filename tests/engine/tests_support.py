@@ -118,3 +118,27 @@ class Gate:
 
     def open(self) -> None:
         self.opened.set()
+
+
+class CallbackSink:
+    """A sink that hands every frame to a function (the engine's frame subscriptions do this for
+    the app; tests use it to see exactly what a sink receives)."""
+
+    name = "callback"
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.frames = 0
+
+    def open(self, width, height, fps):
+        pass
+
+    def send(self, frame):
+        self.frames += 1
+        self.fn(frame)
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return "callback"

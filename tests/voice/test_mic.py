@@ -30,8 +30,8 @@ def fake_pactl(monkeypatch):
         if args[:3] == ("list", "short", "modules"):
             return subprocess.CompletedProcess(args, 0, state["modules"] + "\n", "")
         if args[0] == "unload-module":
-            state["modules"] = "\n".join(l for l in state["modules"].splitlines()
-                                         if not l.startswith(args[1] + "\t"))
+            state["modules"] = "\n".join(ln for ln in state["modules"].splitlines()
+                                         if not ln.startswith(args[1] + "\t"))
         return subprocess.CompletedProcess(args, 0, "", "")
 
     monkeypatch.setattr(mic, "pactl", pactl)

@@ -173,8 +173,9 @@ def test_end_to_end_pitch_and_latency(mirage_mic, null_sink):
                 break
         status = pipe.status()
     finally:
-        rec.stream.stop(); rec.stream.close()
-        ref.stream.stop(); ref.stream.close()
+        for s in (rec.stream, ref.stream):
+            s.stop()
+            s.close()
         pipe.stop()
     for i, (g, v, e, lost) in enumerate(takes, 1):
         print(f"\ntake {i}: output F0 {g:.1f} Hz over {v:.2f} s of whole audio, onset-to-onset "
@@ -201,15 +202,15 @@ def test_end_to_end_pitch_and_latency(mirage_mic, null_sink):
     assert m.counter("voice.chunks") > 5  # the tone alone spans eight blocks
 
 
-def test_live_options_and_run_helper(pulse, null_sink):
+def test_live_options(pulse, null_sink):
     from mirage_desktop.errors import MirageError
-    from mirage_desktop.voice.pipeline import start_if_enabled
+    from mirage_desktop.voice.pipeline import VoicePipeline
 
     null_sink("mirage_test_a")
     null_sink("mirage_test_b")
-    assert start_if_enabled(Settings(enable_voice=False), Metrics()) is None
     s = Settings(enable_voice=True, voice_input="mirage_test_a.monitor", voice_output="mirage_test_b")
-    pipe = start_if_enabled(s, Metrics())
+    pipe = VoicePipeline(s, Metrics())
+    assert pipe.start(), pipe.status()["error"]
     try:
         assert pipe.status()["running"] and pipe.status()["converter"] == "world"
         pipe.set_option("pitch", -3)
