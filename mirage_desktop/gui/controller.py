@@ -42,6 +42,7 @@ class EngineController(QObject):
     snapshot_ready = Signal(dict)
     option_applied = Signal(str, object)
     identity_changed = Signal(str)
+    reference_changed = Signal(str)  # the photo whose person alone is swapped; "" = any face
     models_loaded = Signal(object)  # EngineStatus
     error = Signal(str)
     notice = Signal(str)
@@ -61,6 +62,9 @@ class EngineController(QObject):
         self._closed = False
         self.last_snapshot: dict = {}
         self.last_start: tuple[Any, list] | None = None
+        self._unapplied: dict = {}  # changes queued for the engine: name -> (number, value)
+        self._change_no = 0
+        self.reference_photo = ""  # the photo of the person alone swapped ("" = any face)
         self.timer = QTimer(self)
         self.timer.setInterval(metrics_interval_ms)
         self.timer.timeout.connect(self.poll_metrics)
@@ -190,9 +194,23 @@ class EngineController(QObject):
                          on_error=lambda exc: log.warning("preview subscription: %s", exc))
 
     # ---- live options ------------------------------------------------------------------------
+    def _queued(self, key, value) -> int:
+        self._change_no += 1
+        self._unapplied[key] = (self._change_no, value)
+        return self._change_no
+
+    def _applied(self, key, no: int) -> None:
+        if self._unapplied.get(key, (None,))[0] == no:
+            self._unapplied.pop(key, None)
+
     def set_option(self, name: str, value: Any):
+        no = self._queued(name, value)
+
         def job():
-            self.engine.set_option(name, value)
+            try:
+                self.engine.set_option(name, value)
+            finally:
+                self._applied(name, no)
             st = self.engine.status()
             why = ""
             if name in _OPTIONAL_STAGES and getattr(self.engine.settings, name, False) is True:
@@ -209,6 +227,57 @@ class EngineController(QObject):
                 emit(self.error, why)
 
         return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
+
+    def update_extra(self, key: str, value: Any):
+        """Set ``settings.extra[key]`` — read, changed and written back on the engine's thread,
+        in order with the other changes, so two quick changes of different keys both stay."""
+
+        no = self._queued(("extra", key), value)
+
+        def job():
+            try:
+                self._set_extra(key, value)
+            finally:
+                self._applied(("extra", key), no)
+
+        return self.jobs.submit(job, serial=True, on_error=self._fail)
+
+    def _set_extra(self, key: str, value: Any) -> None:
+        extra = dict(self.engine.settings.extra or {})
+        extra[key] = value
+        self.engine.set_option("extra", extra)
+
+    # ---- reference person ------------------------------------------------------------------
+    def set_reference(self, photo: str | None):
+        """Swap only the person in ``photo`` (None: any face again). The photo's embedding is
+        made and handed to the engine off the Qt thread; ``reference_changed`` says what is used."""
+
+        def job():
+            if photo is None:
+                self.engine.set_reference(None)
+                self.reference_photo = ""
+                return ""
+            self.ensure_models()
+            if self.engine.analyzer is None or self.engine.analyzer.recognizer is None:
+                raise MirageError("a reference person needs the recognition model (w600k_r50), which is missing",
+                                  "download buffalo_l in the Models tab")
+            ident = self.engine.build_identity([photo], "reference")
+            if ident.embedding is None:
+                raise MirageError(f"no usable face embedding in {Path(str(photo)).name}",
+                                  "use a clear, frontal photo of the person")
+            self.engine.set_reference(ident.embedding)
+            self.reference_photo = str(photo)
+            return str(photo)
+
+        def done(path):
+            emit(self.reference_changed, path)
+            emit(self.status_changed, self.engine.status())
+
+        def failed(exc):
+            self._fail(exc)
+            emit(self.reference_changed, self.reference_photo)  # the one still in use
+
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=failed)
 
     # ---- identities --------------------------------------------------------------------------
     def set_identity(self, identity):
@@ -293,6 +362,17 @@ class EngineController(QObject):
             self.engine.stop()
         except Exception as exc:
             log.warning("stopping the engine failed: %s", exc)
+        # changes made just before closing whose engine call was cancelled: into the settings
+        # all the same (the stream is stopped), so the window's last save keeps them
+        for key, (_no, value) in sorted(self._unapplied.items(), key=lambda kv: kv[1][0]):
+            try:
+                if isinstance(key, tuple):
+                    self._set_extra(key[1], value)
+                else:
+                    self.engine.set_option(key, value)
+            except Exception as exc:
+                log.warning("setting %s could not be kept: %s", key, exc)
+        self._unapplied.clear()
         self.feed.close()
 
     @property

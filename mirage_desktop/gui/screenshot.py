@@ -2,7 +2,8 @@
 
 Without an engine, a demo one is built: small ONNX recognition and swap models with the
 real signatures (:mod:`mirage_desktop.models.synthetic`), the engine's OpenCV fallback
-detector (the SCRFD weights are missing, as on a first run), a source identity from matplotlib's Grace Hopper photo, and skimage's astronaut photo
+detector (the SCRFD weights are missing, as on a first run), a source identity from matplotlib's
+Grace Hopper photo, and skimage's astronaut photo
 as the camera.
 
 Settings, identities and caches always live in a temporary folder while the window is
@@ -108,7 +109,7 @@ def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds,
     from .cli import create_app
     from .window import MainWindow
 
-    app = create_app()
+    create_app()
     png = Path(png)
     cam_img, src_img = demo_images()
     if image is not None:

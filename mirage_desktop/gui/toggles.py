@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QPushButton,
     QSlider,
     QSpinBox,
     QVBoxLayout,
@@ -24,10 +28,23 @@ from PySide6.QtWidgets import (
 )
 
 
-from ..config import Settings
+from ..config import RULES, Settings
 from .qtcompat import emit
 
-DET_SIZES = (160, 224, 256, 320, 384, 416, 480, 512, 576, 640, 736, 800, 960, 1024)
+#: every setting the Live tab has a control for; each control's range or choices come from
+#: ``config.RULES`` (tests/gui/test_gui_toggles.py checks each against its rule)
+CONTROLLED = (
+    "enable_swap", "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer", "enable_smoothing", "max_faces",
+    "match_threshold", "enable_enhancer", "codeformer_fidelity", "enable_scrfd", "detect_interval", "det_size",
+    "enable_voice", "voice_pitch", "voice_formant", "voice_preset", "voice_converter", "voice_f0_method",
+    "voice_speaker", "voice_model", "voice_encoder", "voice_rmvpe",
+)
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    r = RULES[name]
+    assert r.lo is not None and r.hi is not None, f"{name} has no range in config.RULES"
+    return r.lo, r.hi
 
 
 class _Slider(QWidget):
@@ -37,11 +54,11 @@ class _Slider(QWidget):
 
     def __init__(self, lo: float, hi: float, step: float, fmt: str = "{:.2f}", parent=None):
         super().__init__(parent)
-        self.lo, self.step, self.fmt = lo, step, fmt
+        self.lo, self.hi, self.step, self.fmt = lo, hi, step, fmt
         self.slider = QSlider(Qt.Horizontal)
         self.slider.setRange(0, int(round((hi - lo) / step)))
         self.label = QLabel()
-        self.label.setMinimumWidth(44)
+        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance(fmt.format(-hi if lo < 0 else hi)) + 6)
         self.label.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -50,8 +67,15 @@ class _Slider(QWidget):
         self.slider.valueChanged.connect(self._changed)
         self._changed(self.slider.value(), notify=False)
 
+    @classmethod
+    def for_rule(cls, name: str, step: float, fmt: str = "{:.2f}") -> "_Slider":
+        return cls(*_bounds(name), step, fmt)
+
     def value(self) -> float:
         return round(self.lo + self.slider.value() * self.step, 6)
+
+    def range(self) -> tuple[float, float]:
+        return self.lo, round(self.lo + self.slider.maximum() * self.step, 6)
 
     def set_value(self, v: float) -> None:
         self.slider.blockSignals(True)
@@ -65,8 +89,93 @@ class _Slider(QWidget):
             emit(self.value_changed, self.value())
 
 
+def _spin(name: str, special: str = "", suffix: str = "") -> QSpinBox:
+    sb = QSpinBox()
+    lo, hi = _bounds(name)
+    sb.setRange(int(lo), int(hi))
+    if special:
+        sb.setSpecialValueText(special)
+    if suffix:
+        sb.setSuffix(suffix)
+    return sb
+
+
+def _choices(name: str, label=str) -> QComboBox:
+    cb = QComboBox()
+    for c in RULES[name].choices:
+        cb.addItem(label(c), c)
+    return cb
+
+
+def widget_range(w: QWidget):
+    """What a control accepts: ``(lo, hi)`` for a number, a tuple of values for a list, None for
+    a switch or a file."""
+    if isinstance(w, _Slider):
+        return w.range()
+    if isinstance(w, QSpinBox):
+        return w.minimum(), w.maximum()
+    if isinstance(w, QComboBox):
+        return tuple(w.itemData(i) for i in range(w.count()))
+    return None
+
+
+class FileChooser(QWidget):
+    """A model file: its name (full path in the tooltip), Choose… and Clear. ``path_changed(str)``."""
+
+    path_changed = Signal(str)
+
+    def __init__(self, caption: str, filters: str = "ONNX models (*.onnx)", parent=None):
+        super().__init__(parent)
+        self.caption, self.filters, self._path = caption, filters, ""
+        self.choose_file = lambda: QFileDialog.getOpenFileName(self, self.caption, str(Path.home()),
+                                                               self.filters)[0]  # tests replace it
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(6)
+        self.label = QLabel()
+        self.label.setObjectName("Muted")
+        self.label.setMinimumWidth(40)
+        lay.addWidget(self.label, 1)
+        self.choose = QPushButton("Choose…")
+        self.choose.setObjectName("Small")
+        self.choose.clicked.connect(self._choose)
+        lay.addWidget(self.choose)
+        self.clear = QPushButton("✕")
+        self.clear.setObjectName("Small")
+        self.clear.setToolTip("Use none")
+        self.clear.clicked.connect(lambda: self._set(""))
+        lay.addWidget(self.clear)
+        self.set_path("")
+
+    def path(self) -> str:
+        return self._path
+
+    def set_path(self, path: str) -> None:
+        self._path = path or ""
+        name = Path(self._path).name if self._path else "none"
+        fm = self.label.fontMetrics()
+        self.label.setText(fm.elidedText(name, Qt.ElideMiddle, 150))
+        self.label.setToolTip(self._path or "no file chosen")
+        self.clear.setEnabled(bool(self._path))
+
+    def _choose(self) -> None:
+        path = self.choose_file()
+        if path:
+            self._set(path)
+
+    def _set(self, path: str) -> None:
+        if path != self._path:
+            self.set_path(path)
+            emit(self.path_changed, self._path)
+
+
 class LiveControls(QWidget):
+    """``option_changed(name, value)`` for every setting; ``reference_chosen(path)`` /
+    ``reference_cleared()`` for the reference person (not a setting: an embedding)."""
+
     option_changed = Signal(str, object)
+    reference_chosen = Signal(str)
+    reference_cleared = Signal()
 
     def __init__(self, settings: Settings, parent: QWidget | None = None):
         super().__init__(parent)
@@ -76,10 +185,7 @@ class LiveControls(QWidget):
         lay.setSpacing(10)
 
         face = QGroupBox("Face")
-        fl = QFormLayout(face)
-        fl.setLabelAlignment(Qt.AlignLeft)
-        fl.setHorizontalSpacing(14)
-        fl.setVerticalSpacing(9)
+        fl = _form(face)
         self.swap = self._check("enable_swap", "Face swap", "Replace faces with the chosen identity")
         self.mouth = self._check("enable_mouth_mask", "Mouth mask",
                                  "Keep your own mouth (speech and teeth look natural)")
@@ -89,28 +195,48 @@ class LiveControls(QWidget):
                                  "Match the swapped face's colour and light to your skin")
         self.smoothing = self._check("enable_smoothing", "Smoothing",
                                      "Smooth face positions over time so the swap does not shimmer")
-        fl.addRow(self.swap)
-        fl.addRow(self.mouth)
-        fl.addRow(self.mark)
-        fl.addRow(self.color)
-        fl.addRow(self.smoothing)
-        self.max_faces = QSpinBox()
-        self.max_faces.setRange(0, 32)
-        self.max_faces.setSpecialValueText("all")
+        for w in (self.swap, self.mouth, self.mark, self.color, self.smoothing):
+            fl.addRow(w)
+        self.max_faces = _spin("max_faces", special="all")
         self.max_faces.setToolTip("How many faces to swap, largest first (0: all)")
         self.max_faces.valueChanged.connect(lambda v: emit(self.option_changed, "max_faces", int(v)))
         self.controls["max_faces"] = self.max_faces
         fl.addRow("Max faces", self.max_faces)
         lay.addWidget(face)
 
+        ref = QGroupBox("Only one person")
+        rl = _form(ref)
+        hint = QLabel("Swap only the face that matches a photo of that person (others stay as they are).")
+        hint.setObjectName("Muted")
+        hint.setWordWrap(True)
+        rl.addRow(hint)
+        self.reference = FileChooser("Photo of the person to swap",
+                                     "Images (*.jpg *.jpeg *.png *.bmp *.webp)")
+        self.reference.choose.setToolTip("Pick a photo of the person in the camera whose face is swapped")
+        self.reference.clear.setToolTip("Swap any face again (largest first)")
+        self.reference.label.setText("anyone")
+        self.reference.path_changed.connect(self._reference_changed)
+        rl.addRow("Person", self.reference)
+        self.match_threshold = _Slider.for_rule("match_threshold", 0.01)
+        self.match_threshold.setToolTip("How alike a face must be to the photo to be swapped "
+                                        "(cosine similarity; higher is stricter)")
+        self.match_threshold.value_changed.connect(
+            lambda v: emit(self.option_changed, "match_threshold", float(v)))
+        self.controls["match_threshold"] = self.match_threshold
+        rl.addRow("Match above", self.match_threshold)
+        self.reference_status = QLabel("")
+        self.reference_status.setObjectName("Muted")
+        self.reference_status.setWordWrap(True)
+        self.reference_status.hide()
+        rl.addRow(self.reference_status)
+        lay.addWidget(ref)
+
         enh = QGroupBox("Enhancer")
-        el = QFormLayout(enh)
-        el.setHorizontalSpacing(14)
-        el.setVerticalSpacing(9)
+        el = _form(enh)
         self.enhancer = self._check("enable_enhancer", "Face enhancer",
                                     "Restore detail on the swapped face (CodeFormer; heavier)")
         el.addRow(self.enhancer)
-        self.fidelity = _Slider(0.0, 1.0, 0.05)
+        self.fidelity = _Slider.for_rule("codeformer_fidelity", 0.05)
         self.fidelity.setToolTip("CodeFormer fidelity: 0 = most restoration, 1 = closest to the input")
         self.fidelity.value_changed.connect(lambda v: emit(self.option_changed, "codeformer_fidelity", float(v)))
         self.controls["codeformer_fidelity"] = self.fidelity
@@ -119,22 +245,16 @@ class LiveControls(QWidget):
         lay.addWidget(enh)
 
         det = QGroupBox("Detection")
-        dl = QFormLayout(det)
-        dl.setHorizontalSpacing(14)
-        dl.setVerticalSpacing(9)
+        dl = _form(det)
         self.scrfd = self._check("enable_scrfd", "Face detection",
                                  "Find faces in the camera image (off: every frame goes out as it is)")
         dl.addRow(self.scrfd)
-        self.detect_interval = QSpinBox()
-        self.detect_interval.setRange(1, 60)
-        self.detect_interval.setSuffix(" frames")
+        self.detect_interval = _spin("detect_interval", suffix=" frames")
         self.detect_interval.setToolTip("Run the face detector every N frames; a tracker carries faces between")
         self.detect_interval.valueChanged.connect(lambda v: emit(self.option_changed, "detect_interval", int(v)))
         self.controls["detect_interval"] = self.detect_interval
         dl.addRow("Detect every", self.detect_interval)
-        self.det_size = QComboBox()
-        for s in DET_SIZES:
-            self.det_size.addItem(f"{s} px", s)
+        self.det_size = _choices("det_size", lambda v: f"{v} px")
         self.det_size.setToolTip("Detector input size: smaller is faster, larger finds smaller faces")
         self.det_size.currentIndexChanged.connect(
             lambda i: emit(self.option_changed, "det_size", int(self.det_size.itemData(i))))
@@ -144,6 +264,7 @@ class LiveControls(QWidget):
 
         self.voice = VoiceControls(settings)
         self.voice.option_changed.connect(self.option_changed)
+        self.controls.update(self.voice.controls)
         lay.addWidget(self.voice)
         lay.addStretch(1)
         self.load(settings)
@@ -155,10 +276,26 @@ class LiveControls(QWidget):
         self.controls[name] = cb
         return cb
 
+    def _reference_changed(self, path: str) -> None:
+        if path:
+            self.show_reference(None, f"Checking {Path(path).name}…")
+            emit(self.reference_chosen, path)
+        else:
+            self.show_reference(None)
+            emit(self.reference_cleared)
+
+    def show_reference(self, name: str | None, note: str = "") -> None:
+        """What the engine uses: ``name`` (a photo's name) or None (any face); ``note`` below."""
+        if name is None and not note:
+            self.reference.set_path("")
+            self.reference.label.setText("anyone")
+        self.reference_status.setText(note)
+        self.reference_status.setVisible(bool(note))
+
     def load(self, s: Settings) -> None:
         """Show ``s`` without emitting anything."""
         widgets = [self.swap, self.mouth, self.mark, self.color, self.smoothing, self.scrfd, self.enhancer,
-                   self.max_faces, self.detect_interval, self.det_size, self.fidelity.slider]
+                   self.max_faces, self.detect_interval, self.det_size]
         for w in widgets:
             w.blockSignals(True)
         self.swap.setChecked(s.enable_swap)
@@ -176,6 +313,7 @@ class LiveControls(QWidget):
             w.blockSignals(False)
         self.fidelity.set_value(s.codeformer_fidelity)
         self.fidelity.setEnabled(s.enable_enhancer)
+        self.match_threshold.set_value(s.match_threshold)
         self.voice.load(s)
 
     def values(self) -> dict[str, Any]:
@@ -186,45 +324,133 @@ class LiveControls(QWidget):
             "enable_scrfd": self.scrfd.isChecked(),
             "max_faces": self.max_faces.value(), "codeformer_fidelity": self.fidelity.value(),
             "detect_interval": self.detect_interval.value(), "det_size": int(self.det_size.currentData()),
+            "match_threshold": self.match_threshold.value(),
         }
         out.update(self.voice.values())
         return out
 
 
+def _form(box: QWidget) -> QFormLayout:
+    f = QFormLayout(box)
+    f.setLabelAlignment(Qt.AlignLeft)
+    f.setHorizontalSpacing(14)
+    f.setVerticalSpacing(9)
+    f.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+    return f
+
+
+F0_LABELS = {"": "Converter default", "rmvpe": "RMVPE (best; needs its model)", "harvest": "Harvest (slow, clean)",
+             "dio": "DIO (fast)"}
+CONVERTER_LABELS = {"world": "Pitch and formant (built in)", "rvc": "RVC voice model",
+                    "passthrough": "Off (pass through)"}
+
+
 class VoiceControls(QGroupBox):
-    """The place for voice: on/off, pitch and formant (engine options ``enable_voice``,
-    ``voice_pitch``, ``voice_formant``). The voice module may add rows with :meth:`add_row`."""
+    """Voice: on/off, preset, pitch and formant, and the converter — the built-in pitch/formant
+    one or an RVC model (synthesizer, content encoder, optional RMVPE; F0 method and speaker).
+    The voice module may add rows with :meth:`add_row`."""
 
     option_changed = Signal(str, object)
 
     def __init__(self, settings: Settings, parent: QWidget | None = None):
         super().__init__("Voice", parent)
         self.setObjectName("VoiceControls")
-        self.form = QFormLayout(self)
-        self.form.setHorizontalSpacing(14)
-        self.form.setVerticalSpacing(9)
+        self.controls: dict[str, QWidget] = {}
+        self.form = _form(self)
         self.enable = QCheckBox("Voice changer")
         self.enable.setToolTip("Change your voice and send it to the 'Mirage Microphone'")
         self.enable.toggled.connect(lambda on: emit(self.option_changed, "enable_voice", bool(on)))
+        self.controls["enable_voice"] = self.enable
         self.form.addRow(self.enable)
-        self.pitch = _Slider(-12.0, 12.0, 0.5, "{:+.1f} st")
+        self.converter = _choices("voice_converter", lambda c: CONVERTER_LABELS.get(c, c))
+        self.converter.setToolTip("How the voice is changed")
+        self.converter.currentIndexChanged.connect(self._converter_changed)
+        self.controls["voice_converter"] = self.converter
+        self.form.addRow("Converter", self.converter)
+        self.preset = _choices("voice_preset", lambda c: c.capitalize() if c else "None")
+        self.preset.setToolTip("A built-in voice (sets pitch and formant)")
+        self.preset.currentIndexChanged.connect(
+            lambda i: emit(self.option_changed, "voice_preset", self.preset.itemData(i)))
+        self.controls["voice_preset"] = self.preset
+        self.form.addRow("Preset", self.preset)
+        self.pitch = _Slider.for_rule("voice_pitch", 0.5, "{:+.1f} st")
+        self.pitch.setToolTip("Semitones up or down")
         self.pitch.value_changed.connect(lambda v: emit(self.option_changed, "voice_pitch", float(v)))
+        self.controls["voice_pitch"] = self.pitch
         self.form.addRow("Pitch", self.pitch)
-        self.formant = _Slider(0.5, 2.0, 0.05, "×{:.2f}")
+        self.formant = _Slider.for_rule("voice_formant", 0.05, "×{:.2f}")
+        self.formant.setToolTip("Vocal tract size: below 1 deeper, above 1 brighter")
         self.formant.value_changed.connect(lambda v: emit(self.option_changed, "voice_formant", float(v)))
+        self.controls["voice_formant"] = self.formant
         self.form.addRow("Formant", self.formant)
+        self.f0_method = _choices("voice_f0_method", lambda c: F0_LABELS.get(c, c))
+        self.f0_method.setToolTip("How the pitch of your voice is tracked")
+        self.f0_method.currentIndexChanged.connect(
+            lambda i: emit(self.option_changed, "voice_f0_method", self.f0_method.itemData(i)))
+        self.controls["voice_f0_method"] = self.f0_method
+        self.form.addRow("Pitch tracker", self.f0_method)
+        # RVC: shown when the converter is "rvc"
+        self.rvc_rows: list[QWidget] = []
+        self.model = self._file("voice_model", "RVC voice model (synthesizer .onnx)", "Voice model")
+        self.encoder = self._file("voice_encoder", "RVC content encoder (.onnx, e.g. vec-768)", "Encoder")
+        self.rmvpe = self._file("voice_rmvpe", "RMVPE pitch model (.onnx, optional)", "RMVPE")
+        self.speaker = _spin("voice_speaker")
+        self.speaker.setToolTip("Speaker id inside a multi-speaker RVC model (0 for most models)")
+        self.speaker.valueChanged.connect(lambda v: emit(self.option_changed, "voice_speaker", int(v)))
+        self.controls["voice_speaker"] = self.speaker
+        self._row("Speaker", self.speaker)
+        self.rvc_hint = QLabel("Model files are loaded when the voice changer starts.")
+        self.rvc_hint.setObjectName("Muted")
+        self.rvc_hint.setWordWrap(True)
+        self.form.addRow(self.rvc_hint)
+        self.rvc_rows.append(self.rvc_hint)
         self.load(settings)
+
+    def _row(self, label: str, widget: QWidget) -> None:
+        self.form.addRow(label, widget)
+        self.rvc_rows.append(widget)
+
+    def _file(self, name: str, caption: str, label: str) -> FileChooser:
+        fc = FileChooser(caption)
+        fc.setToolTip(caption)
+        fc.path_changed.connect(lambda p, n=name: emit(self.option_changed, n, p))
+        self.controls[name] = fc
+        self._row(label, fc)
+        return fc
+
+    def _converter_changed(self, i: int) -> None:
+        value = self.converter.itemData(i)
+        self._show_rvc(value == "rvc")
+        emit(self.option_changed, "voice_converter", value)
+
+    def _show_rvc(self, on: bool) -> None:
+        for w in self.rvc_rows:
+            self.form.setRowVisible(w, on)
 
     def add_row(self, label: str, widget: QWidget) -> None:
         self.form.addRow(label, widget)
 
     def load(self, s: Settings) -> None:
-        self.enable.blockSignals(True)
+        combos = (self.converter, self.preset, self.f0_method)
+        for w in (self.enable, self.speaker, *combos):
+            w.blockSignals(True)
         self.enable.setChecked(s.enable_voice)
-        self.enable.blockSignals(False)
+        for combo, value in zip(combos, (s.voice_converter, s.voice_preset, s.voice_f0_method)):
+            i = combo.findData(value)
+            combo.setCurrentIndex(max(0, i))
+        self.speaker.setValue(s.voice_speaker)
+        for w in (self.enable, self.speaker, *combos):
+            w.blockSignals(False)
         self.pitch.set_value(s.voice_pitch)
         self.formant.set_value(s.voice_formant)
+        self.model.set_path(s.voice_model)
+        self.encoder.set_path(s.voice_encoder)
+        self.rmvpe.set_path(s.voice_rmvpe)
+        self._show_rvc(s.voice_converter == "rvc")
 
     def values(self) -> dict[str, Any]:
         return {"enable_voice": self.enable.isChecked(), "voice_pitch": self.pitch.value(),
-                "voice_formant": self.formant.value()}
+                "voice_formant": self.formant.value(), "voice_converter": self.converter.currentData(),
+                "voice_preset": self.preset.currentData(), "voice_f0_method": self.f0_method.currentData(),
+                "voice_speaker": self.speaker.value(), "voice_model": self.model.path(),
+                "voice_encoder": self.encoder.path(), "voice_rmvpe": self.rmvpe.path()}

@@ -91,8 +91,7 @@ class MainWindow(QMainWindow):
             from ..engine import Engine
 
             engine = Engine(settings or Settings())
-        self.engine = engine
-        self.settings = engine.settings
+        self.engine = engine  # its settings are the only copy: the window reads them, changes go to it
         self.gui_prefs = {**GUI_DEFAULTS, **dict((self.settings.extra or {}).get("gui", {}))}
         self.controller = EngineController(engine, self)
         self.history = MetricsHistory()
@@ -116,6 +115,7 @@ class MainWindow(QMainWindow):
         c.error.connect(self._on_error)
         c.notice.connect(self.notice_bar.add)
         c.models_loaded.connect(self._on_models_loaded)
+        c.reference_changed.connect(self._on_reference)
         c.jobs.busy_changed.connect(lambda n: self.busy.setVisible(n > 0))
         for n in notices or []:
             self.notice_bar.add(n)
@@ -180,6 +180,8 @@ class MainWindow(QMainWindow):
         self.tabs.setMinimumWidth(370)
         self.toggles = LiveControls(self.settings)
         self.toggles.option_changed.connect(self.set_option)
+        self.toggles.reference_chosen.connect(self.controller.set_reference)
+        self.toggles.reference_cleared.connect(lambda: self.controller.set_reference(None))
         self.tabs.addTab(self._scroll(self.toggles), "Live")
         self.tabs.addTab(self._scroll(self._output_panel()), "Output")
         self.models = ModelsPanel(self.controller.jobs)
@@ -453,10 +455,16 @@ class MainWindow(QMainWindow):
         self._remember_gui()
 
     # ---- options and settings -----------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        """The engine's settings (the window keeps no copy of its own)."""
+        return self.engine.settings
+
     def set_option(self, name: str, value: Any) -> None:
-        """A control changed: tell the engine (off the Qt thread) and remember it."""
+        """A control changed: checked here (a bad value is one line at once), then given to the
+        engine off the Qt thread, in order with the other engine calls, and saved soon after."""
         try:
-            self.settings = config.validate(self.settings.replace(**{name: config.coerce(name, value)}))
+            value = config.coerce(name, value)
         except Exception as exc:
             self._on_error(str(exc))
             return
@@ -464,25 +472,29 @@ class MainWindow(QMainWindow):
         self._save_timer.start()
 
     def _remember_gui(self) -> None:
-        extra = dict(self.settings.extra or {})
-        extra["gui"] = dict(self.gui_prefs)
-        self.settings = self.settings.replace(extra=extra)
+        self.controller.update_extra("gui", dict(self.gui_prefs))
         self._save_timer.start()
 
     def save_settings(self, wait: bool = False):
-        """Write the settings file atomically (off the Qt thread unless ``wait``). Saves go
-        through the serial executor, so they land in the order they were made."""
+        """Write the engine's settings atomically (off the Qt thread unless ``wait``). Saves go
+        through the serial executor after the changes made before them, so they land in order and
+        each writes what the engine has by then."""
         self._save_timer.stop()
-        s = self.settings
         if wait:
-            return config.save(s)
-        return self.controller.jobs.submit(config.save, s, serial=True, on_error=lambda e: self._on_error(
-            f"Settings could not be saved: {e}"))
+            return config.save(self.engine.settings)
+        return self.controller.jobs.submit(lambda: config.save(self.engine.settings), serial=True,
+                                           on_error=lambda e: self._on_error(f"Settings could not be saved: {e}"))
 
     def _on_identity_chosen(self, name: str) -> None:
         if name != self.settings.source_identity:
-            self.settings = self.settings.replace(source_identity=name)
-            self._save_timer.start()
+            self.set_option("source_identity", name)
+
+    def _on_reference(self, path: str) -> None:
+        self.toggles.reference.set_path(path)
+        if path:
+            self.toggles.show_reference(Path(path).name, f"Only the person in {Path(path).name} is swapped.")
+        else:
+            self.toggles.show_reference(None)
 
     # ---- engine → window ------------------------------------------------------------------------
     def _on_models_loaded(self, st) -> None:

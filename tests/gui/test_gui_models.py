@@ -69,7 +69,6 @@ def _states(p):
 
 def test_panel_shows_present_missing_corrupt_and_licences(qtbot, panel, tmp_path, monkeypatch):
     import hashlib
-    import os
 
     good = b"verified weights"
     sha = hashlib.sha256(good).hexdigest()

@@ -65,3 +65,57 @@ def test_corrupt_settings_file_is_set_aside_with_a_notice(qtbot, tmp_path):
         win.close()
     # closing writes a good file again
     assert json.loads(path.read_text())["max_faces"] == 1
+
+
+def test_the_window_reads_the_engines_settings_and_keeps_no_copy(qtbot, make_window, settle):
+    import pytest
+
+    win = make_window()
+    assert win.settings is win.engine.settings
+    with pytest.raises(AttributeError):
+        win.settings = win.settings.replace(max_faces=4)  # no copy to change behind the engine's back
+    win.toggles.max_faces.setValue(3)
+    qtbot.waitUntil(lambda: win.engine.settings.max_faces == 3)  # the change went to the engine
+    assert win.settings is win.engine.settings
+    # a change made through the engine's API is what the window saves
+    win.controller.jobs.submit(win.engine.set_option, "detect_interval", 7, serial=True)
+    settle(win)
+    win.save_settings().result(60)
+    saved = _file_settings()
+    assert (saved["max_faces"], saved["detect_interval"]) == (3, 7)
+
+
+def test_a_change_made_just_before_closing_is_saved(qtbot, make_window):
+    """The engine call of a change still queued when the window closes is cancelled; the change is
+    kept in the settings all the same."""
+    import threading
+
+    win = make_window()
+    jobs = win.controller.jobs
+    gate = threading.Event()
+    jobs.submit(gate.wait, 60, serial=True)  # the engine thread is busy (a model load, say)
+    win.toggles.max_faces.setValue(5)
+    fut = win.controller.set_option("det_size", 320)  # queued behind it
+    real = jobs.shutdown
+
+    def shutdown(wait=True, wait_pool=None):
+        jobs._serial.shutdown(wait=False, cancel_futures=True)  # the queued changes are cancelled...
+        gate.set()  # ...and the busy call ends
+        real(wait, wait_pool)
+
+    jobs.shutdown = shutdown
+    win.close()
+    assert fut.cancelled()
+    saved = _file_settings()
+    assert (saved["max_faces"], saved["det_size"]) == (5, 320)
+
+
+def test_one_off_environment_values_are_not_saved(qtbot, make_window, monkeypatch):
+    monkeypatch.setenv("MIRAGE_MAX_FACES", "3")
+    win = make_window()
+    assert win.engine.settings.max_faces == 3 and win.toggles.max_faces.value() == 3
+    win.toggles.mouth.click()
+    qtbot.waitUntil(lambda: win.engine.settings.enable_mouth_mask)
+    win.close()
+    saved = _file_settings()
+    assert saved["enable_mouth_mask"] is True and "max_faces" not in saved

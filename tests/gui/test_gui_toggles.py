@@ -94,3 +94,130 @@ def test_invalid_option_is_reported_not_applied(qtbot, make_window):
     win.set_option("det_size", 123)
     assert "det_size" in win.last_error
     assert win.engine.settings.det_size == 640
+
+
+# ---- each control's range is its setting's rule (config.RULES) --------------------------------
+from mirage_desktop.gui.toggles import CONTROLLED  # noqa: E402
+
+
+def test_every_control_is_in_the_list_the_range_test_covers(qtbot):
+    from mirage_desktop.config import Settings
+    from mirage_desktop.gui.toggles import LiveControls
+
+    w = LiveControls(Settings())
+    qtbot.addWidget(w)
+    assert sorted(w.controls) == sorted(CONTROLLED)  # a new control must be added to CONTROLLED
+    assert set(w.values()) <= set(CONTROLLED)
+
+
+@pytest.mark.parametrize("name", CONTROLLED)
+def test_control_range_equals_the_settings_rule(qtbot, name):
+    from PySide6.QtWidgets import QCheckBox
+
+    from mirage_desktop import config
+    from mirage_desktop.gui.toggles import FileChooser, LiveControls, widget_range
+
+    w = LiveControls(config.Settings())
+    qtbot.addWidget(w)
+    control, rule = w.controls[name], config.RULES[name]
+    emitted = []
+    w.option_changed.connect(lambda n, v: emitted.append((n, v)))
+    if rule.kind == "bool":
+        assert isinstance(control, QCheckBox)
+    elif rule.choices:
+        assert widget_range(control) == tuple(rule.choices)
+        control.setCurrentIndex(control.count() - 1)
+        assert emitted[-1] == (name, rule.choices[-1])
+    elif rule.kind in ("int", "float"):
+        assert widget_range(control) == (rule.lo, rule.hi)
+        # the ends of the widget are values the setting accepts, sent as they are
+        slider = getattr(control, "slider", control)
+        for end, want in ((slider.maximum(), rule.hi), (slider.minimum(), rule.lo)):
+            slider.setValue(end)
+            assert emitted[-1] == (name, want) and config.check(name, emitted[-1][1]) == want
+    else:  # a file
+        assert rule.kind == "text" and isinstance(control, FileChooser)
+    # the control shows the default setting
+    if rule.kind in ("int", "float") and not rule.choices:
+        assert widget_range(control)[0] <= getattr(config.Settings(), name) <= widget_range(control)[1]
+
+
+def test_output_choices_are_values_their_settings_accept(qtbot, make_window):
+    from mirage_desktop import config
+
+    win = make_window()
+    for combo, names in ((win.fps, ("output_fps",)), (win.resolution, ("output_width", "output_height"))):
+        for i in range(combo.count()):
+            data = combo.itemData(i)
+            values = [int(x) for x in str(data).split("x")] if "x" in str(data) else [data]
+            for n, v in zip(names, values):
+                assert config.check(n, v) == v
+
+
+# ---- reference person (mirage run --match) -------------------------------------------------
+def test_reference_person_is_chosen_used_and_cleared(qtbot, make_window, grace_hopper_path, tmp_path):
+    import cv2
+
+    win = make_window()
+    pipeline = _run(qtbot, win)
+    assert win.engine.reference is None
+    ref = win.toggles.reference
+    ref.choose_file = lambda: str(grace_hopper_path)
+    ref.choose.click()
+    qtbot.waitUntil(lambda: win.engine.reference is not None)
+    qtbot.waitUntil(lambda: "grace_hopper.jpg" in win.toggles.reference_status.text())
+    assert pipeline.reference is win.engine.reference  # the running stream matches against it
+    assert ref.path() == str(grace_hopper_path) and ref.clear.isEnabled()
+    # the threshold: shown and sent to the engine
+    assert win.toggles.match_threshold.value() == win.engine.settings.match_threshold
+    win.toggles.match_threshold.set_value(0.5)
+    win.toggles.match_threshold.slider.setValue(win.toggles.match_threshold.slider.value() + 1)
+    qtbot.waitUntil(lambda: abs(win.engine.settings.match_threshold - 0.51) < 1e-9)
+    # a photo without a face: one line, and the person chosen before stays
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    before = win.engine.reference
+    ref.choose_file = lambda: str(blank)
+    ref.choose.click()
+    qtbot.waitUntil(lambda: "wall.png" in win.last_error)
+    assert "\n" not in win.last_error
+    qtbot.waitUntil(lambda: ref.path() == str(grace_hopper_path))
+    assert win.engine.reference is before
+    # cleared: any face again
+    ref.clear.click()
+    qtbot.waitUntil(lambda: win.engine.reference is None)
+    assert pipeline.reference is None
+    assert ref.label.text() == "anyone" and not ref.clear.isEnabled()
+    assert win.engine.pipeline is pipeline, "the stream was restarted"
+
+
+# ---- the RVC voice converter ---------------------------------------------------------------
+def test_rvc_controls_set_the_typed_voice_settings(qtbot, make_window, tmp_path, settle):
+    win = make_window()
+    v = win.toggles.voice
+    assert not v.form.isRowVisible(v.model)  # the built-in converter needs no model files
+    v.converter.setCurrentIndex(v.converter.findData("rvc"))
+    assert v.form.isRowVisible(v.model) and v.form.isRowVisible(v.speaker)
+    files = {}
+    for name, chooser in (("voice_model", v.model), ("voice_encoder", v.encoder), ("voice_rmvpe", v.rmvpe)):
+        p = tmp_path / f"{name}.onnx"
+        p.write_bytes(b"onnx")
+        files[name] = str(p)
+        chooser.choose_file = lambda p=p: str(p)
+        chooser.choose.click()
+    v.f0_method.setCurrentIndex(v.f0_method.findData("rmvpe"))
+    v.speaker.setValue(3)
+    qtbot.waitUntil(lambda: win.engine.settings.voice_speaker == 3)
+    s = win.engine.settings
+    assert (s.voice_converter, s.voice_f0_method, s.voice_speaker) == ("rvc", "rmvpe", 3)
+    assert {k: getattr(s, k) for k in files} == files
+    v.rmvpe.clear.click()
+    qtbot.waitUntil(lambda: win.engine.settings.voice_rmvpe == "")
+    settle(win)
+    win.close()
+    # saved, and shown again by the next window
+    win2 = make_window()
+    v2 = win2.toggles.voice
+    assert v2.converter.currentData() == "rvc" and v2.model.path() == files["voice_model"]
+    assert v2.encoder.path() == files["voice_encoder"] and v2.rmvpe.path() == ""
+    assert v2.f0_method.currentData() == "rmvpe" and v2.speaker.value() == 3

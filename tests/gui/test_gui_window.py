@@ -52,8 +52,8 @@ def test_side_by_side_shows_original_and_output(qtbot, make_window):
     assert abs(img.width() / img.height() - 1.0) < 0.1  # the astronaut photo is square
     win.view_sbs.click()
     assert win.controller.feed.mode == "side_by_side"
-    qtbot.waitUntil(lambda: win.preview.image is not None and win.preview.image.width() > 1.8 * win.preview.image.height(),
-                    timeout=10000)
+    qtbot.waitUntil(lambda: win.preview.image is not None
+                    and win.preview.image.width() > 1.8 * win.preview.image.height(), timeout=10000)
     win.view_output.click()
     qtbot.waitUntil(lambda: abs(win.preview.image.width() / win.preview.image.height() - 1.0) < 0.1, timeout=10000)
 
@@ -259,9 +259,9 @@ def test_settings_saves_land_in_the_order_they_were_made(qtbot, make_window, mon
         return path
 
     monkeypatch.setattr(config, "save", save)
-    win.settings = win.settings.replace(output_fps=15)
+    win.set_option("output_fps", 15)
     first = win.save_settings()
-    win.settings = win.settings.replace(output_fps=30)
+    win.set_option("output_fps", 30)
     second = win.save_settings()
     second_made.set()
     assert second.result(60) == config.settings_path()  # waits for the real end of the last write
@@ -296,8 +296,8 @@ def test_input_frames_are_copied_only_while_side_by_side(qtbot, make_window):
     assert not p.keep_original
     win.view_sbs.click()
     qtbot.waitUntil(lambda: p.keep_original, timeout=5000)
-    qtbot.waitUntil(lambda: win.preview.image is not None and win.preview.image.width() > 1.8 * win.preview.image.height(),
-                    timeout=10000)
+    qtbot.waitUntil(lambda: win.preview.image is not None
+                    and win.preview.image.width() > 1.8 * win.preview.image.height(), timeout=10000)
     win.view_output.click()
     qtbot.waitUntil(lambda: not p.keep_original, timeout=5000)
 
@@ -306,7 +306,8 @@ def test_input_frames_are_copied_only_while_side_by_side(qtbot, make_window):
 def test_the_saved_camera_is_chosen_again_by_index_or_device_path(qtbot, make_window, saved):
     win = make_window()
     win._source = None  # a real webcam user: no demo image
-    win.settings = win.settings.replace(camera=saved)
+    win.set_option("camera", saved)
+    qtbot.waitUntil(lambda: win.engine.settings.camera == saved)
     win._fill_cameras([{"index": 0, "device": "/dev/video0", "name": "Cam A"},
                        {"index": 1, "device": "/dev/video1", "name": "Cam B"}])
     assert win.camera.currentText() == "Cam B" and win.current_source() == 1
