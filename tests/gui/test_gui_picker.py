@@ -43,7 +43,7 @@ def test_face_photo_shows_passing_checks_asks_consent_and_goes_live(qtbot, make_
     ident = win.picker.store.load(name)
     assert ident.consent is True and ident.meta["consent"] is True
     assert win.engine.identity.consent
-    assert win.settings.source_identity == name
+    qtbot.waitUntil(lambda: win.settings.source_identity == name)  # reaches the engine's settings
     assert "grace_hopper" in win.picker.active_label.text()
 
 

@@ -314,4 +314,5 @@ def test_the_saved_camera_is_chosen_again_by_index_or_device_path(qtbot, make_wi
     a = win.camera.findText("Cam A")
     win.camera.setCurrentIndex(a)
     win._camera_chosen(a)
+    qtbot.waitUntil(lambda: win.settings.camera != saved)  # the choice reaches the engine's settings
     assert win.settings.camera == "0"  # stored as the setting's type: a string
