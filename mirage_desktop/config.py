@@ -403,6 +403,48 @@ for _name in LIVE:
     RULES[_name] = RULES[_name].at_run_time()
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A setting's command-line flag. ``action``: "" takes a value (checked by the setting's rule, so
+    a bad one names the flag), "on" / "off" set a switch without a value."""
+
+    flag: str
+    help: str
+    action: str = ""
+
+
+#: The settings that have a flag, and the flag. argparse is built from this (commands/common.py):
+#: a new setting with a flag is one entry here and one in RULES.
+FLAGS: dict[str, Flag] = {
+    "max_faces": Flag("--max-faces", "swap up to N faces, largest first"),
+    "det_size": Flag("--det-size", "detector input size: smaller is faster, larger finds smaller faces"),
+    "detect_interval": Flag("--detect-interval", "run the detector every N frames"),
+    "providers": Flag("--providers", "execution providers in order, e.g. cuda,cpu"),
+    "swapper_precision": Flag("--swapper-precision", "inswapper variant"),
+    "match_threshold": Flag("--match-threshold", "how alike a face must be to the --match photo"),
+    "enable_swap": Flag("--no-swap", "pass the video through", "off"),
+    "enable_scrfd": Flag("--no-detect", "no face detection: every frame passes through", "off"),
+    "enable_mouth_mask": Flag("--mouth-mask", "keep your own mouth (natural speech)", "on"),
+    "enable_ai_mark": Flag("--no-ai-mark", "hide the visible 'AI' mark on the output", "off"),
+    "enable_color_transfer": Flag("--color-transfer", "match the swapped face's colour to your skin tone", "on"),
+    "enable_smoothing": Flag("--no-smoothing", "do not smooth face keypoints over time", "off"),
+    "enable_enhancer": Flag("--enhance", "restore the swapped face", "on"),
+    "enhancer": Flag("--enhancer", "which enhancer"),
+    "codeformer_fidelity": Flag("--fidelity", "CodeFormer fidelity: 0 restores most, 1 stays closest to the input"),
+    "enhancer_interval": Flag("--enhancer-interval", "enhance every k-th frame, re-use in between"),
+    "enhancer_blend": Flag("--enhancer-blend", "mix of the enhanced face over the raw swap"),
+    "enhancer_async": Flag("--enhancer-sync", "run the enhancer inline (every result fresh; the frame waits)", "off"),
+    "camera": Flag("--camera", "camera index or device path"),
+    "capture_width": Flag("--width", "capture width"),
+    "capture_height": Flag("--height", "capture height"),
+    "capture_fps": Flag("--fps", "capture frame rate"),
+    "vcam_backend": Flag("--vcam-backend", "pyvirtualcam backend (v4l2loopback, obs, unitycapture)"),
+    "enable_voice": Flag("--voice", "also run the voice changer (see `mirage voice --help`)", "on"),
+    "voice_pitch": Flag("--pitch", "voice pitch shift in semitones, e.g. +4 or -3"),
+    "voice_formant": Flag("--formant", "voice formant ratio, 1.0 = unchanged"),
+}
+
+
 def rule(name: str) -> Rule:
     """The rule of a setting; a field without an entry in RULES is checked by its default's type."""
     r = RULES.get(name)

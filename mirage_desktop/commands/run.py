@@ -8,27 +8,23 @@ import sys
 import threading
 import time
 
-from .common import add_engine_arguments, load_identity, model_overrides, set_match, settings_from_args
+from .common import (add_engine_arguments, add_setting_flags, load_identity, model_overrides, set_match,
+                     settings_from_args)
 
 
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--camera", default=None, help="camera index (default 0)")
+    add_setting_flags(src, ["camera"])
     src.add_argument("--input", help="a video file or a still image instead of the camera")
     p.add_argument("--output", action="append", default=[],
                    help="virtualcam (default) | file:out.mp4 | null; repeat for several")
     p.add_argument("--frames", type=int, help="stop after K output frames")
     p.add_argument("--seconds", type=float, help="stop after this many seconds")
     p.add_argument("--loop", action="store_true", help="loop the --input video")
-    p.add_argument("--width", type=int, help="capture width (default 1280)")
-    p.add_argument("--height", type=int, help="capture height (default 720)")
-    p.add_argument("--fps", type=int, help="capture fps (default 30)")
-    p.add_argument("--vcam-backend", help="pyvirtualcam backend (v4l2loopback, obs, unitycapture)")
     p.add_argument("--metrics-json", metavar="PATH", help="write metric snapshots to PATH every second")
-    p.add_argument("--voice", dest="enable_voice", action="store_true", default=None,
-                   help="also run the voice changer (see `mirage voice --help`)")
-    p.add_argument("--pitch", dest="voice_pitch", type=float, help="voice pitch shift in semitones")
-    p.add_argument("--formant", dest="voice_formant", type=float, help="voice formant factor")
+    add_setting_flags(p.add_argument_group("capture"), ["capture_width", "capture_height", "capture_fps",
+                                                        "vcam_backend"])
+    add_setting_flags(p.add_argument_group("voice"), ["enable_voice", "voice_pitch", "voice_formant"])
     add_engine_arguments(p)
 
 
@@ -86,11 +82,8 @@ def run(args) -> int:
     check_outputs(outputs)
     if args.metrics_json:
         check_writable_target(args.metrics_json, "metrics file")
-    extra = {"capture_width": args.width, "capture_height": args.height, "capture_fps": args.fps,
-             "vcam_backend": args.vcam_backend, "enable_voice": args.enable_voice,
-             "voice_pitch": args.voice_pitch, "voice_formant": args.voice_formant}
-    settings = settings_from_args(args, extra)
-    camera = None if args.input else parse_camera(args.camera if args.camera is not None else settings.camera)
+    settings = settings_from_args(args)
+    camera = None if args.input else parse_camera(settings.camera)
     engine = Engine(settings, model_overrides=model_overrides(args))
     st = engine.load_models()
     load_identity(engine, args)

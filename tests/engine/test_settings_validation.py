@@ -25,7 +25,6 @@ import pytest
 
 from mirage_desktop import config
 from mirage_desktop.cli import build_parser, main
-from mirage_desktop.commands.common import SETTING_ARG_ALIASES
 from mirage_desktop.errors import MirageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,11 +238,10 @@ def _subparser(cmd: str):
 
 def _setting_flags():
     """(command, flag, setting) for every flag of `mirage run` / `swap` that takes a setting's value."""
-    reverse = {dest: name for name, dest in SETTING_ARG_ALIASES.items()}
     out = []
     for cmd in ("run", "swap"):
         for action in _subparser(cmd)._actions:
-            name = reverse.get(action.dest, action.dest)
+            name = action.dest
             if name in FIELDS and action.option_strings and action.nargs != 0:
                 flag = next(o for o in action.option_strings if o.startswith("--"))
                 out.append((cmd, flag, name, action.choices))
@@ -452,3 +450,15 @@ def test_voice_settings_kept_in_extra_by_older_versions_become_typed_settings(tm
     assert s.voice_preset == ""  # a bad old value: dropped with a notice naming the key, like any other
     assert any("voice_preset" in n and str(path) in n for n in res.notices)
     assert s.extra == {"gui": {"view": "side"}}
+
+
+def test_every_flag_in_the_table_is_a_real_option_of_mirage_run():
+    """The flags are declared once (config.FLAGS) and argparse is built from them."""
+    flags = {f for a in _subparser("run")._actions for f in a.option_strings}
+    dests = {a.dest for a in _subparser("run")._actions}
+    for name, f in config.FLAGS.items():
+        assert name in FIELDS and name in config.RULES
+        assert f.flag in flags and name in dests, name
+    # a value flag gives its value to the setting's own check: the same words as the file and env layers
+    with pytest.raises(MirageError, match=r"^--fps 500 is out of range"):
+        config.load({"capture_fps": "500"}, path=None, environ={}, flag_names={"capture_fps": "--fps"})
