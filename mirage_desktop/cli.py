@@ -19,13 +19,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gui": ("mirage_desktop.gui.cli", "open the desktop window (default)"),
     "run": ("mirage_desktop.commands.run", "run the live engine headless: camera/file -> swap -> virtual camera"),
     "swap": ("mirage_desktop.commands.swap", "swap faces in a still image"),
-    "models": ("mirage_desktop.models.cli", "list, download and verify model weights"),
+    "models": ("mirage_desktop.commands.models", "list, download and verify model weights"),
     "devices": ("mirage_desktop.commands.devices", "list cameras, virtual camera backends and audio devices"),
     "doctor": ("mirage_desktop.commands.doctor",
                "check providers, drivers, devices and models; say how to fix problems"),
     "bench": ("mirage_desktop.commands.bench", "benchmark the video pipeline and print P50/P95/P99 and FPS"),
-    "voice": ("mirage_desktop.voice.cli", "run the real-time voice changer headless"),
-    "mic": ("mirage_desktop.voice.mic_cli", "create or remove the 'Mirage Microphone' virtual microphone (Linux)"),
+    "voice": ("mirage_desktop.commands.voice", "run the real-time voice changer headless"),
+    "mic": ("mirage_desktop.commands.mic", "create or remove the 'Mirage Microphone' virtual microphone (Linux)"),
 }
 
 

@@ -313,7 +313,7 @@ def _torch(state: dict) -> list[Check]:
 
 
 def _models(state: dict) -> list[Check]:
-    from ..models.cli import needed_features
+    from .models import needed_features
 
     try:
         from ..models.registry import default_registry_path, load_registry

@@ -69,7 +69,7 @@ def test_busy_device_is_a_clear_error(pulse, monkeypatch):
 def test_voice_cli_reports_missing_device(monkeypatch):
     import argparse
 
-    from mirage_desktop.voice import cli
+    from mirage_desktop.commands import voice as cli
 
     monkeypatch.setattr(audio_io, "list_devices", lambda: [])
     monkeypatch.setattr(audio_io, "pulse_available", lambda: False)

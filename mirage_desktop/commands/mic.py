@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from . import mic
+    from ..voice import mic
 
     if args.action == "setup":
         st = mic.setup()

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..config import models_dir
-    from .registry import load_registry
+    from ..models.registry import load_registry
 
     registry = load_registry()
     action = args.models_action or "status"
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if action == "status":
         return _status(registry, models_dir(), as_json=getattr(args, "json", False), out=out)
     if action == "path":
-        from .registry import model_path
+        from ..models.registry import model_path
         specs = registry.resolve(args.name)
         for spec in specs:
             print(model_path(spec), file=out)
@@ -82,7 +82,7 @@ def _human(n: int | None) -> str:
 def _status(registry, where, *, as_json: bool, out) -> int:
     import json
 
-    from .registry import status
+    from ..models.registry import status
 
     rows = []
     for spec in registry:
@@ -123,7 +123,7 @@ def _status(registry, where, *, as_json: bool, out) -> int:
 # ---------------------------------------------------------------------------- verify
 
 def _verify(registry, names, *, pin: bool, out) -> int:
-    from .registry import cached_sha256, pin_sha256, status
+    from ..models.registry import cached_sha256, pin_sha256, status
 
     specs = _resolve(registry, names) if names else registry.specs()
     bad = 0
@@ -202,8 +202,8 @@ def _download(registry, args, *, out) -> int:
     import sys
 
     from ..errors import ModelError
-    from .download import download
-    from .registry import forget_pin, status
+    from ..models.download import download
+    from ..models.registry import forget_pin, status
 
     if args.all:
         specs = registry.specs()

@@ -75,7 +75,7 @@ def run(args) -> int:
     import time
 
     from ..metrics import Metrics, format_table
-    from .pipeline import VoicePipeline
+    from ..voice.pipeline import VoicePipeline
 
     settings = settings_from_args(args)
     metrics = Metrics()
