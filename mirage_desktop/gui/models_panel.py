@@ -94,7 +94,8 @@ def markdown_html(md: str) -> str:
     doc.setMarkdown(md)
     out = doc.toHtml()
     m = re.search(r"<body[^>]*>(.*)</body>", out, re.S)
-    return m.group(1) if m else out
+    body = m.group(1) if m else out
+    return re.sub(r"color:#0000ff", f"color:{theme.ACCENT}", body)  # Qt's link blue is unreadable on the dark theme
 
 
 class LicenceDialog(QDialog):
@@ -107,6 +108,7 @@ class LicenceDialog(QDialog):
         lay = QVBoxLayout(self)
         self.text = QTextBrowser()
         self.text.setOpenExternalLinks(True)
+        self.text.document().setDefaultStyleSheet(f"a {{ color: {theme.ACCENT}; }}")
         self.text.setHtml(self.licence_html(specs))
         lay.addWidget(self.text, 1)
         self.check = QCheckBox("I have read these licences and accept them for the models I download")
@@ -137,7 +139,7 @@ class LicenceDialog(QDialog):
             sec = licence_section(notes, s.name)
             if sec and sec not in shown:
                 shown.add(sec)
-                parts.append(markdown_html("#" + sec))  # "## …" → "### …": below the model's own heading
+                parts.append(markdown_html("##" + sec))  # "## …" → "#### …": below the model's own heading
         return "".join(parts)
 
     @classmethod

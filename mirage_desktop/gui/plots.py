@@ -15,6 +15,7 @@ from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from . import theme
+from .qtcompat import emit
 
 # Stages drawn, in legend order; others that show up in a snapshot are appended.
 STAGE_ORDER = ["total", "detect", "embed", "track", "swap", "enhance", "worker", "output"]
@@ -89,18 +90,54 @@ def _nice_ceiling(v: float, ticks: int = 4) -> float:
     return ticks * 10 * exp
 
 
+#: the spans the plots can show, in seconds (the history keeps the longest)
+SPANS = (10.0, 60.0)
+
+
 class _PlotBase(QWidget):
     title = ""
 
     def __init__(self, history: MetricsHistory, parent: QWidget | None = None):
         super().__init__(parent)
         self.history = history
+        self.span_s = min(history.window_s, SPANS[0])  # seconds drawn, up to now: a new run fills the plot
         self.setMinimumHeight(140)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
         self.paints = 0
+        self.corner: QWidget | None = None  # a widget kept in the top-right corner (the span switch)
+
+    def set_corner(self, w: QWidget) -> None:
+        w.setParent(self)
+        self.corner = w
+        self._place_corner()
+        w.show()
+
+    def _place_corner(self) -> None:
+        if self.corner is not None:
+            hint = self.corner.sizeHint()
+            self.corner.setGeometry(self.width() - hint.width() - 8, 5, hint.width(), hint.height())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._place_corner()
 
     def sizeHint(self) -> QSize:  # noqa: N802
         return QSize(420, 180)
+
+    def set_span(self, seconds: float) -> None:
+        self.span_s = float(min(seconds, self.history.window_s))
+        self.update()
+
+    def _first_visible(self) -> int:
+        """Index of the oldest point inside the span."""
+        h = self.history
+        if not h.t:
+            return 0
+        now = h.t[-1]
+        for i, t in enumerate(h.t):
+            if now - t <= self.span_s:
+                return i
+        return len(h.t)
 
     def _frame(self, p: QPainter) -> QRectF:
         r = QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5)
@@ -130,8 +167,7 @@ class _PlotBase(QWidget):
             v = ymax * i / 4
             label = f"{v:.0f}" if abs(v - round(v)) < 1e-6 else f"{v:.1f}"
             p.drawText(QRectF(area.left() - 44, y - 8, 38, 16), Qt.AlignRight | Qt.AlignVCenter, label)
-        p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft,
-                   f"-{self.history.window_s:.0f} s")
+        p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft, f"-{self.span_s:.0f} s")
         p.drawText(QRectF(area.right() - 60, area.bottom() + 2, 60, 14), Qt.AlignRight, "now")
         p.setFont(self.font())
 
@@ -140,7 +176,7 @@ class _PlotBase(QWidget):
         if not h.t:
             return []
         now = h.t[-1]
-        return [area.right() - (now - t) / h.window_s * area.width() for t in h.t]
+        return [area.right() - (now - t) / self.span_s * area.width() for t in h.t]
 
     @staticmethod
     def _line(p: QPainter, xs: list[float], ys, area: QRectF, ymap, pen: QPen) -> None:
@@ -192,7 +228,7 @@ def _logmap(area: QRectF, lo: float, hi: float):
 class LatencyPlot(_PlotBase):
     """Rolling P50 (solid) and P95 (dashed) per stage, total in white on top."""
 
-    title = "Latency per stage — P50 solid, P95 dashed (log scale)"
+    title = "Latency per stage — P50 solid, P95 dashed"
 
     def paintEvent(self, event) -> None:  # noqa: N802
         p = QPainter(self)
@@ -206,8 +242,7 @@ class LatencyPlot(_PlotBase):
         if area.height() < 20:
             p.end()
             return
-        values = [v for n in names for dq in h.stages[n] for v in dq]
-        lo, hi = _log_range(values)
+        lo, hi = self.scale()
         ymap = _logmap(area, lo, hi)
         self._log_axes(p, area, lo, hi, ymap)
         xs = self._xs(area)
@@ -221,6 +256,12 @@ class LatencyPlot(_PlotBase):
             self._line(p, xs, h.stages[n][1], area, ymap, QPen(c, width * 0.8, Qt.DashLine))
         self.paints += 1
         p.end()
+
+    def scale(self) -> tuple[float, float]:
+        """The log axis' range: whole decades around the points in view (not the whole history,
+        so a slow start does not squash a run that is fast now)."""
+        h, first = self.history, self._first_visible()
+        return _log_range([v for n in h.stage_names() for dq in h.stages[n] for v in list(dq)[first:]])
 
     def _log_axes(self, p: QPainter, area: QRectF, lo: float, hi: float, ymap) -> None:
         small = QFont(self.font())
@@ -236,7 +277,7 @@ class LatencyPlot(_PlotBase):
             p.drawText(QRectF(area.left() - 62, y - 8, 56, 16), Qt.AlignRight | Qt.AlignVCenter,
                        f"{v:g} ms")
             e += 1
-        p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft, f"-{self.history.window_s:.0f} s")
+        p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft, f"-{self.span_s:.0f} s")
         p.drawText(QRectF(area.right() - 60, area.bottom() + 2, 60, 14), Qt.AlignRight, "now")
         p.setFont(self.font())
 
@@ -288,11 +329,12 @@ class RatePlot(_PlotBase):
         if area.height() < 20:
             p.end()
             return
-        peak = max([30.0, *h.fps, *h.dropped_rate]) if h.fps else 30.0
+        first = self._first_visible()
+        peak = max([30.0, *list(h.fps)[first:], *list(h.dropped_rate)[first:]]) if h.fps else 30.0
         ymax = _nice_ceiling(peak * 1.05)
         self._axes(p, area, ymax, "/s")
         xs = self._xs(area)
-        bar_w = max(1.5, area.width() / max(60, len(xs) or 1) * 0.8)
+        bar_w = max(1.5, area.width() / max(self.span_s, len(xs) - first or 1) * 0.8)
         p.setPen(Qt.NoPen)
         p.setBrush(QColor(theme.RED))
         for x, v in zip(xs, h.dropped_rate):
@@ -302,6 +344,40 @@ class RatePlot(_PlotBase):
         self._line(p, xs, h.fps, area, _linear(area, ymax), QPen(QColor(theme.GREEN), 2.0))
         self.paints += 1
         p.end()
+
+
+class SpanSwitch(QWidget):
+    """"10 s | 60 s": how much of the history the plots show. ``span_changed(seconds)``."""
+
+    span_changed = Signal(float)
+
+    def __init__(self, spans=SPANS, current: float = SPANS[0], parent: QWidget | None = None):
+        super().__init__(parent)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(4)
+        self.buttons: dict[float, QPushButton] = {}
+        for sp in spans:
+            b = QPushButton(f"{sp:.0f} s")
+            b.setObjectName("Small")
+            b.setCheckable(True)
+            b.setToolTip(f"Show the last {sp:.0f} seconds")
+            b.clicked.connect(lambda _=False, v=sp: self.set_span(v))
+            lay.addWidget(b)
+            self.buttons[sp] = b
+        self.span = current
+        self._check()
+
+    def set_span(self, seconds: float) -> None:
+        changed = seconds != self.span
+        self.span = seconds
+        self._check()
+        if changed:
+            emit(self.span_changed, float(seconds))
+
+    def _check(self) -> None:
+        for sp, b in self.buttons.items():
+            b.setChecked(sp == self.span)
 
 
 class HealthBanner(QFrame):

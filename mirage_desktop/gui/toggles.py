@@ -134,7 +134,7 @@ class FileChooser(QWidget):
         lay.setSpacing(6)
         self.label = QLabel()
         self.label.setObjectName("Muted")
-        self.label.setMinimumWidth(40)
+        self.label.setMinimumWidth(108)
         lay.addWidget(self.label, 1)
         self.choose = QPushButton("Choose…")
         self.choose.setObjectName("Small")
@@ -154,7 +154,7 @@ class FileChooser(QWidget):
         self._path = path or ""
         name = Path(self._path).name if self._path else "none"
         fm = self.label.fontMetrics()
-        self.label.setText(fm.elidedText(name, Qt.ElideMiddle, 150))
+        self.label.setText(fm.elidedText(name, Qt.ElideMiddle, 104))
         self.label.setToolTip(self._path or "no file chosen")
         self.clear.setEnabled(bool(self._path))
 

@@ -34,7 +34,7 @@ from . import theme
 from .controller import EngineController
 from .models_panel import ModelsPanel
 from .picker import SourcePicker
-from .plots import HealthBanner, LatencyPlot, MetricsHistory, RatePlot
+from .plots import HealthBanner, LatencyPlot, MetricsHistory, RatePlot, SPANS, SpanSwitch
 from .preview import PreviewWidget
 from .toggles import LiveControls
 
@@ -167,6 +167,13 @@ class MainWindow(QMainWindow):
         plots.setSpacing(8)
         self.latency_plot = LatencyPlot(self.history)
         self.rate_plot = RatePlot(self.history)
+        self.span_switch = SpanSwitch(current=self.latency_plot.span_s)
+        self.span_switch.span_changed.connect(self.set_plot_span)
+        self.latency_plot.set_corner(self.span_switch)
+        if self.gui_prefs.get("plot_span") in SPANS:  # the span chosen last time
+            for plot in (self.latency_plot, self.rate_plot):
+                plot.set_span(self.gui_prefs["plot_span"])
+            self.span_switch.set_span(self.gui_prefs["plot_span"])
         plots.addWidget(self.latency_plot, 3)
         plots.addWidget(self.rate_plot, 2)
         pw = QWidget()
@@ -447,6 +454,14 @@ class MainWindow(QMainWindow):
         for k, v in values.items():
             self.set_option(k, v)
         self.controller.restart()
+
+    def set_plot_span(self, seconds: float) -> None:
+        """Both plots show the last ``seconds`` (10 s: a run that just started fills the plot)."""
+        for plot in (self.latency_plot, self.rate_plot):
+            plot.set_span(seconds)
+        self.span_switch.set_span(seconds)
+        self.gui_prefs["plot_span"] = float(seconds)
+        self._remember_gui()
 
     def set_view(self, mode: str) -> None:
         self.controller.set_view(mode)

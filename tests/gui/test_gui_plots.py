@@ -75,3 +75,45 @@ def test_plots_follow_the_running_engine(qtbot, make_window):
     qtbot.waitUntil(lambda: len(snaps) >= 3)
     assert win.history.updates - u0 == len(snaps)
     assert win.controller.feed.frames_in > f0  # frames kept coming meanwhile
+
+
+def test_plots_show_the_last_10_or_60_seconds(qtbot, make_window, settle):
+    """A slow first minute (a model warming up) does not squash a run that is fast now: the
+    10 s view spans the newest points and scales to them; the choice is remembered."""
+    win = make_window()
+    win.controller.timer.stop()  # only the snapshots below
+    qtbot.waitUntil(lambda: not win.controller._snap_inflight)
+    h = win.history
+    for t in range(61):  # a second apart: 500 ms at first, 5 ms for the last 10 s
+        h.add(_snap(500.0 if t < 50 else 5.0, 900.0 if t < 50 else 8.0, 30, 0), now=float(t))
+    lat, rate = win.latency_plot, win.rate_plot
+    assert lat.span_s == rate.span_s == 10.0 and win.span_switch.buttons[10.0].isChecked()  # the default
+    win.span_switch.buttons[60.0].click()
+    assert lat.span_s == rate.span_s == 60.0 and not win.span_switch.buttons[10.0].isChecked()
+    assert lat.scale()[1] == 1000.0  # the slow start is in view
+    win.span_switch.buttons[10.0].click()
+    assert lat.span_s == rate.span_s == 10.0
+    assert win.span_switch.buttons[10.0].isChecked() and not win.span_switch.buttons[60.0].isChecked()
+    assert lat.scale() == (1.0, 100.0)  # only the last 10 s decide the scale
+    assert h.t[lat._first_visible()] == 50.0
+    from PySide6.QtCore import QRectF
+
+    xs = lat._xs(QRectF(0, 0, 600, 100))
+    assert xs[-1] == 600 and abs(xs[50]) < 1e-9 and xs[0] < -2000  # 10 s fill the width
+    n = lat.paints
+    lat.repaint()
+    assert lat.paints > n
+    win.span_switch.buttons[60.0].click()
+    settle(win)
+    win.close()
+    assert _saved_gui().get("plot_span") == 60.0
+    win2 = make_window()
+    assert win2.latency_plot.span_s == win2.rate_plot.span_s == 60.0 and win2.span_switch.buttons[60.0].isChecked()
+
+
+def _saved_gui():
+    import json
+
+    from mirage_desktop import config
+
+    return json.loads(config.settings_path().read_text()).get("extra", {}).get("gui", {})
