@@ -16,7 +16,7 @@ from .errors import MirageError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "gui": ("mirage_desktop.gui.cli", "open the desktop window (default)"),
+    "gui": ("mirage_desktop.commands.gui", "open the desktop window (default)"),
     "run": ("mirage_desktop.commands.run", "run the live engine headless: camera/file -> swap -> virtual camera"),
     "swap": ("mirage_desktop.commands.swap", "swap faces in a still image"),
     "models": ("mirage_desktop.commands.models", "list, download and verify model weights"),

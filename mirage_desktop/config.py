@@ -40,31 +40,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import platformdirs
 
 from .errors import MirageError
 from .fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "mirage-desktop"
+from .paths import APP_NAME  # noqa: E402,F401
 ENV_PREFIX = "MIRAGE_"
 
 
-def config_dir() -> Path:
-    return Path(os.environ.get("MIRAGE_CONFIG_DIR") or platformdirs.user_config_dir(APP_NAME))
+# where things live (in paths.py, which the model registry uses without importing the settings)
+from .paths import cache_dir, config_dir, data_dir, models_dir  # noqa: E402,F401
 
-
-def data_dir() -> Path:
-    return Path(os.environ.get("MIRAGE_DATA_DIR") or platformdirs.user_data_dir(APP_NAME))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MIRAGE_CACHE_DIR") or platformdirs.user_cache_dir(APP_NAME))
-
-
-def models_dir() -> Path:
-    return Path(os.environ.get("MIRAGE_MODELS_DIR") or (data_dir() / "models"))
 
 
 @dataclass

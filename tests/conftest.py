@@ -74,7 +74,7 @@ def model_factory(tmp_path_factory):
     everything after detection (alignment, embedding, swap, paste-back) works on real face
     positions.
     """
-    from mirage_desktop.models import synthetic
+    from mirage_desktop.testing import face_models as synthetic
 
     root = tmp_path_factory.mktemp("models")
     counter = iter(range(10_000))

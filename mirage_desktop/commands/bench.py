@@ -89,7 +89,7 @@ def make_frame(n_faces: int, width: int, height: int) -> tuple[np.ndarray, list[
 def run_scenario(n_faces: int, args, workdir: Path, log=print) -> dict:
     from ..config import Settings
     from ..engine import Engine
-    from ..models import synthetic
+    from ..testing import face_models as synthetic
     from ..outputs.sinks import NullSink
     from ..vision.capture import ImageSource
 

@@ -87,25 +87,17 @@ class EngineController(QObject):
                 self.engine.load_models()
                 self.models_ready.set()
 
-    def load_models(self, restart: bool = False):
-        """(Re)load models; a running stream picks them up from the next frame (no restart needed,
-        ``restart`` is kept for callers that want a fresh stream anyway)."""
+    def load_models(self):
+        """(Re)load models; a running stream picks them up from the next frame, no restart needed."""
 
         def job():
-            was = self.engine.running
-            if was and restart:
-                self.engine.stop()
             self._load_models_now()
-            if was and restart and self.last_start is not None:
-                self._start_now(*self.last_start)
             return self.engine.status()
 
         def done(st):
             emit(self.models_loaded, st)
             emit(self.status_changed, st)
 
-        if restart:  # stops and starts: reported like a start
-            return self._run_job(job, then=done)
         return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
 
     # ---- run ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Render the main window with a real photo as the camera and save it as PNG (no camera needed).
 
 Without an engine, a demo one is built: small ONNX recognition and swap models with the
-real signatures (:mod:`mirage_desktop.models.synthetic`), the engine's OpenCV fallback
+real signatures (:mod:`mirage_desktop.testing.face_models`), the engine's OpenCV fallback
 detector (the SCRFD weights are missing, as on a first run), a source identity from matplotlib's
 Grace Hopper photo, and skimage's astronaut photo
 as the camera.
@@ -68,7 +68,7 @@ def demo_engine(folder: Path):
     real fallback detector (OpenCV), since a synthetic SCRFD can only replay scripted boxes."""
     from ..config import Settings
     from ..engine import Engine
-    from ..models import synthetic
+    from ..testing import face_models as synthetic
 
     paths = synthetic.build_model_set(folder / "models", [])
     return Engine(Settings(), model_overrides={"w600k_r50": paths["w600k_r50"],
@@ -106,7 +106,7 @@ def _render(png, folder: Path, *, engine, image, source_photo, notices, seconds,
     from PySide6.QtCore import QCoreApplication, QEventLoop
 
     from ..vision.capture import ImageSource
-    from .cli import create_app
+    from .app import create_app
     from .window import MainWindow
 
     create_app()

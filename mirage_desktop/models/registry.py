@@ -35,7 +35,7 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from ..config import models_dir
+from ..paths import models_dir
 from ..errors import ModelError, WriteError
 from ..fsutil import atomic_write_text
 

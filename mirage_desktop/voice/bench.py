@@ -4,7 +4,7 @@
 
 Input is espeak-ng speech when espeak-ng is installed (else a harmonic test signal), looped
 to ``--seconds``. Without ``--rvc-model`` the RVC rows use the tiny synthetic ONNX models of
-:mod:`.synthetic_models` — they time the RVC plumbing (encoder I/O, F0, resampling, SOLA), not a
+:mod:`mirage_desktop.testing.voice_models` — they time the RVC plumbing (encoder I/O, F0, resampling, SOLA), not a
 real RVC network. Real-time control is off (fixed block, no fallback) so every chunk is the same size and
 converted.
 """
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = {"model": args.rvc_model, "encoder": args.rvc_encoder, "rmvpe": args.rvc_rmvpe}
         rvc_label = "rvc"
     else:
-        from .synthetic_models import build_all
+        from ..testing.voice_models import build_all
 
         tmp = tempfile.TemporaryDirectory()
         paths = build_all(Path(tmp.name))

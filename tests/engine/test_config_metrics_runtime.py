@@ -11,7 +11,8 @@ import pytest
 from mirage_desktop import config
 from mirage_desktop.errors import MirageError, WriteError
 from mirage_desktop.metrics import LatencyHistogram, Metrics
-from mirage_desktop.models import runtime, synthetic
+from mirage_desktop.models import runtime
+from mirage_desktop.testing import face_models as synthetic
 
 
 def test_precedence_defaults_file_env_cli(tmp_path):

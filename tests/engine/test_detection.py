@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mirage_desktop.errors import ModelError
-from mirage_desktop.models import synthetic
+from mirage_desktop.testing import face_models as synthetic
 from mirage_desktop.models.runtime import create_session
 from mirage_desktop.vision.detector import SCRFD, HaarFaceDetector
 

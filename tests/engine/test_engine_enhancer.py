@@ -10,7 +10,7 @@ from tests_support import Frames, Gate, now, wait_counter
 
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
-from mirage_desktop.models import synthetic
+from mirage_desktop.testing import face_models as synthetic
 from mirage_desktop.outputs.sinks import NullSink
 from mirage_desktop.vision.capture import ImageSource
 

@@ -12,7 +12,7 @@ import pytest
 from mirage_desktop import config
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
-from mirage_desktop.models import synthetic
+from mirage_desktop.testing import face_models as synthetic
 from mirage_desktop.vision.capture import ImageSource
 
 FLAGS = sorted(f.name for f in dataclasses.fields(Settings) if f.name.startswith("enable_"))

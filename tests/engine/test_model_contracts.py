@@ -14,7 +14,7 @@ from mirage_desktop.cli import main
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
 from mirage_desktop.errors import ModelError
-from mirage_desktop.models import synthetic
+from mirage_desktop.testing import face_models as synthetic
 from mirage_desktop.models.runtime import create_session
 from mirage_desktop.vision.detector import SCRFD
 from mirage_desktop.vision.enhancer import GFPGANEnhancer

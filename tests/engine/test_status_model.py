@@ -73,7 +73,7 @@ def test_a_missing_swapper_is_red_with_its_fix(model_factory, astronaut):
 
 
 def test_an_enhancer_failing_on_every_frame_turns_the_banner_yellow_and_back(model_factory, astronaut, tmp_path):
-    from mirage_desktop.models import synthetic
+    from mirage_desktop.testing import face_models as synthetic
 
     models = model_factory(astronaut)
     models["gfpgan_1_4"] = synthetic.build_gfpgan(tmp_path / "g.onnx")

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from mirage_desktop.models import synthetic
+from mirage_desktop.testing import face_models as synthetic
 from mirage_desktop.models.runtime import create_session
 from mirage_desktop.vision.align import align_matrix, arcface_template, transform_points
 from mirage_desktop.vision.blend import draw_ai_mark, face_mask, roi_of

@@ -77,7 +77,7 @@ def make_engine(gui_models):
 def make_window(qtbot, make_engine, astronaut):
     """A themed MainWindow over an engine, with a still photo as the camera and no real sinks."""
     from mirage_desktop import config
-    from mirage_desktop.gui.cli import create_app
+    from mirage_desktop.gui.app import create_app
     from mirage_desktop.gui.window import MainWindow
     from mirage_desktop.vision.capture import ImageSource
 

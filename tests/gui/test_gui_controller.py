@@ -34,7 +34,7 @@ class BusyCamera:
 
 
 def _controller(qtbot, engine):
-    from mirage_desktop.gui.cli import create_app
+    from mirage_desktop.gui.app import create_app
     from mirage_desktop.gui.controller import EngineController
 
     create_app()

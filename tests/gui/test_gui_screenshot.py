@@ -52,7 +52,7 @@ def test_screenshot_with_real_models_never_touches_the_users_profile(qtbot, tmp_
     import json
 
     from mirage_desktop import config
-    from mirage_desktop.gui import cli as gui_cli
+    from mirage_desktop.commands import gui as gui_cli
 
     user = {k: os.environ[k] for k in ("MIRAGE_CONFIG_DIR", "MIRAGE_DATA_DIR", "MIRAGE_CACHE_DIR")}
     assert "MIRAGE_MODELS_DIR" in os.environ

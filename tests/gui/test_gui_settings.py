@@ -43,7 +43,7 @@ def test_settings_survive_a_restart(qtbot, make_window):
 
 def test_corrupt_settings_file_is_set_aside_with_a_notice(qtbot, tmp_path):
     from mirage_desktop import config
-    from mirage_desktop.gui.cli import add_arguments, build_window
+    from mirage_desktop.commands.gui import add_arguments, build_window
 
     path = config.settings_path()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,18 +102,18 @@ def test_frame_feed_renders_at_preview_size_and_drops_old_frames(qtbot):
 
 def test_mirage_without_arguments_opens_the_window(monkeypatch):
     import mirage_desktop.cli as cli
-    import mirage_desktop.gui.cli as gui_cli
+    import mirage_desktop.commands.gui as gui_cli
 
     seen = {}
     monkeypatch.setattr(gui_cli, "run", lambda args: seen.setdefault("args", args) and 0)
     assert cli.main([]) == 0
-    assert seen["args"]._module == "mirage_desktop.gui.cli"
+    assert seen["args"]._module == "mirage_desktop.commands.gui"
 
 
 def test_build_window_from_command_line_arguments(qtbot, tmp_path, astronaut, gui_models):
     import cv2
 
-    from mirage_desktop.gui.cli import add_arguments, build_window
+    from mirage_desktop.commands.gui import add_arguments, build_window
 
     photo = tmp_path / "cam.png"
     cv2.imwrite(str(photo), astronaut)

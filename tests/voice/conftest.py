@@ -14,7 +14,7 @@ HANG_GUARD_S = 60.0  # for commands that answer at once on an idle machine; only
 
 @pytest.fixture(scope="session")
 def rvc_models(tmp_path_factory):
-    from mirage_desktop.voice.synthetic_models import build_all
+    from mirage_desktop.testing.voice_models import build_all
 
     return build_all(tmp_path_factory.mktemp("rvc"), f0_hz=200.0)
 

@@ -71,7 +71,7 @@ def test_bad_models_give_clear_errors(rvc_models, tmp_path):
 
 def test_wrong_signature_rvc_models_are_refused_at_load(rvc_models, tmp_path):
     """Checked when the converter is built, not on the first chunk of a call."""
-    from mirage_desktop.voice import synthetic_models
+    from mirage_desktop.testing import voice_models as synthetic_models
 
     enc256 = synthetic_models.build_content_encoder(tmp_path / "vec256.onnx", channels=256)
     with pytest.raises(ModelError, match="256 channels, synthesizer wants 768"):

@@ -37,26 +37,14 @@ def parse_models(items: list[str]) -> dict[str, str]:
     return out
 
 
-def create_app(argv: list[str] | None = None):
-    """The QApplication with the theme (reused if one exists, e.g. under pytest-qt)."""
-    import sys
-
-    from PySide6.QtWidgets import QApplication
-
-    from . import theme
-
-    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
-    app.setApplicationName("Mirage")
-    app.setOrganizationName("Mirage Desktop")
-    theme.apply(app)
-    return app
+from ..gui.app import create_app  # noqa: E402  (the QApplication; shared with the screenshot mode)
 
 
 def build_window(args: argparse.Namespace):
     """Settings (a corrupt file is set aside, with a notice), the engine and the window."""
     from .. import config
     from ..engine import Engine
-    from .window import MainWindow
+    from ..gui.window import MainWindow
 
     create_app()
     loaded = config.load()
@@ -70,7 +58,7 @@ def build_window(args: argparse.Namespace):
 def _check_display() -> None:
     """Qt aborts the process when its platform plugin cannot start (no display, a display that does
     not answer, a missing system library); find that first and say it in one line with the fix."""
-    from .qtlibs import platform_problem
+    from ..gui.qtlibs import platform_problem
 
     problem = platform_problem()
     if problem is not None:
@@ -88,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "screenshot", None):
         from .. import config
         from ..engine import Engine
-        from .screenshot import isolated_profile, render_window
+        from ..gui.screenshot import isolated_profile, render_window
 
         create_app()
         if getattr(args, "model", None):  # real models given: use them; else the synthetic demo engine
@@ -122,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     with loop:
         loop.run_until_complete(closed.wait())
     del notifier
-    from .screenshot import release
+    from ..gui.screenshot import release
 
     release(win)
     return 0
