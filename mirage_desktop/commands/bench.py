@@ -86,7 +86,7 @@ def make_frame(n_faces: int, width: int, height: int) -> tuple[np.ndarray, list[
     return frame, faces
 
 
-def run_scenario(n_faces: int, args, workdir: Path, log=print) -> dict:
+def run_scenario(n_faces: int, args, workdir: Path) -> dict:
     from ..config import Settings
     from ..engine import Engine
     from ..testing import face_models as synthetic

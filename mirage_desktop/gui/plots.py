@@ -155,7 +155,7 @@ class _PlotBase(QWidget):
         p.setFont(self.font())
         return r
 
-    def _axes(self, p: QPainter, area: QRectF, ymax: float, unit: str) -> None:
+    def _axes(self, p: QPainter, area: QRectF, ymax: float) -> None:
         small = QFont(self.font())
         small.setPointSizeF(max(7.0, small.pointSizeF() * 0.82))
         p.setFont(small)
@@ -332,7 +332,7 @@ class RatePlot(_PlotBase):
         first = self._first_visible()
         peak = max([30.0, *list(h.fps)[first:], *list(h.dropped_rate)[first:]]) if h.fps else 30.0
         ymax = _nice_ceiling(peak * 1.05)
-        self._axes(p, area, ymax, "/s")
+        self._axes(p, area, ymax)
         xs = self._xs(area)
         bar_w = max(1.5, area.width() / max(self.span_s, len(xs) - first or 1) * 0.8)
         p.setPen(Qt.NoPen)

@@ -156,7 +156,7 @@ class FaceTracker:
         return bool(self.tracks) and self.stable_tracks == len(self.tracks)
 
     # ---- detections --------------------------------------------------------------------
-    def update(self, faces: list[Face], frame_index: int, current_index: int | None = None) -> None:
+    def update(self, faces: list[Face], frame_index: int) -> None:
         """Merge detections made on ``frame_index`` into the tracks (which may be at a later frame)."""
         unmatched = list(range(len(self.tracks)))
         new_tracks = []
