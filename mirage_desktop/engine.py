@@ -124,15 +124,16 @@ class Engine:
         from .models.loader import load_enhance_stage
 
         with self._lock:
-            if self.enhance_stage is not None:
-                self.enhance_stage.close()
+            old = self.enhance_stage
             self.enhance_stage, self._status.enhancer, problems = load_enhance_stage(
                 self.settings, self.overrides, self.metrics)
             self.problems.clear("enhancer")
             for pr in problems:
                 self.problems.set(pr)
             if self.pipeline is not None:
-                self.pipeline.use_enhancer(self.enhance_stage)
+                self.pipeline.use_enhancer(self.enhance_stage)  # the next frame uses the new one
+            if old is not None:
+                old.retire()  # a frame still inside it finishes; it starts no thread again
 
     def _refresh_passthrough(self) -> None:
         st, s = self._status, self.settings
@@ -345,13 +346,18 @@ class Engine:
 
         value = coerce(name, value)
         with self._lock:
+            before = self.settings
             self.settings = validate(self.settings.replace(**{name: value}))
             if rule(name).live:
+                effect = self._LIVE_EFFECTS.get(name)
+                try:
+                    if effect is not None:  # first: a part that refuses the value leaves nothing changed
+                        effect(self, name, value)
+                except Exception:
+                    self.settings = before
+                    raise
                 if self.pipeline is not None:
                     self.pipeline.set_option(name, value)
-                effect = self._LIVE_EFFECTS.get(name)
-                if effect is not None:
-                    effect(self, name, value)
             self._refresh_passthrough()
 
     # ---- what a live change does beyond the stream reading it ----------------------------------
@@ -440,7 +446,7 @@ class Engine:
             if p.capture_error:
                 found.insert(0, Problem("capture", "error", p.capture_error))
             for k, v in list(p.errors.items()):
-                found.append(Problem(k, STAGE_LEVELS.get(k, "error"), v))
+                found.append(Problem(k, STAGE_LEVELS.get(k, "error"), v, p.error_fixes.get(k, "")))
         st.problems = [pr.text() for pr in found]
         st.issues = [pr.to_dict() for pr in found + passthrough]
         return st

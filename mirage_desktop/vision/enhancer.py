@@ -399,9 +399,17 @@ class EnhanceStage:
         self._inflight: set[int] = set()
         self._requests = LatestSlot(on_drop=self._dropped)
         self._thread: threading.Thread | None = None
+        self._retired = False
+
+    def retire(self) -> None:
+        """Replaced by another stage: stop for good (close() alone lets the next stream restart it)."""
+        self._retired = True
+        self.close()
 
     def _ensure_thread(self) -> None:
-        """Start the background thread on first use (again after close())."""
+        """Start the background thread on first use (again after close(), never after retire())."""
+        if self._retired:
+            return
         if self._thread is None or not self._thread.is_alive():
             self._requests = LatestSlot(on_drop=self._dropped)
             self._thread = threading.Thread(target=self._background_loop, args=(self._requests,),

@@ -163,7 +163,8 @@ class VideoPipeline:
         self._threads: list[threading.Thread] = []
         self._subscribers: dict[int, Callable] = {}  # replaced as a whole by the engine
         self._once = _OnceLogger()
-        self.errors: dict[str, str] = {}  # cause -> last message, for the status bar
+        self.errors: dict[str, str] = {}  # cause -> last message, for the status bar (cleared when it works)
+        self.error_fixes: dict[str, str] = {}
         self.capture_error: str | None = None
         self._last_det_index = -1
         self._out_times: list[float] = []
@@ -321,6 +322,7 @@ class VideoPipeline:
             return None
         finally:
             self.metrics.record("detect", (time.perf_counter() - t0) * 1000)
+        self._works("detect")
         if self.reference is not None and self.analyzer.recognizer is not None and faces and full is not None:
             t1 = time.perf_counter()
             try:  # embeddings from the full-resolution frame, like the reference photo's
@@ -328,13 +330,16 @@ class VideoPipeline:
                     f.embedding = self.analyzer.recognizer.embed(full, f.kps)
             except Exception as exc:
                 self._model_error("embed", exc)
+            else:
+                self._works("embed")
             self.metrics.record("embed", (time.perf_counter() - t1) * 1000)
         self.metrics.incr("detect.runs")
         return faces
 
     def _model_error(self, stage: str, exc: Exception) -> None:
-        msg = " ".join(str(exc).split())[:300]
+        msg = " ".join(str(getattr(exc, "message", None) or exc).split())[:300]
         self.errors[stage] = msg
+        self.error_fixes[stage] = " ".join(str(getattr(exc, "fix", None) or "").split())
         self.metrics.incr(f"errors.{stage}")
         self._once(f"{stage}:{type(exc).__name__}:{msg[:60]}", "%s failed, frame sent unswapped: %s", stage, msg)
 
@@ -357,6 +362,8 @@ class VideoPipeline:
                 self._process(pkt)
             except Exception as exc:  # never let one frame kill the stream
                 self._model_error("frame", exc)
+            else:
+                self._works("frame")
             worker_ms = (time.perf_counter() - t0) * 1000
             model_ms = sum(self.metrics.total(n) for n in WORKER_MODEL_STAGES) - model0
             self.metrics.record("worker", worker_ms)
@@ -373,8 +380,14 @@ class VideoPipeline:
     def _stage_result(self, stage: str, exc: Exception | None) -> None:
         if exc is not None:
             self._model_error(stage, exc)
-        elif stage in self.errors:
-            self.errors.pop(stage, None)  # it works again: the status no longer shows it failing
+        else:
+            self._works(stage)
+
+    def _works(self, cause: str) -> None:
+        """``cause`` worked (or is not running): the status no longer shows it failing."""
+        if cause in self.errors:
+            self.errors.pop(cause, None)
+            self.error_fixes.pop(cause, None)
 
     def _output_loop(self) -> None:
         try:
@@ -401,6 +414,8 @@ class VideoPipeline:
                     if getattr(s, "critical", False):  # a recording: stop rather than lose frames silently
                         self.sink_errors[id(s)] = " ".join(str(exc).split())
                         self.fatal = exc
+                else:
+                    self._works(f"output:{s.name}")
             if self.fatal is not None:
                 break
             sent += 1

@@ -74,8 +74,9 @@ def check_stage(obj: Any) -> Any:
 def run_stages(stages: list, ctx: FrameContext, metrics, on_error: Callable[[str, Exception | None], None],
                wanted: dict[str, bool] | None = None) -> None:
     """Run ``stages`` on ``ctx`` under one guard. ``on_error(name, exc)`` is told of a failure, and
-    ``on_error(name, None)`` when the stage works again. ``wanted`` (kept by the caller across
-    frames) remembers which stages ran last frame, to reset those switched off."""
+    ``on_error(name, None)`` when the stage works again or does not run on this frame. ``wanted``
+    (kept by the caller across frames) remembers which stages ran last frame, to reset those
+    switched off."""
     o = ctx.opts
     for st in stages:
         want = bool(st.wants(o))
@@ -84,6 +85,7 @@ def run_stages(stages: list, ctx: FrameContext, metrics, on_error: Callable[[str
                 st.reset()  # switched off: what it carried describes another moment
             wanted[st.name] = want
         if not want or (getattr(st, "needs_faces", False) and not ctx.faces):
+            on_error(st.name, None)  # not running, so not failing: an old error is no longer shown
             continue
         t = time.perf_counter()
         try:

@@ -315,6 +315,13 @@ class VoicePipeline:
         if name not in ("pitch", "formant", "preset", "f0_method", "speaker"):
             raise MirageError(f"unknown voice option {name!r}",
                               "use pitch, formant, preset, f0_method, speaker, enabled, bypass or converter")
+        key = {"pitch": "voice_pitch", "formant": "voice_formant", "preset": "voice_preset",
+               "f0_method": "voice_f0_method", "speaker": "voice_speaker"}[name]
+        if name in ("preset", "f0_method") and value in ("", None):
+            # "none" / "the converter's default": nothing to apply to the running converter (a preset
+            # already applied stays as it sounds); the next start uses the default
+            self.settings = self.settings.replace(**{key: ""})
+            return
         # validate before anything is stored: a rejected value must not reach the settings (the
         # next start() would fail on it)
         from .converters import check_option
@@ -322,8 +329,6 @@ class VoicePipeline:
         check_option(name, value)
         if self.engine is not None:
             self.engine.converter.set_option(name, value)  # the converter's own checks; applies live
-        key = {"pitch": "voice_pitch", "formant": "voice_formant", "preset": "voice_preset",
-               "f0_method": "voice_f0_method", "speaker": "voice_speaker"}[name]
         # a new Settings object: the engine's (and the window's) settings are never changed from here
         self.settings = self.settings.replace(**{key: check(key, value)})
         if self.engine is not None:

@@ -226,3 +226,91 @@ def test_an_option_that_is_not_live_waits_for_the_next_start(model_factory, astr
         assert eng.settings.capture_fps == 15 and eng.pipeline.opts.capture_fps == 30  # stored, not applied
     finally:
         eng.stop()
+
+
+def test_an_error_of_a_stage_that_stops_running_is_not_shown_any_more(model_factory, astronaut):
+    """A swap that failed, then face swap switched off: the old failure must not stay red."""
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+    eng.load_models()
+    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    eng.start(ImageSource(astronaut, fps=60), ["null"])
+    try:
+        broken = threading.Event()
+        real = eng.swapper.swap
+
+        def swap(*a, **k):
+            if broken.is_set():
+                raise RuntimeError("swap broke")
+            return real(*a, **k)
+
+        eng.swapper.swap = swap
+        broken.set()
+        n = eng.metrics.counter("errors.swap")
+        assert eng.metrics.wait_for("errors.swap", n + 2, DEADLINE_S)
+        assert "swap: swap broke" in eng.status().problems
+        eng.set_option("enable_swap", False)
+        m = eng.metrics.counter("frames.in")
+        assert eng.metrics.wait_for("frames.out", eng.metrics.counter("frames.out") + 3, DEADLINE_S)
+        assert eng.metrics.wait_for("frames.in", m + 3, DEADLINE_S)
+        assert eng.metrics.wait_for("frames.out", eng.metrics.counter("frames.out") + 3, DEADLINE_S)
+        assert not any("swap broke" in p for p in eng.status().problems)
+    finally:
+        eng.stop()
+
+
+def test_a_detector_error_clears_when_it_works_again(model_factory, astronaut):
+    eng = Engine(Settings(detect_interval=1), model_overrides=model_factory(astronaut))
+    eng.load_models()
+    eng.start(ImageSource(astronaut, fps=60), ["null"])
+    try:
+        det = eng.analyzer.detector
+        real = det.detect_prepared
+        broken = threading.Event()
+        broken.set()
+
+        def detect(*a, **k):
+            if broken.is_set():
+                raise RuntimeError("CUDA out of memory")
+            return real(*a, **k)
+
+        det.detect_prepared = detect
+        assert eng.metrics.wait_for("errors.detect", 1, DEADLINE_S)
+        assert any("CUDA out of memory" in p for p in eng.status().problems)
+        broken.clear()
+        runs = eng.metrics.counter("detect.runs")
+        assert eng.metrics.wait_for("detect.runs", runs + 2, DEADLINE_S)
+        assert not any("CUDA out of memory" in p for p in eng.status().problems)
+    finally:
+        eng.stop()
+
+
+def test_a_live_value_the_voice_refuses_leaves_the_settings_as_they_were(model_factory, astronaut):
+    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
+
+    class Voice:
+        def set_option(self, name, value):
+            raise MirageError("no such voice option value")
+
+        def stop(self):
+            pass
+
+    eng.voice = Voice()
+    with pytest.raises(MirageError):
+        eng.set_option("voice_pitch", 5)
+    assert eng.settings.voice_pitch == 0.0  # not half-applied
+    eng.voice = None
+
+
+def test_a_replaced_enhancer_starts_no_thread_again(tmp_path, astronaut):
+    """The engine hands the new enhancer over first and retires the old one: a frame still inside the
+    old one finishes, but it can no longer start a background thread that nothing would stop."""
+    from mirage_desktop.testing import face_models
+    from mirage_desktop.vision.detector import HaarFaceDetector
+    from mirage_desktop.vision.enhancer import EnhanceStage, GFPGANEnhancer
+
+    stage = EnhanceStage(GFPGANEnhancer(face_models.build_gfpgan(tmp_path / "g.onnx")), background=True)
+    face = HaarFaceDetector().detect(astronaut)[0]
+    face.track_id = 1
+    stage.retire()
+    stage.process(astronaut.copy(), [face])
+    assert stage._thread is None

@@ -125,3 +125,14 @@ def test_restart_starts_with_empty_input_and_option_queues(fake_devices, monkeyp
     pipe.stop()
     assert seen == [(0, 0), (0, 0)]  # the restarted worker sees no stale blocks, no queued switch
     assert built == ["passthrough", "world"]  # the switch is built once, by the restart
+
+
+def test_no_preset_and_the_default_f0_method_are_accepted_live(fake_devices):
+    pipe = VoicePipeline(Settings(enable_voice=True, voice_preset="deeper"), Metrics())
+    assert pipe.start() is True
+    try:
+        pipe.set_option("preset", "")  # "None" in the window
+        pipe.set_option("f0_method", "")  # "the converter's default"
+        assert pipe.settings.voice_preset == "" and pipe.settings.voice_f0_method == ""
+    finally:
+        pipe.stop()
