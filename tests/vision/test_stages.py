@@ -17,6 +17,14 @@ from mirage_desktop.vision.stages import FrameContext, check_stage, run_stages
 DEADLINE_S = 120
 
 
+def _swapping_engine(model_factory, astronaut, **settings) -> Engine:
+    """An engine with models that see the astronaut's face and a (mirrored) source face."""
+    eng = Engine(Settings(**settings), model_overrides=model_factory(astronaut))
+    eng.load_models()
+    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    return eng
+
+
 class Flaky:
     """A stage that fails while ``failing`` is set; counts resets."""
 
@@ -82,9 +90,7 @@ def test_the_guard_times_counts_clears_and_resets():
 
 
 def test_a_failing_stage_shows_in_the_status_and_clears_when_it_recovers(model_factory, astronaut):
-    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
-    eng.load_models()
-    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    eng = _swapping_engine(model_factory, astronaut)
     cond = threading.Condition()
     outs: list = []
 
@@ -124,9 +130,7 @@ def test_a_failing_stage_shows_in_the_status_and_clears_when_it_recovers(model_f
 
 def test_mirage_swap_runs_the_pipelines_stages(model_factory, astronaut):
     """The still path is the live list with a one-shot face stage: same swap, enhance and mark."""
-    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
-    eng.load_models()
-    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    eng = _swapping_engine(model_factory, astronaut)
     img = astronaut.copy()
     res = eng.process_still(img)
     assert res.found == 1 and res.swapped == 1
@@ -171,9 +175,7 @@ def test_sources_and_sinks_are_checked_against_their_contracts(model_factory, as
 def test_models_loaded_while_running_are_handed_over_by_method_and_locked(model_factory, astronaut, tmp_path):
     """load_models() on a running engine: loading happens outside the lock, the hand-over inside it
     (through VideoPipeline.use_models, not attribute assignment), and the stream keeps swapping."""
-    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
-    eng.load_models()
-    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    eng = _swapping_engine(model_factory, astronaut)
     eng.start(ImageSource(astronaut, fps=60), ["null"])
     try:
         handed = []
@@ -230,9 +232,7 @@ def test_an_option_that_is_not_live_waits_for_the_next_start(model_factory, astr
 
 def test_an_error_of_a_stage_that_stops_running_is_not_shown_any_more(model_factory, astronaut):
     """A swap that failed, then face swap switched off: the old failure must not stay red."""
-    eng = Engine(Settings(), model_overrides=model_factory(astronaut))
-    eng.load_models()
-    eng.set_source_photos([astronaut[:, ::-1].copy()], "mirror")
+    eng = _swapping_engine(model_factory, astronaut)
     eng.start(ImageSource(astronaut, fps=60), ["null"])
     try:
         broken = threading.Event()
