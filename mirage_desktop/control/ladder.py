@@ -1,0 +1,161 @@
+"""The degrade ladder: keep the frame rate under load by giving up quality, then frames, then pixels.
+
+A controller reads the video **load ratio** — the worker's time per frame over the frame budget at
+the current target frame rate — once per processed frame and moves along a ladder of steps, in the
+product brief's order:
+
+1. quality: the enhancer every 2nd, then every 4th frame, then off; detection size 640 → 480 → 320;
+2. frame rate: toward 15 FPS (24, 20, 15 from 30);
+3. processing resolution: 512 → 384 → 256 on the short side (the frame is scaled down for the
+   stages and back up, so the virtual camera keeps its size).
+
+Steps that do not apply to the user's settings (no enhancer, a detection size already small, a
+camera already at 15 FPS or a frame already small) are left out of the ladder, which is rebuilt
+when those settings change.
+
+Rules:
+
+- **step down** when the mean ratio over the last ``DOWN_WINDOW`` frames is above 1.0 (or the video
+  is behind the voice by more than the A/V late limit, which counts as over budget); then the
+  windows start afresh (the ratio at the new level is a new regime);
+- **restore** one step (in reverse order) after ``RESTORE_FRAMES`` (300) frames in a row below
+  0.60 — and only if the level above is expected to fit: its ratio when we left it, scaled by how
+  much lighter the load is now than just after we left, must be below ``RESTORE_FIT`` (0.85).
+  Without that a ratio of 0.59 here that means 1.1 up there would bounce up and down for ever;
+- a restore that has to be undone within ``RESTORE_FRAMES`` frames doubles the stable run the next
+  restore of that step needs (a second guard against oscillation when the load itself wobbles).
+
+Pure logic, no clock: tests drive it with scripted ratios. :meth:`overrides` is what the pipeline
+applies on top of the user's settings (never written back into them: pinning the settings, i.e.
+turning adaptation off, returns to exactly what the user chose).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any
+
+DOWN_ABOVE = 1.0
+DOWN_WINDOW = 30
+RESTORE_BELOW = 0.60
+RESTORE_FRAMES = 300
+RESTORE_FIT = 0.85
+FPS_STEPS = (24.0, 20.0, 15.0)
+SHORT_SIDES = (512, 384, 256)
+DET_SIZES = (480, 320)
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # "enhancer" | "det_size" | "fps" | "scale"
+    value: Any  # enhancer: interval factor (2, 4) or 0 (off); det_size; fps; short side in px
+    reason: str  # what the status says while this step is active
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def build_steps(enhancer_on: bool, det_size: int, fps: float, short_side: int) -> list[Step]:
+    """The ladder for these settings, top (lightest reduction) first."""
+    keep = f"to keep {fps:.0f} FPS"
+    steps: list[Step] = []
+    if enhancer_on:
+        steps += [Step("enhancer", 2, f"face enhancer on every 2nd frame {keep}"),
+                  Step("enhancer", 4, f"face enhancer on every 4th frame {keep}"),
+                  Step("enhancer", 0, f"face enhancer off {keep}")]
+    for d in DET_SIZES:
+        if d < det_size:
+            steps.append(Step("det_size", d, f"reduced detection size to {d} {keep}"))
+    for f in FPS_STEPS:
+        if f < fps:
+            steps.append(Step("fps", f, f"frame rate reduced to {f:.0f} FPS to keep up"))
+    for s in SHORT_SIDES:
+        if s < short_side:
+            steps.append(Step("scale", s, f"processing at {s} px (short side) to keep up"))
+    return steps
+
+
+class DegradeLadder:
+    """Which steps of :func:`build_steps` are active: the first ``level`` of them."""
+
+    def __init__(self, steps: list[Step], enabled: bool = True):
+        self.steps = list(steps)
+        self.enabled = enabled
+        self.level = 0
+        self.recent: collections.deque[float] = collections.deque(maxlen=DOWN_WINDOW)
+        self.stable = 0
+        self.since_change = 0
+        self.left_at: dict[int, float] = {}  # level -> mean ratio when we stepped down from it
+        self.entered_at: dict[int, float] = {}  # level -> mean ratio just after stepping down to it
+        self.need: dict[int, int] = {}  # level -> stable frames a restore to it needs
+        self._restored_to: int | None = None
+        self.log: list[tuple[str, int, str]] = []  # ("down"|"up", new level, reason)
+
+    def rebuild(self, steps: list[Step]) -> None:
+        """New user settings: a new ladder, from the top (nothing is reduced any more)."""
+        self.__init__(steps, self.enabled)
+
+    def set_enabled(self, on: bool) -> None:
+        if not on:
+            self.level = 0
+        self.enabled = bool(on)
+        self._fresh()
+
+    @property
+    def active(self) -> list[Step]:
+        return self.steps[:self.level]
+
+    def reason(self) -> str | None:
+        return self.steps[self.level - 1].reason if self.level else None
+
+    def overrides(self) -> dict[str, Any]:
+        """kind -> value of the deepest active step of each kind."""
+        out: dict[str, Any] = {}
+        for st in self.active:
+            out[st.kind] = st.value
+        return out
+
+    def _fresh(self) -> None:
+        self.recent.clear()
+        self.stable = 0
+        self.since_change = 0
+
+    def update(self, ratio: float, behind: bool = False) -> str | None:
+        """One processed frame's load ratio. Returns "down", "up" or None."""
+        if not self.enabled:
+            return None
+        if behind:
+            ratio = max(ratio, DOWN_ABOVE + 1e-6)
+        self.recent.append(ratio)
+        self.since_change += 1
+        self.stable = self.stable + 1 if ratio < RESTORE_BELOW else 0
+        mean = sum(self.recent) / len(self.recent)
+        if self.level in self.entered_at and self.entered_at[self.level] < 0 and len(self.recent) == self.recent.maxlen:
+            self.entered_at[self.level] = mean  # the first full window at a new level
+        if len(self.recent) == self.recent.maxlen and mean > DOWN_ABOVE and self.level < len(self.steps):
+            if self._restored_to == self.level and self.since_change < RESTORE_FRAMES:
+                self.need[self.level] = self.need.get(self.level, RESTORE_FRAMES) * 2  # bounced: wait longer
+            self.left_at[self.level] = mean
+            self.level += 1
+            self.entered_at[self.level] = -1.0  # measured once a full window is in
+            self._restored_to = None
+            self.log.append(("down", self.level, self.steps[self.level - 1].reason))
+            self._fresh()
+            return "down"
+        if self.level and self.stable >= self.need.get(self.level - 1, RESTORE_FRAMES):
+            up = self.level - 1
+            here = self.entered_at.get(self.level, -1.0)
+            there = self.left_at.get(up)
+            if there is not None and here > 0:
+                expected = there * (mean / here)  # the load lighter (or heavier) by the same factor
+                if expected >= RESTORE_FIT:
+                    self.stable = 0  # would not fit: look again after another stable run
+                    return None
+            reason = self.steps[self.level - 1].reason
+            self.level = up
+            self._restored_to = up
+            self.log.append(("up", self.level, f"restored: {reason}"))
+            self._fresh()
+            return "up"
+        return None
