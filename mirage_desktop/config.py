@@ -95,6 +95,10 @@ class Settings:
     vcam_backend: str = ""  # "" = pyvirtualcam's default
     # --- identity ---
     source_identity: str = ""  # name of a saved identity
+    # --- live calls: one clock, lip sync, adaptation ---
+    av_trim_ms: float = 0.0  # shifts the video against the voice (positive: video later)
+    lipsync_mic: bool = True  # with no voice conversion: the mic goes to the virtual mic in step with the video
+    adapt_video: bool = True  # under load, reduce quality -> fps -> resolution (off: your settings stay pinned)
     # --- voice ---
     voice_pitch: float = 0.0
     voice_formant: float = 1.0
@@ -363,6 +367,9 @@ RULES: dict[str, Rule] = {
     "output_fps": Rule("int", 1, 240, zero_ok=True, zero_means="the camera's"),
     "vcam_backend": Rule("text"),
     "source_identity": Rule("text"),
+    "av_trim_ms": Rule("float", -1000.0, 1000.0),
+    "lipsync_mic": _B,
+    "adapt_video": _B,
     "voice_pitch": Rule("float", *PITCH_RANGE),
     "voice_formant": Rule("float", *FORMANT_RANGE),
     "voice_input": Rule("text"),
@@ -386,7 +393,8 @@ RULES: dict[str, Rule] = {
 LIVE = ("enable_swap", "enable_enhancer", "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer",
         "enable_smoothing", "enable_scrfd", "enable_voice", "max_faces", "detect_interval", "det_size",
         "match_threshold", "codeformer_fidelity", "enhancer_interval", "enhancer_blend", "voice_pitch",
-        "voice_formant", "voice_preset", "voice_f0_method", "voice_speaker", "voice_converter", "voice_bypass")
+        "voice_formant", "voice_preset", "voice_f0_method", "voice_speaker", "voice_converter", "voice_bypass",
+        "av_trim_ms", "lipsync_mic", "adapt_video")
 for _name in LIVE:
     RULES[_name] = RULES[_name].at_run_time()
 
@@ -430,6 +438,12 @@ FLAGS: dict[str, Flag] = {
     "enable_voice": Flag("--voice", "also run the voice changer (see `mirage voice --help`)", "on"),
     "voice_pitch": Flag("--pitch", "voice pitch shift in semitones, e.g. +4 or -3"),
     "voice_formant": Flag("--formant", "voice formant ratio, 1.0 = unchanged"),
+    "av_trim_ms": Flag("--av-trim-ms", "shift the video against the voice, for a call app's own offset "
+                       "(positive: video later)"),
+    "lipsync_mic": Flag("--no-lipsync-mic", "without voice conversion, leave the microphone alone (no "
+                        "lip-synced virtual microphone)", "off"),
+    "adapt_video": Flag("--no-adapt", "pin your settings: no automatic reduction of quality, frame rate or "
+                        "resolution under load", "off"),
 }
 
 

@@ -69,6 +69,29 @@ class EngineStatus:
         return asdict(self)
 
 
+def virtual_microphone(settings: Settings) -> str | None:
+    """The output device behind a virtual microphone, or None: the configured voice output when it
+    is one (a VB-Audio cable, BlackHole, the Mirage Microphone), else the Mirage Microphone or the
+    first virtual cable found."""
+    try:
+        from .voice.audio_io import is_virtual_cable, list_devices
+    except ImportError:
+        return None
+    if settings.voice_output:
+        return settings.voice_output if is_virtual_cable(settings.voice_output) else None
+    try:
+        outs = [d for d in list_devices() if d["max_output_channels"] > 0]
+    except Exception:  # no audio stack at all: no virtual microphone
+        return None
+    for d in outs:
+        if d.get("pulse_name") == "mirage_mic_sink":
+            return "Mirage Microphone"
+    for d in outs:
+        if d["is_virtual_cable"]:
+            return d["name"]
+    return None
+
+
 class Engine:
     def __init__(self, settings: Settings | None = None, *, model_overrides: Mapping[str, str | Path] | None = None,
                  metrics: Metrics | None = None):
@@ -83,6 +106,7 @@ class Engine:
         self.latent: np.ndarray | None = None
         self.pipeline: Any = None  # vision.pipeline.VideoPipeline while running
         self.voice: Any = None  # voice.pipeline.VoicePipeline while the voice runs
+        self.voice_mode: str | None = None  # "convert" | "lipsync" while a voice path runs
         self._gpu_monitor: Any = None
         self._lock = threading.RLock()
         self._status = EngineStatus()
@@ -278,8 +302,7 @@ class Engine:
             self._status.running = True
             self._status.source = src.name
             self._status.outputs = [x.describe() for x in sinks]
-            if s.enable_voice:
-                self._start_voice()
+            self._sync_voice()
 
     def _make_smoother(self):
         try:
@@ -295,26 +318,70 @@ class Engine:
             return None
         return match_color
 
-    def _start_voice(self) -> None:
+    def wanted_voice_mode(self) -> str | None:
+        """Which voice path the settings ask for while the video runs: "convert" (the voice
+        changer), "lipsync" (no conversion: the microphone delayed to match the video, out on the
+        virtual microphone — only when one exists) or None."""
+        s = self.settings
+        if s.enable_voice:
+            return "convert"
+        if s.lipsync_mic and virtual_microphone(s) is not None:
+            return "lipsync"
+        return None
+
+    def _sync_voice(self) -> None:
+        """Start, stop or switch the voice path to what the settings ask for (with the lock held)."""
+        want = self.wanted_voice_mode() if self.pipeline is not None else None
+        if want == self.voice_mode and (want is None or self.voice is not None):
+            return
+        self._stop_voice()
+        self.problems.clear("voice")
+        if want is not None:
+            self._start_voice(want)
+
+    def _start_voice(self, mode: str) -> None:
+        s = self.settings
+        out = s.voice_output or virtual_microphone(s) or ""  # the virtual microphone when there is one
+        vs = s.replace(voice_output=out)
+        if mode == "lipsync":  # the real voice, unconverted, in step with the video
+            vs = vs.replace(voice_converter="passthrough", voice_bypass=False, voice_preset="")
+        what = "lip-sync microphone" if mode == "lipsync" else "voice"
         try:
             from .voice.pipeline import VoicePipeline
 
-            self.voice = VoicePipeline(self.settings, self.metrics)
+            self.voice = VoicePipeline(vs, self.metrics)
             if not self.voice.start():  # device errors do not raise here: they are reported
-                self.problems.set(Problem("voice", "error", str(self.voice.error)))
-                log.warning("voice could not start: %s", self.voice.error)
+                self.problems.set(Problem("voice", "error" if mode == "convert" else "warning",
+                                          f"{what}: {self.voice.error}"))
+                log.warning("%s could not start: %s", what, self.voice.error)
         except (MirageError, ImportError) as exc:
             self.voice = None
-            self.problems.set(from_error("voice", "error", exc))
-            log.warning("voice could not start: %s", exc)
+            self.problems.set(from_error("voice", "error" if mode == "convert" else "warning", exc))
+            log.warning("%s could not start: %s", what, exc)
+        self.voice_mode = mode if self.voice is not None else None
+        self.metrics.set_gauge("av.mode", self.voice_mode or "none")
+        p = self.pipeline
+        if p is not None and self.voice is not None:  # audio is the master clock from now on
+            voice = self.voice
+            p.audio_latency = voice.latency_s  # None while it is not running
+            p.on_video_latency = voice.set_target_latency_s if mode == "lipsync" else None
+
+    def _stop_voice(self) -> None:
+        p = self.pipeline
+        if p is not None:  # the video leaves as it comes again
+            p.audio_latency = None
+            p.on_video_latency = None
+        if self.voice is not None:
+            try:
+                self.voice.stop()
+            finally:
+                self.voice = None
+        self.voice_mode = None
+        self.metrics.set_gauge("av.mode", "none")
 
     def stop(self) -> None:
         with self._lock:
-            if self.voice is not None:
-                try:
-                    self.voice.stop()
-                finally:
-                    self.voice = None
+            self._stop_voice()
             if self.pipeline is not None:
                 p = self.pipeline
                 p.stop()
@@ -383,15 +450,10 @@ class Engine:
             st.set_blend(value)
 
     def _voice_switch(self, name: str, value) -> None:
-        self.problems.clear("voice")
-        if value and self.voice is None and self.pipeline is not None:
-            self._start_voice()
-        elif not value and self.voice is not None:
-            self.voice.stop()
-            self.voice = None
+        self._sync_voice()  # voice conversion / lip-sync microphone on or off
 
     def _voice_option(self, name: str, value) -> None:
-        if self.voice is not None:
+        if self.voice is not None and self.voice_mode == "convert":  # lip-sync: stored for the changer
             option = {"voice_bypass": "bypass"}.get(name, name.replace("voice_", "", 1))
             self.voice.set_option(option, value)
 
@@ -400,7 +462,7 @@ class Engine:
         "enable_swap": _enhancer_switch, "enable_enhancer": _enhancer_switch,
         "codeformer_fidelity": _enhancer_setting, "enhancer_interval": _enhancer_setting,
         "enhancer_blend": _enhancer_setting,
-        "enable_voice": _voice_switch,
+        "enable_voice": _voice_switch, "lipsync_mic": _voice_switch,
         "voice_pitch": _voice_option, "voice_formant": _voice_option, "voice_preset": _voice_option,
         "voice_f0_method": _voice_option, "voice_speaker": _voice_option, "voice_converter": _voice_option,
         "voice_bypass": _voice_option,
@@ -447,6 +509,13 @@ class Engine:
                 found.insert(0, Problem("capture", "error", p.capture_error))
             for k, v in list(p.errors.items()):
                 found.append(Problem(k, STAGE_LEVELS.get(k, "error"), v, p.error_fixes.get(k, "")))
+            reason = p.adapt_reason
+            if reason:  # the degrade ladder is holding a step: shown, with how to keep one's settings
+                found.append(Problem("adapt", "warning", reason, "turn adaptation off to keep your settings "
+                                     "(--no-adapt, or 'Adapt to load' in the window)"))
+            if p.av.behind:
+                found.append(Problem("av", "warning", f"the video is {p.av.behind_s * 1000:.0f} ms behind the "
+                                     "voice; late frames are dropped", "lower the load or the video settings"))
         st.problems = [pr.text() for pr in found]
         st.issues = [pr.to_dict() for pr in found + passthrough]
         return st

@@ -24,7 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--metrics-json", metavar="PATH", help="write metric snapshots to PATH every second")
     add_setting_flags(p.add_argument_group("capture"), ["capture_width", "capture_height", "capture_fps",
                                                         "vcam_backend"])
-    add_setting_flags(p.add_argument_group("voice"), ["enable_voice", "voice_pitch", "voice_formant"])
+    add_setting_flags(p.add_argument_group("voice and lip sync"), ["enable_voice", "voice_pitch", "voice_formant",
+                                                                   "lipsync_mic", "av_trim_ms"])
+    add_setting_flags(p.add_argument_group("under load"), ["adapt_video"])
     add_engine_arguments(p)
 
 
@@ -65,6 +67,27 @@ def _write_metrics(path, snap, warned: list) -> None:
         if not warned:
             print(f"\nmirage: warning: {exc}; the run goes on without metrics snapshots", file=sys.stderr)
         warned.append(str(exc))
+
+
+def av_summary(snap: dict) -> list[str]:
+    """The one-clock lines of the summary: video and voice latency, their offset, the ladder."""
+    st, c, g = snap["stages"], snap["counters"], snap["gauges"]
+
+    def pct(name: str) -> str:
+        h = st.get(name) or {}
+        return f"P50 {h['p50']:.0f} / P95 {h['p95']:.0f} ms" if h.get("count") else "n/a"
+
+    lines = []
+    mode = g.get("av.mode", "none")
+    if (st.get("av.offset_ms") or {}).get("count"):
+        what = {"convert": "voice changer", "lipsync": "lip-sync microphone"}.get(str(mode), str(mode))
+        lines.append(f"A/V ({what}): video capture->output {pct('av.video_latency')}, "
+                     f"voice {pct('av.audio_latency')}, offset (video - voice) {pct('av.offset_ms')}; "
+                     f"frames dropped late {c.get('dropped.av_late', 0)}")
+    downs, ups = c.get("adapt.down", 0), c.get("adapt.up", 0)
+    if downs or ups:
+        lines.append(f"adapt: {downs} step(s) down, {ups} up, level {g.get('adapt.level', 0)} at the end")
+    return lines
 
 
 def run(args) -> int:
@@ -154,6 +177,8 @@ def run(args) -> int:
               f"{v.get('measured_latency_ms') or 0:.0f} ms measured"
               + (f", pass-through: {v['passthrough_reason']}" if v.get("passthrough_reason") else "")
               + (f", error: {v['error']}" if v.get("error") else ""), file=sys.stderr)
+    for line in av_summary(snap):
+        print(line, file=sys.stderr)
     rc = 1 if metrics_warned else 0
     if args.frames is not None and c.get("frames.out", 0) < args.frames and not stop.is_set() and \
             not any(o.error for o in engine.last_outputs):

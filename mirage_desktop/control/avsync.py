@@ -43,6 +43,7 @@ MAX_LATE_RUN = 15  # late frames in a row before one is sent anyway (never a fro
 DRIFT_FRAMES = 120
 DRIFT_TOLERANCE_S = 0.020
 SLEW_S = 0.002  # largest change of the applied audio latency per frame
+READY_WINDOW = 60  # frames over which the video path's own latency is judged (lip-sync target)
 MAX_HOLD = 120  # frames held at most (4 s at 30 FPS): a bound, never reached with sane latencies
 
 
@@ -65,6 +66,7 @@ class AVSync:
         self._late_run = 0  # frames dropped late in a row
         self._drift_run = 0  # frames sent late (beyond the tolerance) in a row
         self.behind_s = 0.0  # how late the last frame reached the buffer (0: on time or early)
+        self._ready: collections.deque[float] = collections.deque(maxlen=READY_WINDOW)
 
     # ---- inputs ----------------------------------------------------------------------------
     def set_audio_latency(self, seconds: float | None) -> None:
@@ -107,10 +109,19 @@ class AVSync:
                 d = t - self._applied
                 self._applied += max(-self.slew_s, min(self.slew_s, d))
 
+    def ready_latency_s(self, q: float = 90.0) -> float | None:
+        """The video path's own capture → ready latency (the ``q``-th percentile of the last
+        ``READY_WINDOW`` frames): what a lip-synced microphone must wait for. None before any."""
+        vals = sorted(self._ready)
+        if not vals:
+            return None
+        return vals[min(len(vals) - 1, int(round(q / 100.0 * (len(vals) - 1))))]
+
     # ---- the hold --------------------------------------------------------------------------
     def push(self, pkt: Any, now: float | None = None) -> bool:
         """Take a processed frame; False when it was dropped (behind the audio head)."""
         now = self.clock() if now is None else now
+        self._ready.append(max(0.0, now - pkt.t_capture))
         self._step_applied()
         if self._applied is None:
             due = pkt.t_capture

@@ -27,6 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import Settings
+from ..control.avsync import AVSync
+from ..control.ladder import DegradeLadder, build_steps
 from ..errors import MirageError
 from ..metrics import Metrics
 from .face import Face
@@ -174,6 +176,21 @@ class VideoPipeline:
         self.fatal: Exception | None = None  # a critical sink (a recording) failed: the run stops
         self.sink_errors: dict[int, str] = {}  # id(sink) -> why it failed (sending or closing)
         self._wanted: dict[str, bool] = {}
+        # one clock with the voice (control/avsync.py): the engine connects these while a voice path
+        # runs; ``audio_latency()`` -> s or None, ``on_video_latency(s)`` for the lip-synced microphone
+        self.av = AVSync(metrics)
+        self.av.set_trim(settings.av_trim_ms)
+        self.audio_latency: Callable[[], float | None] | None = None
+        self.on_video_latency: Callable[[float], None] | None = None
+        # the degrade ladder (control/ladder.py): overrides on top of the user's settings
+        self.ladder = DegradeLadder([], enabled=bool(settings.adapt_video) and not lossless)
+        self._adapt_lock = threading.Lock()  # the worker steps the ladder; set_option rebuilds it
+        self.adapt_reason: str | None = None
+        self._stage_opts = settings
+        self._scale_to = 0  # short side the stages run at (0: full size)
+        self._fps_cap = 0.0
+        self._last_processed_t = -1e9
+        self._rebuild_ladder()
         # the frame stages, in order; the models are read through the pipeline, so models and
         # identities handed over while it runs take effect on the next frame
         self.stages = [check_stage(st) for st in (
@@ -191,6 +208,66 @@ class VideoPipeline:
             self.scheduler.interval = max(1, int(value))
         elif name == "det_size" and self.analyzer is not None:
             self.analyzer.detector.set_det_size(int(value))
+        elif name == "av_trim_ms":
+            self.av.set_trim(float(value))
+        with self._adapt_lock:
+            if name == "adapt_video":
+                self.ladder.set_enabled(bool(value) and not self.lossless)
+            if name in ("det_size", "enable_enhancer", "enhancer_interval"):
+                self._rebuild_ladder()  # the user chose anew: the ladder starts from their settings
+            self._apply_adapt()
+
+    # ---- the degrade ladder ------------------------------------------------------------------
+    def target_fps(self) -> float:
+        return float(getattr(self.source, "fps", 0) or self.opts.capture_fps or 30)
+
+    def _rebuild_ladder(self) -> None:
+        o = self.opts
+        w, h = getattr(self.source, "size", (0, 0)) or (0, 0)
+        det = self.analyzer.detector if self.analyzer is not None else None
+        sizable = det is not None and getattr(det, "fixed_size", None) is None
+        self.ladder.rebuild(build_steps(bool(o.enable_enhancer), int(o.det_size) if sizable else 0,
+                                        self.target_fps(), min(w, h) if w and h else 0))
+
+    def _apply_adapt(self) -> None:
+        """Put the ladder's active steps on top of the user's settings (never into them)."""
+        o = self.opts
+        ov = self.ladder.overrides()
+        changes: dict[str, Any] = {}
+        if ov.get("enhancer") == 0:
+            changes["enable_enhancer"] = False
+        if "det_size" in ov:
+            changes["det_size"] = int(ov["det_size"])
+        eff = o.replace(**changes) if changes else o
+        factor = int(ov.get("enhancer") or 1)
+        st = self.enhance_stage
+        if st is not None and hasattr(st, "set_interval"):
+            try:
+                st.set_interval(max(1, int(o.enhancer_interval)) * factor)
+            except ValueError:
+                pass
+        det = self.analyzer.detector if self.analyzer is not None else None
+        if det is not None and getattr(det, "fixed_size", None) is None and \
+                getattr(det, "det_size", eff.det_size) != eff.det_size:
+            det.set_det_size(int(eff.det_size))
+        scale = int(ov.get("scale") or 0)
+        if scale != self._scale_to:
+            self._scale_to = scale
+            self.stages[0].reset_soon()  # the faces were found at another size
+        self._fps_cap = float(ov.get("fps") or 0.0)
+        self._stage_opts = eff
+        self.adapt_reason = self.ladder.reason()
+        self.metrics.set_gauge("adapt.level", self.ladder.level)
+
+    def _adapt(self, worker_ms: float) -> None:
+        fps = self._fps_cap or self.target_fps()
+        with self._adapt_lock:
+            ev = self.ladder.update(worker_ms / (1000.0 / fps), behind=self.av.behind)
+            if ev is not None:
+                _, level, reason = self.ladder.log[-1]
+                log.warning("adapt: %s (level %d of %d)", reason, level, len(self.ladder.steps))
+                self.metrics.incr(f"adapt.{ev}")
+                self._apply_adapt()
 
     def set_latent(self, latent: np.ndarray | None) -> None:
         self.latent = latent  # an atomic reference swap: the next frame uses it
@@ -201,9 +278,14 @@ class VideoPipeline:
         with self._opts_lock:
             self.analyzer, self.swapper, self.latent = analyzer, swapper, latent
         self.stages[0].reset_soon()  # on the worker's thread, before its next frame
+        with self._adapt_lock:
+            self._rebuild_ladder()  # another detector: its sizes may differ
+            self._apply_adapt()
 
     def use_enhancer(self, stage) -> None:
         self.enhance_stage = stage  # read by the enhance stage on the next frame
+        with self._adapt_lock:
+            self._apply_adapt()  # the ladder's enhancer interval applies to the new one too
 
     def set_reference(self, embedding: np.ndarray | None) -> None:
         self.reference = embedding
@@ -356,6 +438,10 @@ class VideoPipeline:
                 if self.in_slot.closed or self._stop.is_set():
                     break
                 continue
+            if self._fps_cap and pkt.t_capture - self._last_processed_t < 0.95 / self._fps_cap:
+                self.metrics.incr("dropped.adapt_fps")  # the ladder lowered the frame rate
+                continue
+            self._last_processed_t = pkt.t_capture
             t0 = time.perf_counter()
             model0 = sum(self.metrics.total(n) for n in WORKER_MODEL_STAGES)
             try:
@@ -368,14 +454,29 @@ class VideoPipeline:
             model_ms = sum(self.metrics.total(n) for n in WORKER_MODEL_STAGES) - model0
             self.metrics.record("worker", worker_ms)
             self.metrics.record("worker.outside_model", max(worker_ms - model_ms, 0.0))
+            if self.ladder.enabled:
+                self._adapt(worker_ms)
             self.out_slot.put(pkt, block=self.lossless)
 
     def _process(self, pkt: FramePacket) -> None:
         if self.keep_original:
             pkt.original = pkt.frame.copy()
-        ctx = FrameContext(pkt.frame, pkt.index, pkt.t_capture, self.opts)
+        frame, scale = pkt.frame, self._scale_to
+        h, w = frame.shape[:2]
+        small = None
+        if scale and min(h, w) > scale:  # the ladder's lowest steps: process fewer pixels
+            import cv2
+
+            f = scale / min(h, w)
+            small = cv2.resize(frame, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+            frame = small
+        ctx = FrameContext(frame, pkt.index, pkt.t_capture, self._stage_opts)
         run_stages(self.stages, ctx, self.metrics, self._stage_result, self._wanted)
         pkt.faces, pkt.swapped = ctx.faces, ctx.swapped
+        if small is not None:  # back to the camera's size: the virtual camera keeps its format
+            import cv2
+
+            cv2.resize(small, (w, h), dst=pkt.frame, interpolation=cv2.INTER_LINEAR)
 
     def _stage_result(self, stage: str, exc: Exception | None) -> None:
         if exc is not None:
@@ -396,41 +497,75 @@ class VideoPipeline:
             self.finished.set()
 
     def _output_frames(self) -> None:
+        """Take processed frames into the A/V hold; send each when it is due (at once without a
+        voice path), in order; at the end of a finite input the held frames are still sent."""
+        av = self.av
         sent = 0
         while self.max_frames is None or sent < self.max_frames:
-            pkt = self.out_slot.get(timeout=0.2)
-            if pkt is None:
-                if self.out_slot.closed or self._stop.is_set():
-                    break
-                continue
-            t = time.perf_counter()
-            for s in self.sinks:
-                if id(s) in self.sink_errors:
-                    continue
-                try:
-                    s.send(pkt.frame)
-                except Exception as exc:
-                    self._model_error(f"output:{s.name}", exc)
-                    if getattr(s, "critical", False):  # a recording: stop rather than lose frames silently
-                        self.sink_errors[id(s)] = " ".join(str(exc).split())
-                        self.fatal = exc
-                else:
-                    self._works(f"output:{s.name}")
-            if self.fatal is not None:
+            due_at = av.next_due()
+            wait = 0.2 if due_at is None else min(0.2, max(0.0, due_at - time.perf_counter()))
+            pkt = self.out_slot.get(timeout=wait) if wait > 0 else self.out_slot.take_nowait()
+            if pkt is not None:
+                self._sync_clock()
+                av.push(pkt)
+            elif self._stop.is_set() or (self.out_slot.closed and not len(av)):
                 break
-            sent += 1
-            for fn in self._subscribers.values():
+            due = av.pop_due() if not self.out_slot.closed else av.flush()
+            for p in due:
+                if self.max_frames is not None and sent >= self.max_frames:
+                    break
+                if not self._send(p):
+                    return
+                sent += 1
+
+    def _sync_clock(self) -> None:
+        """Read the voice path's latency (the master); tell a lip-synced microphone the video's."""
+        lat = self.audio_latency
+        try:
+            self.av.set_audio_latency(lat() if lat is not None else None)
+        except Exception as exc:  # the voice path stopped under our feet: video leaves as it comes
+            self.av.set_audio_latency(None)
+            self._once(f"av:{exc}", "A/V sync: cannot read the voice latency: %s", exc)
+        cb = self.on_video_latency
+        if cb is not None:
+            v = self.av.ready_latency_s()
+            if v is not None:
                 try:
-                    fn(pkt)
+                    cb(v)
                 except Exception as exc:
-                    self._once(f"sub:{exc}", "frame subscriber failed: %s", exc)
-            now = time.perf_counter()
-            self.metrics.record("output", (now - t) * 1000)
-            self.metrics.record("total", (now - pkt.t_capture) * 1000)
-            self.metrics.incr("frames.out")
-            self.metrics.incr("faces.swapped", pkt.swapped)
-            self._out_times.append(now)
-            while self._out_times and now - self._out_times[0] > 2.0:
-                self._out_times.pop(0)
-            if len(self._out_times) >= 2:
-                self.metrics.set_gauge("fps", (len(self._out_times) - 1) / (self._out_times[-1] - self._out_times[0]))
+                    self._once(f"av-target:{exc}", "A/V sync: cannot delay the microphone: %s", exc)
+
+    def _send(self, pkt: FramePacket) -> bool:
+        """Send one frame to every sink; False when a critical sink failed (the run stops)."""
+        t = time.perf_counter()
+        for s in self.sinks:
+            if id(s) in self.sink_errors:
+                continue
+            try:
+                s.send(pkt.frame)
+            except Exception as exc:
+                self._model_error(f"output:{s.name}", exc)
+                if getattr(s, "critical", False):  # a recording: stop rather than lose frames silently
+                    self.sink_errors[id(s)] = " ".join(str(exc).split())
+                    self.fatal = exc
+            else:
+                self._works(f"output:{s.name}")
+        if self.fatal is not None:
+            return False
+        for fn in self._subscribers.values():
+            try:
+                fn(pkt)
+            except Exception as exc:
+                self._once(f"sub:{exc}", "frame subscriber failed: %s", exc)
+        now = time.perf_counter()
+        self.av.sent(pkt, t)
+        self.metrics.record("output", (now - t) * 1000)
+        self.metrics.record("total", (now - pkt.t_capture) * 1000)
+        self.metrics.incr("frames.out")
+        self.metrics.incr("faces.swapped", pkt.swapped)
+        self._out_times.append(now)
+        while self._out_times and now - self._out_times[0] > 2.0:
+            self._out_times.pop(0)
+        if len(self._out_times) >= 2:
+            self.metrics.set_gauge("fps", (len(self._out_times) - 1) / (self._out_times[-1] - self._out_times[0]))
+        return True
