@@ -107,7 +107,8 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
                         enable_enhancer=args.enhance, enhancer_interval=args.enhancer_interval,
                         enhancer="gfpgan" if args.models == "synthetic" else args.enhancer,
                         enhancer_async=not args.enhancer_sync,
-                        providers=args.providers, enable_ai_mark=True)
+                        providers=args.providers, enable_ai_mark=True,
+                        adapt_video=False, lipsync_mic=False)  # measured at the settings asked for
     engine = Engine(settings, model_overrides=overrides)
     st = engine.load_models()
     from ..vision.face import Face
