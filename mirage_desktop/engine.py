@@ -343,13 +343,12 @@ class Engine:
         s = self.settings
         out = s.voice_output or virtual_microphone(s) or ""  # the virtual microphone when there is one
         vs = s.replace(voice_output=out)
-        if mode == "lipsync":  # the real voice, unconverted, in step with the video
-            vs = vs.replace(voice_converter="passthrough", voice_bypass=False, voice_preset="")
         what = "lip-sync microphone" if mode == "lipsync" else "voice"
         try:
             from .voice.pipeline import VoicePipeline
 
-            self.voice = VoicePipeline(vs, self.metrics)
+            # lip-sync: the real voice, unconverted, in step with the video (VoicePipeline's mode)
+            self.voice = VoicePipeline(vs, self.metrics, mode="lipsync" if mode == "lipsync" else "voice")
             if not self.voice.start():  # device errors do not raise here: they are reported
                 self.problems.set(Problem("voice", "error" if mode == "convert" else "warning",
                                           f"{what}: {self.voice.error}"))
