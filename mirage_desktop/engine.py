@@ -353,6 +353,8 @@ class Engine:
                 self.problems.set(Problem("voice", "error" if mode == "convert" else "warning",
                                           f"{what}: {self.voice.error}"))
                 log.warning("%s could not start: %s", what, self.voice.error)
+                if mode == "lipsync":  # optional: the video goes on unsynchronised, said in yellow
+                    self.voice = None
         except (MirageError, ImportError) as exc:
             self.voice = None
             self.problems.set(from_error("voice", "error" if mode == "convert" else "warning", exc))

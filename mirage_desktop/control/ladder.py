@@ -93,8 +93,10 @@ class DegradeLadder:
         self.log: list[tuple[str, int, str]] = []  # ("down"|"up", new level, reason)
 
     def rebuild(self, steps: list[Step]) -> None:
-        """New user settings: a new ladder, from the top (nothing is reduced any more)."""
-        self.__init__(steps, self.enabled)
+        """New settings or models. The same ladder as before keeps its place; another one (the user
+        chose a new detection size, say) starts from the top: nothing is reduced any more."""
+        if list(steps) != self.steps:
+            self.__init__(steps, self.enabled)
 
     def set_enabled(self, on: bool) -> None:
         if not on:

@@ -520,7 +520,7 @@ class VideoPipeline:
 
     def _sync_clock(self) -> None:
         """Read the voice path's latency (the master); tell a lip-synced microphone the video's."""
-        lat = self.audio_latency
+        lat = self.audio_latency if not self.lossless else None  # a file render has no live voice
         try:
             self.av.set_audio_latency(lat() if lat is not None else None)
         except Exception as exc:  # the voice path stopped under our feet: video leaves as it comes

@@ -122,3 +122,13 @@ def test_behind_the_voice_counts_as_over_budget():
     for _ in range(DOWN_WINDOW):
         ev = lad.update(0.5, behind=True)
     assert ev == "down"
+
+
+def test_the_same_ladder_keeps_its_place_a_new_one_starts_from_the_top():
+    lad = DegradeLadder(_steps())
+    _drive(lad, SlowStage([3.0, 3.0, 0.5]), 3 * DOWN_WINDOW)
+    assert lad.level == 2
+    lad.rebuild(_steps())  # new models with the same sizes, say: nothing to undo
+    assert lad.level == 2 and lad.overrides() == {"enhancer": 4}
+    lad.rebuild(build_steps(enhancer_on=False, det_size=640, fps=30, short_side=720))  # the user chose anew
+    assert lad.level == 0 and lad.overrides() == {}
