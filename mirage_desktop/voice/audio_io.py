@@ -242,8 +242,13 @@ def device_error(exc: Exception, dev: ResolvedDevice) -> DeviceError:
                        f"run `mirage devices` and pick another device with {flag}")
 
 
-def open_stream(dev: ResolvedDevice, samplerate: int, blocksize: int, callback, channels: int | None = None):
-    """Open (not start) an InputStream/OutputStream of float32 for ``dev``; DeviceError on failure."""
+def open_stream(dev: ResolvedDevice, samplerate: int, blocksize: int, callback, channels: int | None = None,
+                latency: float | str = "low"):
+    """Open (not start) an InputStream/OutputStream of float32 for ``dev``; DeviceError on failure.
+
+    ``latency``: PortAudio's suggested latency, "low" or seconds. Through ALSA (and so the
+    ``pulse`` device) PortAudio makes the device buffer that many callbacks of ``blocksize``,
+    at least two: "low" gives two."""
     sd = _sd()
     if sd is None:
         raise DeviceError("PortAudio is not available", "install libportaudio2 (Linux) or reinstall sounddevice")
@@ -252,6 +257,6 @@ def open_stream(dev: ResolvedDevice, samplerate: int, blocksize: int, callback, 
         with _pulse_env(dev):
             return cls(device=dev.index, samplerate=samplerate, blocksize=blocksize,
                        channels=channels or dev.channels, dtype="float32", callback=callback,
-                       latency="low")
+                       latency=latency)
     except Exception as exc:  # sd.PortAudioError, ValueError for bad parameters
         raise device_error(exc, dev) from exc

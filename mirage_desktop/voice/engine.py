@@ -21,6 +21,10 @@ duration, checked in this order:
 - **shrink**: the mean over the last 120 chunks < 0.55 and the block is above its minimum:
   block -= 32 ms.
 
+Block sizes: from :data:`MIN_BLOCK_MS` (32 ms, one step) to :data:`MAX_BLOCK_MS` (480 ms) in 32 ms
+steps from the start block (:func:`controller_blocks_ms`). The pipeline starts at the smallest of
+them whose timed conversions would all be accepted (ratio < 0.65; see ``VoicePipeline``).
+
 After a resize the windows start afresh (the ratio at the new size is a new regime).
 """
 
@@ -50,6 +54,9 @@ GROW_WINDOW = 40
 SHRINK_BELOW = 0.55
 SHRINK_WINDOW = 120
 STEP_MS = 32
+MIN_BLOCK_MS = 32.0  # smallest block the controller shrinks to (one step; the converter's context keeps
+# its analysis window long: WORLD sees 96 ms of history, RVC its own, whatever the block)
+MAX_BLOCK_MS = 480.0
 # SOLA geometry (both add to the latency). 16 ms of equal-power crossfade is inaudible on speech;
 # 8 ms of search covers one pitch period of output voices down to 125 Hz (lower voices still
 # join without clicks, with a slightly less exact alignment). Was 40 ms + 10 ms.
@@ -110,6 +117,23 @@ class RealtimeController:
         return self.accepted / self.processed if self.processed else 1.0
 
 
+def controller_blocks_ms(start_ms: float, min_ms: float = MIN_BLOCK_MS, max_ms: float = MAX_BLOCK_MS) -> list[float]:
+    """The block sizes (ms) a controller started at ``start_ms`` can choose (the start, then 32 ms
+    steps down to ``min_ms`` and up to ``max_ms``), as :class:`VoiceEngine` rounds them."""
+    step = STEP_MS * SAMPLE_RATE // 1000
+    start = int(round(start_ms * SAMPLE_RATE / 1000.0))
+    lo, hi = int(min_ms * SAMPLE_RATE / 1000), max(start, int(max_ms * SAMPLE_RATE / 1000))
+    sizes, b = {start}, start
+    while b > lo:
+        b = max(lo, b - step)
+        sizes.add(b)
+    b = start
+    while b < hi:
+        b = min(hi, b + step)
+        sizes.add(b)
+    return [_ms(b) for b in sorted(sizes)]
+
+
 def _ms(samples: int) -> float:
     return samples * 1000.0 / SAMPLE_RATE
 
@@ -117,7 +141,7 @@ def _ms(samples: int) -> float:
 class VoiceEngine:
     def __init__(self, converter, metrics: Metrics | None = None, *, block_ms: float = 192.0,
                  crossfade_ms: float = CROSSFADE_MS, search_ms: float = SEARCH_MS, silence_db: float = -50.0,
-                 min_block_ms: float = 96.0, max_block_ms: float = 480.0, adapt: bool = True,
+                 min_block_ms: float = MIN_BLOCK_MS, max_block_ms: float = MAX_BLOCK_MS, adapt: bool = True,
                  fallback: bool = True, clock=time.perf_counter):
         self.metrics = metrics or Metrics()
         self.converter = check_converter(converter)

@@ -51,7 +51,16 @@ from . import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-DEVICE_BLOCK_S = 0.010  # PortAudio callback size for both streams (the voice_device_block_ms setting)
+OUTPUT_PERIODS = 3  # output device buffer: this many callbacks (PortAudio's default for ALSA is 2)
+PASSTHROUGH_BLOCK_MS = 20.0  # start block of the pass-through converter (nothing to amortise)
+LIPSYNC_BLOCK_MS = 20.0  # mode="lipsync": the block (and no SOLA: the audio is not changed)
+START_PROBE_RUNS = 3  # timed conversions per candidate start block
+START_PROBE_BUDGET_S = 3.0  # stop probing smaller start blocks after this long (slow converters)
+FALLBACK_START_MS = 192.0  # start block when no candidate passed within the budget
+LATENCY_WINDOW = 32  # recent measured latencies latency_s() takes the median of
+LATENCY_MIN_MARKERS = 3  # fewer than this: latency_s() is the estimate
+FILL_TOLERANCE_S = 0.005  # below the target latency by more than this: silence is inserted up to this above it
+MAX_TARGET_S = 2.0
 MARGIN_START_S = 0.010  # jitter allowance on top of the longest recent conversion time
 MARGIN_STEP_S = 0.010  # + per underrun
 MARGIN_MAX_S = 0.120
@@ -101,21 +110,30 @@ class SampleFifo:
     def level(self) -> int:
         return self._level
 
-    def write(self, x: np.ndarray, pad_if_empty: int = 0) -> tuple[int, int]:
-        """Append ``x``; when the FIFO is empty, first ``pad_if_empty`` zeros. Returns
-        (write index of ``x[0]``, level just before the call)."""
+    def write(self, x: np.ndarray, pad_if_empty: int = 0, insert: int = 0, insert_at: int = 0) -> tuple[int, int, int]:
+        """Append ``x``; when the FIFO is empty, first ``pad_if_empty`` zeros; otherwise (the pad
+        covers it) ``insert`` zeros in front of ``x[insert_at]`` (the caller passes it only for
+        silent audio). Returns (write index of ``x[0]``, level just before the call, zeros inserted)."""
         with self._lock:
             before = self._level
-            if before == 0 and pad_if_empty > 0:
-                self._chunks.append(np.zeros(pad_if_empty, dtype=np.float32))
-                self._level += pad_if_empty
-                self.written += pad_if_empty
+            padded = before == 0 and pad_if_empty > 0
+            if padded:
+                self._append(np.zeros(pad_if_empty, dtype=np.float32))
             at = self.written
-            if x.size:
-                self._chunks.append(x)
-                self._level += x.size
-                self.written += x.size
-        return at, before
+            if insert > 0 and not padded and 0 <= insert_at <= x.size:
+                self._append(x[:insert_at])
+                self._append(np.zeros(insert, dtype=np.float32))
+                self._append(x[insert_at:])
+            else:
+                insert = 0
+                self._append(x)
+        return at, before, insert
+
+    def _append(self, x: np.ndarray) -> None:  # with the lock held
+        if x.size:
+            self._chunks.append(x)
+            self._level += x.size
+            self.written += x.size
 
     def read_into(self, out: np.ndarray) -> int:
         n, got = out.size, 0
@@ -141,9 +159,22 @@ class SampleFifo:
 
 
 class VoicePipeline:
-    """Real-time voice changer between two audio devices. See the module docstring."""
+    """Real-time voice changer between two audio devices. See the module docstring.
 
-    def __init__(self, settings: Settings, metrics: Metrics):
+    ``mode="voice"`` (default): the voice settings as given. ``mode="lipsync"``: the lip-sync
+    microphone — ``settings.voice_input`` (the microphone) goes unconverted to
+    ``settings.voice_output`` (the virtual microphone) in 20 ms blocks without SOLA, the other
+    voice settings are ignored, and :meth:`set_target_latency_s` delays it to the video.
+    """
+
+    MODES = ("voice", "lipsync")
+
+    def __init__(self, settings: Settings, metrics: Metrics, mode: str = "voice"):
+        if mode not in self.MODES:
+            raise MirageError(f"unknown voice pipeline mode {mode!r}", "use 'voice' or 'lipsync'")
+        self.mode = mode
+        if mode == "lipsync":
+            settings = settings.replace(voice_converter="passthrough", voice_bypass=False)
         self.settings = settings
         self.metrics = metrics
         self.converter_kind = settings.voice_converter
@@ -171,6 +202,14 @@ class VoicePipeline:
         self._proc_guess = 0.0
         self._out_buf = np.zeros(0, dtype=np.float32)
         self.sr_in = self.sr_out = 48000
+        self._lat_in = self._lat_out = 0.0  # the open streams' reported latencies (s)
+        self._target_s: float | None = None
+        self._recent_lat: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # ms
+        self._recent_lock = threading.Lock()
+        self._proc_ref = 0.0  # proc_ref_s() as of the worker's last block (read by other threads)
+        self._held_room = 0  # output samples a target latency asked for, not yet cut (see _emit)
+        self._read_offset: int | None = None  # output device frame of FIFO index 0 (output callback)
+        self.start_probe: dict[float, float] = {}  # start block (ms) -> worst timed ratio, from the last start
 
     # --- lifecycle -----------------------------------------------------------
     def start(self, strict: bool = False) -> bool:
@@ -194,9 +233,42 @@ class VoicePipeline:
         from .converters import make_converter
         from .engine import VoiceEngine
 
+        from .engine import CROSSFADE_MS, SEARCH_MS
+
         conv = make_converter(self.converter_kind, self.settings)
-        return VoiceEngine(conv, self.metrics, block_ms=self.block_ms, silence_db=self.silence_db,
-                           adapt=bool(self.settings.voice_adapt))
+        lipsync = self.mode == "lipsync"
+        xf, search = (0.0, 0.0) if lipsync else (CROSSFADE_MS, SEARCH_MS)
+        block_ms, self._proc_guess = self._start_block(conv, xf, search)
+        return VoiceEngine(conv, self.metrics, block_ms=block_ms, silence_db=self.silence_db,
+                           adapt=bool(self.settings.voice_adapt), crossfade_ms=xf, search_ms=search)
+
+    def _start_block(self, conv, crossfade_ms: float, search_ms: float) -> tuple[float, float]:
+        """(start block in ms, a first processing-time estimate in s). ``voice_block_ms`` > 0 is
+        taken as given; 0 (automatic) is the smallest block the controller can choose whose
+        :data:`START_PROBE_RUNS` timed conversions (after one untimed warm-up) all come in under
+        the accept ratio (runtime/real < 0.65); the pass-through converter (and the lip-sync mode)
+        starts at 20 ms. The timings are kept in :attr:`start_probe`."""
+        from .engine import ACCEPT_BELOW, MIN_BLOCK_MS, controller_blocks_ms
+
+        self.start_probe = {}
+        if self.mode == "lipsync":
+            return LIPSYNC_BLOCK_MS, 0.0
+        if self.block_ms > 0:
+            return self.block_ms, self._time_conversions(conv, self.block_ms, crossfade_ms, search_ms, 1)
+        if conv.name == "passthrough":
+            return PASSTHROUGH_BLOCK_MS, 0.0
+        self._time_conversions(conv, MIN_BLOCK_MS, crossfade_ms, search_ms, 1)  # warms caches up
+        t0 = time.perf_counter()
+        for b in controller_blocks_ms(MIN_BLOCK_MS):
+            worst = self._time_conversions(conv, b, crossfade_ms, search_ms, START_PROBE_RUNS)
+            self.start_probe[b] = worst / (b / 1000.0)
+            if worst / (b / 1000.0) < ACCEPT_BELOW:
+                return b, worst
+            if time.perf_counter() - t0 > START_PROBE_BUDGET_S:
+                break
+        log.info("voice: no start block passed the probe (%s); starting at %.0f ms", self.start_probe,
+                 FALLBACK_START_MS)
+        return FALLBACK_START_MS, 0.0
 
     def _open(self) -> None:
         from .audio_io import open_stream, resolve_device
@@ -216,21 +288,28 @@ class VoicePipeline:
         self._rs_in = StreamResampler(self.sr_in, SAMPLE_RATE)
         self._rs_out = StreamResampler(SAMPLE_RATE, self.sr_out)
         self._in_frames = self._out_frames = 0
-        self._in_clock, self._out_clock = StreamClock(self.sr_in), StreamClock(self.sr_out)
+        self._in_clock, self._out_clock = None, None
         self._margin_s = MARGIN_START_S
         self._playing = False
         self._since_underrun = 0
         self._slack.clear()
         self._proc.clear()
-        self._proc_guess = self._warm_up()
+        self._proc_ref = self._proc_guess
+        self._held_room = 0
+        self._read_offset = None
         self._markers.clear()
+        with self._recent_lock:
+            self._recent_lat.clear()
         self._fifo = SampleFifo()
         dev_s = float(self.settings.voice_device_block_ms) / 1000.0
         dev_block_in = max(64, int(self.sr_in * dev_s))
         dev_block_out = max(64, int(self.sr_out * dev_s))
         self._in_stream = open_stream(self.input_dev, self.sr_in, dev_block_in, self._on_input, channels=1)
         self._out_stream = open_stream(self.output_dev, self.sr_out, dev_block_out, self._on_output,
-                                       channels=self.output_dev.channels)
+                                       channels=self.output_dev.channels,
+                                       latency=OUTPUT_PERIODS * dev_block_out / self.sr_out)
+        self._lat_in, self._lat_out = self.device_latencies_s()
+        self._in_clock, self._out_clock = StreamClock(self.sr_in), StreamClock(self.sr_out)
         self._stop.clear()
         self._thread = threading.Thread(target=self._work, name="VoiceWorker", daemon=True)
         self._running = True
@@ -246,20 +325,26 @@ class VoicePipeline:
         log.info("voice: %s @%d Hz -> %s @%d Hz, converter %s", self.input_dev.label(), self.sr_in,
                  self.output_dev.label(), self.sr_out, self.engine.converter.name)
 
-    def _warm_up(self) -> float:
-        """One conversion of a voiced test window (warms caches up); returns its time in s."""
+    @staticmethod
+    def _time_conversions(conv, block_ms: float, crossfade_ms: float, search_ms: float, runs: int) -> float:
+        """The longest of ``runs`` conversions of a voiced window for a ``block_ms`` block, in s
+        (0 when the converter fails: the engine reports that when it runs)."""
         from .f0 import harmonic_signal
 
-        eng = self.engine
+        tail = int(round(block_ms * SAMPLE_RATE / 1000.0)) + int(crossfade_ms * SAMPLE_RATE / 1000) \
+            + int(search_ms * SAMPLE_RATE / 1000)
+        n = conv.context + tail
+        x = harmonic_signal(150.0, n / SAMPLE_RATE + 0.01)[:n].astype(np.float32)
+        worst = 0.0
         try:
-            n = eng.converter.context + eng.tail
-            x = harmonic_signal(150.0, n / SAMPLE_RATE + 0.01)[:n].astype(np.float32)
-            t0 = time.perf_counter()
-            eng.converter.convert(x, eng.tail, {})
-            return time.perf_counter() - t0
-        except Exception as exc:  # the engine reports converter failures when it runs
-            log.debug("voice: warm-up conversion failed: %s", exc)
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                conv.convert(x, tail, {})
+                worst = max(worst, time.perf_counter() - t0)
+        except Exception as exc:
+            log.debug("voice: timing conversion failed: %s", exc)
             return 0.0
+        return worst
 
     def proc_ref_s(self) -> float:
         """Longest recent processing time of a converted block (the output schedule allows it)."""
@@ -305,6 +390,10 @@ class VoicePipeline:
         if name == "converter":
             from .converters import CONVERTERS
 
+            if self.mode == "lipsync":
+                raise MirageError("the lip-sync microphone passes the voice through unconverted",
+                                  "start a VoicePipeline in mode 'voice' to convert the voice")
+
             if value not in CONVERTERS:
                 raise MirageError(f"unknown voice converter {value!r}", f"use one of: {', '.join(CONVERTERS)}")
             self.converter_kind = str(value)
@@ -348,10 +437,74 @@ class VoicePipeline:
                     dev += float(s.latency) * 1000.0
                 except Exception:
                     pass
-        rs = 0.0
-        if getattr(self, "_rs_in", None) is not None:
-            rs = (self._rs_in.delay_s + self._rs_out.delay_s) * 1000.0
-        return self.engine.algorithmic_latency_ms() + rs + dev
+        return self.engine.algorithmic_latency_ms() + self.resampler_delay_s() * 1000.0 + dev
+
+    def resampler_delay_s(self) -> float:
+        """Both stream resamplers' delays (device rate <-> 16 kHz)."""
+        if getattr(self, "_rs_in", None) is None:
+            return 0.0
+        return self._rs_in.delay_s + self._rs_out.delay_s
+
+    def device_latencies_s(self) -> tuple[float, float]:
+        """(input, output) latency PortAudio reports for the open streams; 0 for a closed one."""
+        out = []
+        for s in (self._in_stream, self._out_stream):
+            try:
+                out.append(float(s.latency) if s is not None else 0.0)
+            except Exception:
+                out.append(0.0)
+        return out[0], out[1]
+
+    # --- latency API (any thread; cheap) ----------------------------------------------
+    def latency_s(self) -> float | None:
+        """The current capture → virtual-microphone latency (s): the median of the last
+        :data:`LATENCY_WINDOW` measured latencies (the markers of ``voice.latency_e2e``; a median,
+        so one late callback does not move it), or :meth:`estimated_latency_s` while fewer than
+        :data:`LATENCY_MIN_MARKERS` have been measured since the start. None when not running.
+        Thread-safe and cheap (a copy of 32 floats under a lock the output callback holds for one
+        append)."""
+        if not self._running:
+            return None
+        with self._recent_lock:
+            recent = sorted(self._recent_lat)
+        if len(recent) < LATENCY_MIN_MARKERS:
+            return self.estimated_latency_s()
+        n = len(recent)
+        mid = recent[n // 2] if n % 2 else 0.5 * (recent[n // 2 - 1] + recent[n // 2])
+        return mid / 1000.0
+
+    def estimated_latency_s(self) -> float | None:
+        """What the latency should be before any is measured: block + SOLA + resamplers + the
+        devices' reported latencies (:meth:`algorithmic_latency_ms`) + the output schedule (longest
+        recent conversion + margin), and at least the target. None when not running."""
+        eng = self.engine
+        if not self._running or eng is None:
+            return None
+        est = (eng.algorithmic_latency_ms() / 1000.0 + (self._rs_in.delay_s + self._rs_out.delay_s)
+               + self._lat_in + self._lat_out + self._proc_ref + self._margin_s)
+        target = self._target_s
+        return max(est, target) if target is not None else est
+
+    def set_target_latency_s(self, x: float | None) -> None:
+        """Make the capture → output latency at least ``x`` s (lip sync: wait for a slower video
+        path); None: no target (the latency is as low as the schedule allows). The latency moves
+        toward the target only in silence: zeros are inserted in front of a silent block (or when
+        the output FIFO is empty) and excess silence is cut by the slack rule; voiced audio is never
+        stretched or skipped. Any thread; takes effect from the next block. Gauge
+        ``voice.target_latency_ms``."""
+        if x is not None:
+            try:
+                x = float(x)
+            except (TypeError, ValueError):
+                raise MirageError(f"target latency {x!r} is not a number", "pass seconds, e.g. 0.12, or None") from None
+            if not (0.0 <= x <= MAX_TARGET_S):  # also NaN
+                raise MirageError(f"target latency {x:g} s is out of range",
+                                  f"use 0..{MAX_TARGET_S:g} s, or None for no target")
+        self._target_s = x
+        self.metrics.set_gauge("voice.target_latency_ms", None if x is None else x * 1000.0)
+
+    def target_latency_s(self) -> float | None:
+        return self._target_s
 
     def status(self) -> dict:
         e2e = self.metrics.histogram("voice.latency_e2e").summary()
@@ -366,7 +519,10 @@ class VoicePipeline:
             "measured_latency_p95_ms": e2e["p95"],
             "backlog_ms": self.metrics.gauge("voice.backlog_ms", 0.0),
             "output_margin_ms": self._margin_s * 1000.0,
-            "proc_ref_ms": self.proc_ref_s() * 1000.0,
+            "proc_ref_ms": self._proc_ref * 1000.0,
+            "mode": self.mode,
+            "latency_ms": None if (lat := self.latency_s()) is None else lat * 1000.0,
+            "target_latency_ms": None if self._target_s is None else self._target_s * 1000.0,
             "underruns": self.metrics.counter("voice.underruns"),
             "chunks": self.metrics.counter("voice.chunks"),
         }
@@ -411,21 +567,20 @@ class VoicePipeline:
         else:
             self._playing = True
         f_a = self._out_frames  # device frame of buf[0]
+        self._read_offset = f_a - r_a  # device frame minus FIFO index, while it keeps playing
         self._out_frames += frames
         clock = self._out_clock
         if clock is not None:
             clock.update(now, f_a)
         if got and clock is not None:
-            try:
-                lat = float(self._out_stream.latency) if self._out_stream is not None else 0.0
-            except Exception:
-                lat = 0.0
             r_b = r_a + got
             while self._markers and self._markers[0][0] < r_b:
                 w0, t_cap = self._markers.popleft()
                 if w0 >= r_a:
-                    t_play = clock.time_of(f_a + (w0 - r_a)) + lat
-                    self.metrics.record("voice.latency_e2e", (t_play - t_cap) * 1000.0)
+                    ms = (clock.time_of(f_a + (w0 - r_a)) + self._lat_out - t_cap) * 1000.0
+                    self.metrics.record("voice.latency_e2e", ms)
+                    with self._recent_lock:
+                        self._recent_lat.append(ms)
         outdata[:] = buf[:, None]
 
     # --- worker --------------------------------------------------------------
@@ -444,9 +599,25 @@ class VoicePipeline:
                     self.engine.fallback_reason = f"cannot switch to {value}: {exc}"
                     log.warning("voice: %s", self.engine.fallback_reason)
 
+    def _capture_time(self) -> float | None:
+        """Capture time (perf_counter) of the input sample the most recent block's first output
+        sample came from, or None before the input clock has a callback."""
+        clock = self._in_clock
+        if clock is None or clock.base is None:
+            return None
+        return clock.time_of(self.engine.source_offset() * self.sr_in / SAMPLE_RATE) - self._lat_in
+
+    def _play_time(self, w: int) -> float:
+        """When FIFO sample ``w`` (write index) will play (perf_counter), by the output stream's
+        clock as the measured latency has it; no earlier than the next callback can take it."""
+        now = time.perf_counter()
+        clock, off = self._out_clock, self._read_offset
+        t = now if clock is None or clock.base is None or off is None else max(now, clock.time_of(w + off))
+        return t + self._lat_out
+
     def _emit(self, out16: np.ndarray, sr_ratio_out: float, t_ready: float) -> None:
         """Resample one processed block and queue it for the output callback (see the module
-        docstring for the margin and slack rules); tag it for the measured latency.
+        docstring for the margin, slack and target rules); tag it for the measured latency.
         ``t_ready``: perf_counter when the block's input was complete (before processing)."""
         eng, m, fifo = self.engine, self.metrics, self._fifo
         start_out16 = eng.produced - out16.size
@@ -454,46 +625,92 @@ class VoicePipeline:
         proc = time.perf_counter() - t_ready
         if not eng.last_silent and eng.active_converter != "passthrough":
             self._proc.append(proc)
+            m.record("voice.proc_converted_ms", proc * 1000.0)
+        self._proc_ref = self.proc_ref_s()
         # position in y of this block's first sample (y also ends the previous block: resampler delay)
         pos = int(round(start_out16 * sr_ratio_out)) - (self._rs_out.n_out - y.size)
         sr = self.sr_out
-        allow = int((self.proc_ref_s() + self._margin_s) * sr)  # room later blocks need
+        allow = int((self._proc_ref + self._margin_s) * sr)  # room later blocks need
+        proc_n = int(proc * sr)
+        t_cap = self._capture_time() if pos >= 0 else None
+        target = self._target_s
+        # FIFO level in front of this block's first sample that makes its latency the target
+        # how far this block's first sample would be below the target latency (samples; < 0: above)
+        deficit = None
+        if target is not None and t_cap is not None:
+            deficit = int((target - (self._play_time(fifo.written + pos) - t_cap)) * sr)
+        need_target = None if deficit is None else fifo.level + pos + deficit  # as a FIFO level
+        silent = eng.last_silent and pos >= 0
         trim = 0
-        if len(self._slack) == SLACK_WINDOW and eng.last_silent and pos >= 0:
+        if silent and len(self._slack) == SLACK_WINDOW:
             excess = min(self._slack) - allow
+            if deficit is not None:  # never below the target
+                excess = min(excess, -deficit)
             if excess > SLACK_TOLERANCE_S * sr:  # cut from this (silent) block's start
                 trim = min(int(excess), y.size - pos)
                 y = np.concatenate([y[:pos], y[pos + trim:]])
-                self._slack.clear()
+                self._shift_slack(-trim)  # the room left is the room judged less the cut
                 m.incr("voice.trimmed_output_samples", trim)
-        at, before = fifo.write(y, pad_if_empty=max(0, allow - int(proc * sr)))
-        if before > 0:  # what the FIFO held plus the time this block took: its room
-            self._slack.append(before + int(proc * sr))
+        pad = max(0, allow - proc_n, deficit or 0)  # an empty FIFO: this block plays at once
+        # below the target by more than the tolerance: fill to the tolerance above it (the slack rule
+        # cuts only 10 ms above it, so the latency settles in between, at least the target)
+        tol = int(FILL_TOLERANCE_S * sr)
+        insert = deficit + tol if (silent and not trim and deficit is not None and deficit > tol) else 0
+        at, before, filled = fifo.write(y, pad_if_empty=pad, insert=insert, insert_at=max(0, pos))
+        if filled:  # silence inserted to reach the target: every later block has that much more room
+            self._shift_slack(filled)
+            m.incr("voice.inserted_output_samples", filled)
+        m.record("voice.out_queue_ms", (max(before, pad) + filled + proc_n) * 1000.0 / sr)
+        if before > 0:  # what the FIFO held plus the time this block took: its room (less this block's cut)
+            self._slack.append(before + filled + proc_n - trim)
         else:
             self._slack.clear()
-        if self._in_clock is not None and self._in_clock.base is not None and pos >= 0 and not trim:
-            # capture time of the input sample this block's first output sample came from
-            p = eng.source_offset() * self.sr_in / SAMPLE_RATE
-            try:
-                lat_in = float(self._in_stream.latency) if self._in_stream is not None else 0.0
-            except Exception:
-                lat_in = 0.0
-            self._markers.append((at + pos, self._in_clock.time_of(p) - lat_in))
+        if t_cap is not None and not trim:
+            self._markers.append((at + pos + filled, t_cap))
         self._since_underrun += 1
         if self._since_underrun >= MARGIN_DECAY_BLOCKS:
             self._margin_s = max(MARGIN_START_S, self._margin_s - MARGIN_DECAY_S)
             self._since_underrun = 0
-        limit = int(sr * eng.block / SAMPLE_RATE) + 2 * allow
+        # room a target asked for is not "stalled output": it is kept until the slack rule has cut
+        # it in silence (the held room follows the level down, never up)
+        self._held_room = max(need_target or 0, min(self._held_room, fifo.level))
+        limit = int(sr * eng.block / SAMPLE_RATE) + 2 * allow + self._held_room
         if fifo.level > limit + int(0.05 * self.sr_out):
             dropped = fifo.drop(fifo.level - limit)
             m.incr("voice.dropped_output_samples", dropped)
         m.set_gauge("voice.output_margin_ms", self._margin_s * 1000.0)
-        m.set_gauge("voice.proc_ref_ms", self.proc_ref_s() * 1000.0)
+        m.set_gauge("voice.proc_ref_ms", self._proc_ref * 1000.0)
+
+    def _process_input(self, block: np.ndarray) -> int:
+        """One input callback's samples: resample, run every block that is complete, queue the
+        output. Returns the number of blocks processed (the worker's loop body; tests call it)."""
+        eng, m = self.engine, self.metrics
+        eng.push(self._rs_in.process(block))
+        backlog = eng.pending() + self._in_q.qsize() * block.size * SAMPLE_RATE / self.sr_in
+        m.set_gauge("voice.backlog_ms", backlog * 1000.0 / SAMPLE_RATE)
+        if eng.pending() > 2 * eng.block:
+            eng.drop_backlog(keep_blocks=1)
+        n = 0
+        while eng.ready():
+            t_ready = time.perf_counter()
+            self._emit(eng.step(), self.sr_out / SAMPLE_RATE, t_ready)
+            n += 1
+        if n:  # gauges once per block, not per device callback
+            alg = self.algorithmic_latency_ms()
+            if alg is not None:
+                m.set_gauge("voice.latency_algorithmic_ms", alg)
+            e2e = m.histogram("voice.latency_e2e").summary()
+            if e2e["p50"] is not None:
+                m.set_gauge("voice.latency_measured_ms", e2e["p50"])
+            lat = self.latency_s()
+            m.set_gauge("voice.latency_ms", None if lat is None else lat * 1000.0)
+        return n
+
+    def _shift_slack(self, n: int) -> None:
+        self._slack = collections.deque((v + n for v in self._slack), maxlen=SLACK_WINDOW)
 
     def _work(self) -> None:
-        eng = self.engine
         m = self.metrics
-        sr_ratio_out = self.sr_out / SAMPLE_RATE
         try:
             while not self._stop.is_set():
                 self._apply_pending()
@@ -504,20 +721,7 @@ class VoicePipeline:
                         raise DeviceError(f"input device {self.input_dev.label()!r} stopped delivering audio",
                                           "check the device and restart the voice changer")
                     continue
-                eng.push(self._rs_in.process(block))
-                backlog = eng.pending() + self._in_q.qsize() * block.size * SAMPLE_RATE / self.sr_in
-                m.set_gauge("voice.backlog_ms", backlog * 1000.0 / SAMPLE_RATE)
-                if eng.pending() > 2 * eng.block:
-                    eng.drop_backlog(keep_blocks=1)
-                while eng.ready():
-                    t_ready = time.perf_counter()
-                    self._emit(eng.step(), sr_ratio_out, t_ready)
-                alg = self.algorithmic_latency_ms()
-                if alg is not None:
-                    m.set_gauge("voice.latency_algorithmic_ms", alg)
-                e2e = m.histogram("voice.latency_e2e").summary()
-                if e2e["p50"] is not None:
-                    m.set_gauge("voice.latency_measured_ms", e2e["p50"])
+                self._process_input(block)
         except MirageError as exc:
             self.error = str(exc)
             log.error("voice: %s", self.error)

@@ -34,7 +34,7 @@ def fake_devices(monkeypatch):
         name = "Fake Mic" if kind == "input" else "Fake Speaker"
         return audio_io.ResolvedDevice(kind, 0, name, 48000.0, 1)
 
-    def open_stream(dev, samplerate, blocksize, callback, channels=None):
+    def open_stream(dev, samplerate, blocksize, callback, channels=None, latency="low"):
         return FakeStream(dev, fail.get(dev.kind))
 
     monkeypatch.setattr(audio_io, "resolve_device", resolve)

@@ -132,6 +132,7 @@ def test_end_to_end_pitch_and_latency(mirage_mic, null_sink):
     pipe = VoicePipeline(settings, m)
     assert pipe.start(), pipe.status()["error"]
     assert pipe.output_dev.pulse_name == "mirage_mic_sink"
+    block_s = pipe.status()["block_ms"] / 1000.0  # the start block (automatic: the smallest WORLD keeps up with)
     lead, tone_s, f0 = 0.6, 1.6, 150.0
     signal = np.concatenate([np.zeros(int(lead * SR)), harmonic_signal(f0, tone_s, sr=SR),
                              np.zeros(int(1.2 * SR))]).astype(np.float32)
@@ -193,12 +194,13 @@ def test_end_to_end_pitch_and_latency(mirage_mic, null_sink):
     got, voiced_s, _, _ = takes[-1]
     assert voiced_s >= 0.3, f"no take in {MAX_TAKES} arrived whole enough to measure: {takes}"
     assert abs(got - want) / want < 0.02, (got, want)
-    # The product brief's "< 250 ms end to end" is not asserted: with 192 ms blocks it cannot be met on
-    # this path (192 block + 24 SOLA + ~40 device + 25-40 conversion + margin; see docs/voice.md).
-    # How long it takes depends on the machine, so only causality is asserted: the converted tone
-    # cannot reach the microphone before its input did plus a good part of one 192 ms block.
-    assert status["measured_latency_ms"] is not None and status["measured_latency_ms"] > 0
-    assert all(e > 0.1 for _, _, e, _ in takes if e is not None), takes
+    # The product brief's "< 250 ms end to end" is not asserted here: how long it takes depends on
+    # the machine (docs/voice.md has the figures, `python -m mirage_desktop.voice.bench --e2e`
+    # measures them). Only causality is asserted: the converted tone cannot reach the microphone
+    # before its input did plus one block (a block's first sample waits for the whole block).
+    block_s = min(block_s, status["block_ms"] / 1000.0)  # the smallest it ran at
+    assert status["measured_latency_ms"] is not None and status["measured_latency_ms"] > block_s * 1000.0
+    assert all(e > block_s for _, _, e, _ in takes if e is not None), takes
     assert m.counter("voice.chunks") > 5  # the tone alone spans eight blocks
 
 
@@ -232,3 +234,29 @@ def test_live_options(pulse, null_sink):
     finally:
         pipe.stop()
     assert pipe.status()["running"] is False
+
+
+def test_lipsync_target_latency_is_real_at_the_devices(pulse):
+    """Lip-sync mode through real PulseAudio null sinks: its natural latency is small, and a target
+    above it delays the audio at the output device by the difference (measured onset to onset on
+    both monitors, so the sound server's own buffering is included)."""
+    from mirage_desktop.voice.bench import e2e_run
+    from mirage_desktop.voice.pipeline import FILL_TOLERANCE_S, LIPSYNC_BLOCK_MS
+
+    natural = e2e_run(LIPSYNC_BLOCK_MS, "passthrough", bursts=8, mode="lipsync", sinks="mirage_test_lat",
+                      timeout_s=HANG_GUARD_S)
+    assert natural["complete"] and natural["onsets"] >= 4, natural
+    assert natural["breakdown"]["block"] == LIPSYNC_BLOCK_MS
+    target = natural["e2e_p50"] / 1000.0 + 0.1  # whatever this machine's natural latency, 100 ms more
+    delayed = e2e_run(LIPSYNC_BLOCK_MS, "passthrough", bursts=8, mode="lipsync", target_s=target,
+                      sinks="mirage_test_lat", timeout_s=HANG_GUARD_S)
+    print(f"\nlip-sync mode: natural onset-to-onset P50 {natural['onset_p50']:.0f} ms (pipeline-measured "
+          f"{natural['e2e_p50']:.0f}); target {target * 1000:.0f} ms: onset-to-onset P50 {delayed['onset_p50']:.0f} "
+          f"ms (pipeline-measured {delayed['e2e_p50']:.0f}, latency_s {delayed['latency_s'] * 1000:.0f}); "
+          f"inserted {delayed['inserted_ms']:.0f} ms of silence after the start")
+    assert delayed["complete"] and delayed["onsets"] >= 4, delayed
+    assert delayed["latency_s"] >= target - FILL_TOLERANCE_S - 0.005
+    # the delay is real at the devices: the onsets moved by what the target added, to within 40 ms
+    # (each run's onset P50 moves by some 10 ms with the sound server's timing on a loaded machine)
+    added = target - natural["e2e_p50"] / 1000.0
+    assert delayed["onset_p50"] - natural["onset_p50"] >= (added - 0.04) * 1000.0, (natural, delayed)
