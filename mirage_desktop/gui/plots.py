@@ -1,7 +1,7 @@
 """Live latency plots and the health banner, drawn with QPainter from engine snapshots.
 
-:class:`MetricsHistory` keeps a rolling window of snapshots (P50/P95 per stage, FPS and
-dropped frames per second); the plot widgets only read it and paint.
+:class:`MetricsHistory` keeps a rolling window of snapshots (P50/P95 per stage, the A/V offset,
+FPS and dropped frames per second); the plot widgets only read it and paint.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ from .qtcompat import emit
 
 # Stages drawn, in legend order; others that show up in a snapshot are appended.
 STAGE_ORDER = ["total", "detect", "embed", "track", "swap", "enhance", "worker", "output"]
+#: video output latency minus the voice's (ms, negative: the video is early); a signed value, so
+#: it has a plot of its own (:class:`AvOffsetPlot`), not a line on the latency plot's log axis;
+#: that plot also names the two latencies (capture -> output) it is the difference of
+AV_OFFSET = "av.offset_ms"
+AV_LATENCIES = (("video", "av.video_latency"), ("voice", "av.audio_latency"))
+AV_MODES = {"convert": "voice changer", "lipsync": "lip-sync mic"}
 
 
 class MetricsHistory:
@@ -30,6 +36,8 @@ class MetricsHistory:
         self.stages: dict[str, tuple[deque, deque]] = {}
         self.fps: deque[float] = deque(maxlen=max_points)
         self.dropped_rate: deque[float] = deque(maxlen=max_points)
+        self.av_offset: tuple[deque, deque] = (deque(maxlen=max_points), deque(maxlen=max_points))  # P50, P95
+        self.av_mode = "none"  # the voice path the video is lined up with (gauge av.mode)
         self.dropped_total = 0
         self.frames_out = 0
         self.last: dict = {}
@@ -50,8 +58,8 @@ class MetricsHistory:
         self.t.append(now)
         n = len(self.t)
         for name, s in (snap.get("stages") or {}).items():
-            if name.startswith("voice") or not s or not s.get("count"):
-                continue
+            if name.startswith(("voice", "av.")) or not s or not s.get("count"):
+                continue  # not video stages: the voice's, and the A/V ones (their own plot)
             if name not in self.stages:
                 ml = self.t.maxlen
                 self.stages[name] = (deque([math.nan] * (n - 1), maxlen=ml), deque([math.nan] * (n - 1), maxlen=ml))
@@ -59,7 +67,12 @@ class MetricsHistory:
             s = (snap.get("stages") or {}).get(name) or {}
             p50.append(s["p50"] if s.get("p50") is not None else math.nan)
             p95.append(s["p95"] if s.get("p95") is not None else math.nan)
+        av = (snap.get("stages") or {}).get(AV_OFFSET) or {}
+        for dq, key in zip(self.av_offset, ("p50", "p95")):
+            v = av.get(key) if av.get("count") else None
+            dq.append(float(v) if isinstance(v, (int, float)) else math.nan)
         gauges = snap.get("gauges") or {}
+        self.av_mode = str(gauges.get("av.mode") or "none")
         fps = gauges.get("fps")
         running = (snap.get("status") or {}).get("running", True)
         self.fps.append(float(fps) if isinstance(fps, (int, float)) and running else 0.0)
@@ -74,7 +87,7 @@ class MetricsHistory:
         self._prev = (now, dropped)
 
     def latest(self, stage: str) -> tuple[float, float]:
-        p50, p95 = self.stages.get(stage, ((), ()))
+        p50, p95 = self.av_offset if stage == AV_OFFSET else self.stages.get(stage, ((), ()))
         return (p50[-1] if p50 else math.nan, p95[-1] if p95 else math.nan)
 
 
@@ -155,18 +168,21 @@ class _PlotBase(QWidget):
         p.setFont(self.font())
         return r
 
-    def _axes(self, p: QPainter, area: QRectF, ymax: float) -> None:
+    def _axes(self, p: QPainter, area: QRectF, ymax: float, ymin: float = 0.0, unit: str = "") -> None:
+        """Five grid lines from ``ymin`` to ``ymax``; the one at 0 is solid."""
         small = QFont(self.font())
         small.setPointSizeF(max(7.0, small.pointSizeF() * 0.82))
         p.setFont(small)
+        signed = ymin < 0
         for i in range(5):
             y = area.bottom() - area.height() * i / 4
-            p.setPen(QPen(QColor(theme.BORDER), 1, Qt.DotLine if i else Qt.SolidLine))
+            v = ymin + (ymax - ymin) * i / 4
+            p.setPen(QPen(QColor(theme.BORDER), 1, Qt.SolidLine if abs(v) < 1e-9 else Qt.DotLine))
             p.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
             p.setPen(QColor(theme.MUTED))
-            v = ymax * i / 4
-            label = f"{v:.0f}" if abs(v - round(v)) < 1e-6 else f"{v:.1f}"
-            p.drawText(QRectF(area.left() - 44, y - 8, 38, 16), Qt.AlignRight | Qt.AlignVCenter, label)
+            label = (f"{v:+.0f}" if signed and abs(v) > 1e-9 else f"{v:.0f}") if abs(v - round(v)) < 1e-6 \
+                else f"{v:.1f}"
+            p.drawText(QRectF(area.left() - 60, y - 8, 54, 16), Qt.AlignRight | Qt.AlignVCenter, label + unit)
         p.drawText(QRectF(area.left(), area.bottom() + 2, 80, 14), Qt.AlignLeft, f"-{self.span_s:.0f} s")
         p.drawText(QRectF(area.right() - 60, area.bottom() + 2, 60, 14), Qt.AlignRight, "now")
         p.setFont(self.font())
@@ -201,8 +217,8 @@ class _PlotBase(QWidget):
         p.drawPath(path)
 
 
-def _linear(area: QRectF, ymax: float):
-    return lambda v: area.bottom() - max(0.0, min(v, ymax)) / ymax * area.height()
+def _linear(area: QRectF, ymax: float, ymin: float = 0.0):
+    return lambda v: area.bottom() - (max(ymin, min(v, ymax)) - ymin) / (ymax - ymin) * area.height()
 
 
 def _log_range(values: list[float]) -> tuple[float, float]:
@@ -342,6 +358,77 @@ class RatePlot(_PlotBase):
                 hh = min(v, ymax) / ymax * area.height()
                 p.drawRect(QRectF(x - bar_w / 2, area.bottom() - hh, bar_w, hh))
         self._line(p, xs, h.fps, area, _linear(area, ymax), QPen(QColor(theme.GREEN), 2.0))
+        self.paints += 1
+        p.end()
+
+
+class AvOffsetPlot(_PlotBase):
+    """The A/V offset: video output latency minus the voice's, P50 (solid) and P95 (dashed), on a
+    linear axis around 0 (above: the video is late, below: early). Nothing to draw while no voice
+    path runs (no voice changer, no lip-sync microphone): it says so."""
+
+    title = "A/V offset"
+    COLOR = "#b4e36b"  # none of the stage colours
+    EMPTY = "no voice path: nothing to line up"
+
+    def __init__(self, history: MetricsHistory, parent: QWidget | None = None):
+        super().__init__(history, parent)
+        self.notes: tuple[str, str] = ("", "")  # the two lines under the title as last painted
+        self.setToolTip("Video output latency minus the voice's, for the same instant (P50 solid, P95 "
+                        "dashed). Above 0 the video is late, below it is early. Measured while the voice "
+                        "changer or the lip-sync microphone runs; 'A/V trim' shifts it.")
+
+    def scale(self) -> float:
+        """The axis runs from -m to +m ms: m holds every point in view, at least 50 ms."""
+        first = self._first_visible()
+        vals = [abs(v) * 1.05 for dq in self.history.av_offset for v in list(dq)[first:] if not math.isnan(v)]
+        return _nice_ceiling(max([50.0, *vals]), ticks=2)
+
+    def has_data(self) -> bool:
+        first = self._first_visible()
+        return any(not math.isnan(v) for dq in self.history.av_offset for v in list(dq)[first:])
+
+    def plot_area(self) -> QRectF:
+        r = QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5)
+        return QRectF(r.left() + 70, r.top() + 68, r.width() - 84, r.height() - 92)
+
+    def describe(self) -> tuple[str, str]:
+        """The offset now, and the two latencies it is the difference of (or why there is none)."""
+        h = self.history
+        p50, p95 = h.latest(AV_OFFSET)
+        if math.isnan(p50):
+            return ("measuring…" if h.av_mode in AV_MODES else "voice off", "")
+        stages = h.last.get("stages") or {}
+        lat = [f"{what} {_ms(stages[k]['p50'])}" for what, k in AV_LATENCIES
+               if (stages.get(k) or {}).get("count") and stages[k].get("p50") is not None]
+        return f"P50 {p50:+.0f} ms · P95 {p95:+.0f} ms", (" / ".join(lat) + " ms") if lat else ""
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.setRenderHint(QPainter.Antialiasing, True)
+        h = self.history
+        mode = AV_MODES.get(h.av_mode)
+        self.title = f"A/V offset · {mode}" if mode else "A/V offset"
+        r = self._frame(p)
+        self.notes = self.describe()
+        for k, (line, color) in enumerate(zip(self.notes, (theme.TEXT, theme.MUTED))):
+            p.setPen(QColor(color))
+            p.drawText(QRectF(r.left() + 12, r.top() + 26 + 17 * k, r.width() - 24, 17),
+                       Qt.AlignLeft | Qt.AlignVCenter, line)
+        area = self.plot_area()
+        if area.height() < 20:
+            p.end()
+            return
+        m = self.scale()
+        self._axes(p, area, m, -m, " ms")
+        if not self.has_data():
+            p.setPen(QColor(theme.MUTED))
+            p.drawText(area.adjusted(4, 0, -4, 0), Qt.AlignCenter | Qt.TextWordWrap, self.EMPTY)
+        xs = self._xs(area)
+        ymap = _linear(area, m, -m)
+        c = QColor(self.COLOR)
+        self._line(p, xs, h.av_offset[0], area, ymap, QPen(c, 2.0))
+        self._line(p, xs, h.av_offset[1], area, ymap, QPen(c, 1.4, Qt.DashLine))
         self.paints += 1
         p.end()
 

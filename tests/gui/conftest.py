@@ -102,3 +102,21 @@ def make_window(qtbot, make_engine, astronaut):
         w.close()
 
 
+@pytest.fixture
+def av_snap():
+    """``av_snap(av=(p50, p95) | None, mode=, running=, issues=, level=)``: an engine snapshot with
+    the A/V offset (or without: the voice path off), the voice path's mode, status issues and the
+    degrade ladder's level."""
+
+    def snap(av=None, mode="lipsync", running=True, issues=(), level=0):
+        stages = {"total": {"count": 100, "p50": 12.0, "p95": 20.0},
+                  "av.video_latency": {"count": 100, "p50": 230.0, "p95": 250.0}}
+        if av is not None:
+            stages["av.offset_ms"] = {"count": 100, "p50": av[0], "p95": av[1]}
+            stages["av.audio_latency"] = {"count": 100, "p50": 240.0, "p95": 260.0}
+        return {"stages": stages, "counters": {"frames.out": 100},
+                "status": {"running": running, "issues": list(issues)},
+                "gauges": {"fps": 30.0, "av.mode": mode if av is not None else "none", "adapt.level": level},
+                "health": {"level": "yellow" if issues else "green", "reasons": [i["message"] for i in issues]}}
+
+    return snap

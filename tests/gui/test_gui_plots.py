@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 
 def _snap(t_p50, t_p95, fps, dropped, running=True, level="green", reasons=("running well",)):
     return {"stages": {"total": {"count": 100, "p50": t_p50, "p95": t_p95},
@@ -117,3 +119,88 @@ def _saved_gui():
     from mirage_desktop import config
 
     return json.loads(config.settings_path().read_text()).get("extra", {}).get("gui", {})
+
+
+# ---- the A/V offset (issue 10): a signed value, with a plot of its own ----------------------------
+def _line_rows(plot) -> list[int]:
+    """The rows of the plot's pixels in the A/V line's colour."""
+    from PySide6.QtGui import QColor
+
+    img = plot.grab().toImage()
+    want = QColor(plot.COLOR)
+    rows = []
+    for y in range(img.height()):
+        for x in range(0, img.width(), 2):
+            c = img.pixelColor(x, y)
+            if abs(c.red() - want.red()) + abs(c.green() - want.green()) + abs(c.blue() - want.blue()) < 40:
+                rows.append(y)
+    return rows
+
+
+def _plot(qtbot, history):
+    from mirage_desktop.gui.app import create_app
+    from mirage_desktop.gui.plots import AvOffsetPlot
+
+    create_app()
+    plot = AvOffsetPlot(history)
+    qtbot.addWidget(plot)
+    plot.resize(320, 220)
+    return plot
+
+
+def test_the_av_offset_is_kept_apart_from_the_stage_latencies(av_snap):
+    from mirage_desktop.gui.plots import AV_OFFSET, MetricsHistory
+
+    h = MetricsHistory(window_s=10, max_points=5)
+    h.add(av_snap(av=(-40.0, -12.0)), now=0.0)
+    h.add(av_snap(), now=1.0)  # the voice went off
+    assert h.stage_names() == ["total"]  # a signed offset is no stage latency on a log axis
+    assert all(math.isnan(v) for v in h.latest(AV_OFFSET))  # nothing measured now
+    assert list(h.av_offset[0])[0] == -40.0 and math.isnan(list(h.av_offset[0])[1])
+    assert h.av_mode == "none"
+    for i in range(6):
+        h.add(av_snap(av=(5.0, 9.0), mode="convert"), now=2.0 + i)
+    assert len(h.av_offset[0]) == len(h.t) == 5 and h.latest(AV_OFFSET) == (5.0, 9.0)  # rolling, in step
+    assert h.av_mode == "convert"
+
+
+def test_the_av_plot_draws_negative_and_positive_offsets_on_their_side_of_zero(qtbot, av_snap):
+    from mirage_desktop.gui.plots import MetricsHistory, _linear
+
+    h = MetricsHistory(window_s=10)
+    for i in range(10):
+        h.add(av_snap(av=(-40.0, -12.0)), now=float(i))  # the video leaves early
+    plot = _plot(qtbot, h)
+    assert plot.scale() == 50.0  # -50 .. +50 ms holds them
+    area = plot.plot_area()
+    zero = _linear(area, 50.0, -50.0)(0.0)
+    assert zero == pytest.approx(area.center().y())
+    rows = _line_rows(plot)
+    assert rows and min(rows) > zero + 5  # every point of the line below 0
+    assert plot.notes == ("P50 -40 ms · P95 -12 ms", "video 230 / voice 240 ms")
+    assert plot.title == "A/V offset · lip-sync mic"
+    for i in range(10, 25):
+        h.add(av_snap(av=(60.0, 90.0), mode="convert"), now=float(i))  # late now, and more of it
+    assert plot.scale() == 100.0  # the axis grows to hold +90 ms
+    rows = _line_rows(plot)
+    assert rows and max(rows) < _linear(area, 100.0, -100.0)(0.0) - 5  # all above 0
+    assert plot.notes[0] == "P50 +60 ms · P95 +90 ms" and plot.title == "A/V offset · voice changer"
+
+
+def test_the_av_plot_copes_without_an_offset(qtbot, av_snap):
+    from mirage_desktop.gui.plots import MetricsHistory
+
+    h = MetricsHistory(window_s=10)
+    plot = _plot(qtbot, h)
+    n = plot.paints
+    assert _line_rows(plot) == [] and plot.paints > n  # painted, empty: no snapshot at all yet
+    for i in range(5):
+        h.add(av_snap(), now=float(i))  # running, voice off: no offset measured
+    assert not plot.has_data() and plot.scale() == 50.0
+    n = plot.paints
+    assert _line_rows(plot) == [] and plot.paints > n
+    assert plot.notes == ("voice off", "") and plot.title == "A/V offset"
+    h.add(av_snap(av=(-8.0, 4.0)), now=5.0)
+    h.add(av_snap(av=(-6.0, 3.0)), now=6.0)
+    h.add(av_snap(), now=7.0)  # and off again: the points measured stay in view
+    assert plot.has_data() and _line_rows(plot) and plot.notes == ("voice off", "")
