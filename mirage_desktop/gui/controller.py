@@ -41,6 +41,7 @@ class EngineController(QObject):
     running_changed = Signal(bool)
     snapshot_ready = Signal(dict)
     option_applied = Signal(str, object)
+    option_refused = Signal(str, object)  # a change the engine refused: the setting and the value it kept
     identity_changed = Signal(str)
     reference_changed = Signal(str)  # the photo whose person alone is swapped; "" = any face
     models_loaded = Signal(object)  # EngineStatus
@@ -218,7 +219,14 @@ class EngineController(QObject):
             if why:
                 emit(self.error, why)
 
-        return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
+        def refused(exc):
+            # the engine kept its value: the control shows it again, unless a later change of the
+            # same setting is still on its way (that one decides what the control shows)
+            if name not in self._unapplied and hasattr(self.engine.settings, name):
+                emit(self.option_refused, name, getattr(self.engine.settings, name))
+            self._fail(exc)
+
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=refused)
 
     def update_extra(self, key: str, value: Any):
         """Set ``settings.extra[key]`` — read, changed and written back on the engine's thread,

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 
 
 from ..config import RULES, Settings
+from . import theme
 from .qtcompat import emit
 
 #: every setting the Live tab has a control for; each control's range or choices come from
@@ -37,7 +38,7 @@ CONTROLLED = (
     "enable_swap", "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer", "enable_smoothing", "max_faces",
     "match_threshold", "enable_enhancer", "codeformer_fidelity", "enable_scrfd", "detect_interval", "det_size",
     "enable_voice", "voice_pitch", "voice_formant", "voice_preset", "voice_converter", "voice_f0_method",
-    "voice_speaker", "voice_model", "voice_encoder", "voice_rmvpe",
+    "voice_speaker", "voice_model", "voice_encoder", "voice_rmvpe", "lipsync_mic", "av_trim_ms", "adapt_video",
 )
 
 
@@ -89,10 +90,11 @@ class _Slider(QWidget):
             emit(self.value_changed, self.value())
 
 
-def _spin(name: str, special: str = "", suffix: str = "") -> QSpinBox:
+def _spin(name: str, special: str = "", suffix: str = "", step: int = 1) -> QSpinBox:
     sb = QSpinBox()
     lo, hi = _bounds(name)
     sb.setRange(int(lo), int(hi))
+    sb.setSingleStep(step)
     if special:
         sb.setSpecialValueText(special)
     if suffix:
@@ -197,11 +199,8 @@ class LiveControls(QWidget):
                                      "Smooth face positions over time so the swap does not shimmer")
         for w in (self.swap, self.mouth, self.mark, self.color, self.smoothing):
             fl.addRow(w)
-        self.max_faces = _spin("max_faces", special="all")
-        self.max_faces.setToolTip("How many faces to swap, largest first (0: all)")
-        self.max_faces.valueChanged.connect(lambda v: emit(self.option_changed, "max_faces", int(v)))
-        self.controls["max_faces"] = self.max_faces
-        fl.addRow("Max faces", self.max_faces)
+        self.max_faces = self._number(fl, "Max faces", "max_faces", "How many faces to swap, largest first (0: all)",
+                                      special="all")
         lay.addWidget(face)
 
         ref = QGroupBox("Only one person")
@@ -249,11 +248,9 @@ class LiveControls(QWidget):
         self.scrfd = self._check("enable_scrfd", "Face detection",
                                  "Find faces in the camera image (off: every frame goes out as it is)")
         dl.addRow(self.scrfd)
-        self.detect_interval = _spin("detect_interval", suffix=" frames")
-        self.detect_interval.setToolTip("Run the face detector every N frames; a tracker carries faces between")
-        self.detect_interval.valueChanged.connect(lambda v: emit(self.option_changed, "detect_interval", int(v)))
-        self.controls["detect_interval"] = self.detect_interval
-        dl.addRow("Detect every", self.detect_interval)
+        self.detect_interval = self._number(dl, "Detect every", "detect_interval",
+                                            "Run the face detector every N frames; a tracker carries faces between",
+                                            suffix=" frames")
         self.det_size = _choices("det_size", lambda v: f"{v} px")
         self.det_size.setToolTip("Detector input size: smaller is faster, larger finds smaller faces")
         self.det_size.currentIndexChanged.connect(
@@ -266,8 +263,48 @@ class LiveControls(QWidget):
         self.voice.option_changed.connect(self.option_changed)
         self.controls.update(self.voice.controls)
         lay.addWidget(self.voice)
+
+        sync = QGroupBox("Lip sync")
+        sl = _form(sync)
+        self.lipsync = self._check(
+            "lipsync_mic", "Lip-sync microphone",
+            "With the voice changer off: your own voice, unchanged, goes to the virtual microphone, "
+            "delayed to match the swapped video, so your lips and voice arrive together in the call. "
+            "Needs a virtual microphone (the 'Mirage Microphone'); off: the call app uses your "
+            "microphone directly, ahead of the video.")
+        sl.addRow(self.lipsync)
+        self.av_trim = self._number(sl, "A/V trim", "av_trim_ms",
+                                    "Shift the video against the voice, for a call app's own offset: positive "
+                                    "sends the video later, negative earlier. Applies while the voice changer "
+                                    "or the lip-sync microphone runs.", float, suffix=" ms", step=10)
+        self.av_trim.setKeyboardTracking(False)  # a typed value applies on Enter, not per digit
+        lay.addWidget(sync)
+
+        load = QGroupBox("Under load")
+        al = _form(load)
+        self.adapt = self._check(
+            "adapt_video", "Adapt to load",
+            "When the computer cannot keep up, give up quality first (enhancer, detection size), then "
+            "frame rate, then resolution — and restore them when it can. Off: your settings stay pinned.")
+        self.adapt.toggled.connect(lambda _on: self.show_adapt(self._adapt_shown))
+        al.addRow(self.adapt)
+        self.adapt_state = QLabel()
+        self.adapt_state.setWordWrap(True)
+        al.addRow(self.adapt_state)
+        lay.addWidget(load)
         lay.addStretch(1)
+        self._adapt_shown: tuple = (False, 0, "")
         self.load(settings)
+
+    def _number(self, form: QFormLayout, label: str, name: str, tip: str, kind=int, **spin) -> QSpinBox:
+        """A spin box over setting ``name``'s range (:func:`_spin`), as a row of ``form``; its values
+        are sent as ``kind``."""
+        sb = _spin(name, **spin)
+        sb.setToolTip(tip)
+        sb.valueChanged.connect(lambda v: emit(self.option_changed, name, kind(v)))
+        self.controls[name] = sb
+        form.addRow(label, sb)
+        return sb
 
     def _check(self, name: str, text: str, tip: str) -> QCheckBox:
         cb = QCheckBox(text)
@@ -295,7 +332,7 @@ class LiveControls(QWidget):
     def load(self, s: Settings) -> None:
         """Show ``s`` without emitting anything."""
         widgets = [self.swap, self.mouth, self.mark, self.color, self.smoothing, self.scrfd, self.enhancer,
-                   self.max_faces, self.detect_interval, self.det_size]
+                   self.max_faces, self.detect_interval, self.det_size, self.lipsync, self.av_trim, self.adapt]
         for w in widgets:
             w.blockSignals(True)
         self.swap.setChecked(s.enable_swap)
@@ -307,6 +344,9 @@ class LiveControls(QWidget):
         self.enhancer.setChecked(s.enable_enhancer)
         self.max_faces.setValue(s.max_faces)
         self.detect_interval.setValue(s.detect_interval)
+        self.lipsync.setChecked(s.lipsync_mic)
+        self.av_trim.setValue(int(round(s.av_trim_ms)))
+        self.adapt.setChecked(s.adapt_video)
         idx = self.det_size.findData(s.det_size)
         self.det_size.setCurrentIndex(idx if idx >= 0 else self.det_size.findData(640))
         for w in widgets:
@@ -315,6 +355,48 @@ class LiveControls(QWidget):
         self.fidelity.setEnabled(s.enable_enhancer)
         self.match_threshold.set_value(s.match_threshold)
         self.voice.load(s)
+        self.show_adapt(self._adapt_shown)
+
+    def show_setting(self, name: str, value: Any) -> None:
+        """Show ``value`` in the control of setting ``name`` without emitting anything (the value
+        the engine kept when it refused a change)."""
+        w = self.controls.get(name)
+        if w is None:
+            return
+        if isinstance(w, _Slider):
+            w.set_value(float(value))
+        elif isinstance(w, FileChooser):
+            w.set_path(str(value or ""))
+        else:
+            w.blockSignals(True)
+            if isinstance(w, QCheckBox):
+                w.setChecked(bool(value))
+            elif isinstance(w, QSpinBox):
+                w.setValue(int(round(value)))
+            elif isinstance(w, QComboBox):
+                w.setCurrentIndex(max(0, w.findData(value)))
+            w.blockSignals(False)
+        if name == "enable_enhancer":
+            self.fidelity.setEnabled(bool(value))
+        elif name == "voice_converter":
+            self.voice._show_rvc(value == "rvc")
+
+    def show_adapt(self, state: tuple) -> None:
+        """The degrade ladder now: ``(running, level, reason)`` — the step it holds (yellow) or
+        that the settings are in full; with "Adapt to load" off, that they are pinned."""
+        self._adapt_shown = state
+        running, level, reason = state
+        if not self.adapt.isChecked():
+            text, color = "Pinned: your settings stay as they are, whatever the load.", theme.MUTED
+        elif running and reason:  # the level from the metrics; a status may come before them
+            text = f"Step {level}: {reason}." if level else f"{reason[:1].upper()}{reason[1:]}."
+            color = theme.YELLOW
+        elif running:
+            text, color = "Your settings in full (nothing reduced).", theme.MUTED
+        else:
+            text, color = "Steps down quality, then frame rate, then resolution when needed.", theme.MUTED
+        self.adapt_state.setText(text)
+        self.adapt_state.setStyleSheet(f"color: {color};")
 
     def values(self) -> dict[str, Any]:
         out = {
@@ -325,6 +407,8 @@ class LiveControls(QWidget):
             "max_faces": self.max_faces.value(), "codeformer_fidelity": self.fidelity.value(),
             "detect_interval": self.detect_interval.value(), "det_size": int(self.det_size.currentData()),
             "match_threshold": self.match_threshold.value(),
+            "lipsync_mic": self.lipsync.isChecked(), "av_trim_ms": float(self.av_trim.value()),
+            "adapt_video": self.adapt.isChecked(),
         }
         out.update(self.voice.values())
         return out

@@ -34,7 +34,7 @@ from . import theme
 from .controller import EngineController
 from .models_panel import ModelsPanel
 from .picker import SourcePicker
-from .plots import HealthBanner, LatencyPlot, MetricsHistory, RatePlot, SPANS, SpanSwitch
+from .plots import AvOffsetPlot, HealthBanner, LatencyPlot, MetricsHistory, RatePlot, SPANS, SpanSwitch
 from .preview import PreviewWidget
 from .toggles import LiveControls
 
@@ -116,6 +116,7 @@ class MainWindow(QMainWindow):
         c.notice.connect(self.notice_bar.add)
         c.models_loaded.connect(self._on_models_loaded)
         c.reference_changed.connect(self._on_reference)
+        c.option_refused.connect(self.toggles.show_setting)
         c.jobs.busy_changed.connect(lambda n: self.busy.setVisible(n > 0))
         for n in notices or []:
             self.notice_bar.add(n)
@@ -166,16 +167,19 @@ class MainWindow(QMainWindow):
         plots = QHBoxLayout()
         plots.setSpacing(8)
         self.latency_plot = LatencyPlot(self.history)
+        self.av_plot = AvOffsetPlot(self.history)
         self.rate_plot = RatePlot(self.history)
+        self.plots = (self.latency_plot, self.av_plot, self.rate_plot)
         self.span_switch = SpanSwitch(current=self.latency_plot.span_s)
         self.span_switch.span_changed.connect(self.set_plot_span)
         self.latency_plot.set_corner(self.span_switch)
         if self.gui_prefs.get("plot_span") in SPANS:  # the span chosen last time
-            for plot in (self.latency_plot, self.rate_plot):
+            for plot in self.plots:
                 plot.set_span(self.gui_prefs["plot_span"])
             self.span_switch.set_span(self.gui_prefs["plot_span"])
-        plots.addWidget(self.latency_plot, 3)
-        plots.addWidget(self.rate_plot, 2)
+        plots.addWidget(self.latency_plot, 5)
+        plots.addWidget(self.av_plot, 3)
+        plots.addWidget(self.rate_plot, 3)
         pw = QWidget()
         pw.setLayout(plots)
         pw.setMinimumHeight(190)
@@ -328,12 +332,15 @@ class MainWindow(QMainWindow):
         self.sb_fps = QLabel("– FPS")
         self.sb_output = QLabel("Output: –")
         self.sb_models = QLabel("")
+        self.sb_adapt = QLabel("")  # the degrade ladder's level while it holds a step (yellow)
+        self.sb_adapt.setStyleSheet(f"color: {theme.YELLOW};")
+        self.sb_adapt.hide()
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)
         self.busy.setMaximumWidth(90)
         self.busy.setTextVisible(False)
         self.busy.hide()
-        for w in (self.sb_provider, self.sb_fps, self.sb_output, self.sb_models):
+        for w in (self.sb_adapt, self.sb_provider, self.sb_fps, self.sb_output, self.sb_models):
             sb.addPermanentWidget(w)
         sb.addWidget(self.busy)
 
@@ -456,8 +463,8 @@ class MainWindow(QMainWindow):
         self.controller.restart()
 
     def set_plot_span(self, seconds: float) -> None:
-        """Both plots show the last ``seconds`` (10 s: a run that just started fills the plot)."""
-        for plot in (self.latency_plot, self.rate_plot):
+        """The plots show the last ``seconds`` (10 s: a run that just started fills the plot)."""
+        for plot in self.plots:
             plot.set_span(seconds)
         self.span_switch.set_span(seconds)
         self.gui_prefs["plot_span"] = float(seconds)
@@ -528,13 +535,15 @@ class MainWindow(QMainWindow):
         self.device_label.setText("\n".join(st.outputs) if st.running and st.outputs else "Not running")
         missing = any("missing" in p or "corrupt" in p for p in st.passthrough)
         self.banner.set_action("Download models" if missing else None)
+        self._show_adapt(st.to_dict(), (self.controller.last_snapshot.get("gauges") or {}).get("adapt.level"))
 
     def _on_snapshot(self, snap: dict) -> None:
         st = snap.get("status") or {}
         if st.get("running"):
             self.history.add(snap)
-        self.latency_plot.update()
-        self.rate_plot.update()
+        for plot in self.plots:
+            plot.update()
+        self._show_adapt(st, (snap.get("gauges") or {}).get("adapt.level"))
         health = dict(snap.get("health") or {})
         self.banner.set_health(health)
         missing = any("missing" in p or "corrupt" in p for p in st.get("passthrough", []))
@@ -543,6 +552,17 @@ class MainWindow(QMainWindow):
         self.sb_fps.setText(f"{fps:.1f} FPS" if st.get("running") and isinstance(fps, (int, float)) else "– FPS")
         self.sb_provider.setText(f"Provider: {_provider(st.get('provider', '–'))}")
         self.sb_output.setText("Output: " + (", ".join(st.get("outputs", [])) if st.get("running") else "–"))
+
+    def _show_adapt(self, status: dict, level) -> None:
+        """The degrade ladder's step (the status' "adapt" issue) and level, beside "Adapt to load"
+        and in the status bar."""
+        running = bool(status.get("running"))
+        reason = next((i.get("message", "") for i in status.get("issues") or [] if i.get("source") == "adapt"), "")
+        level = int(level) if isinstance(level, (int, float)) and running else 0
+        self.toggles.show_adapt((running, level, reason))
+        self.sb_adapt.setText("Adapted to load" + (f": level {level}" if level else ""))
+        self.sb_adapt.setToolTip(reason)
+        self.sb_adapt.setVisible(bool(running and reason))
 
     def _on_error(self, text: str) -> None:
         self.last_error = text
