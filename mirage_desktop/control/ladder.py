@@ -18,8 +18,9 @@ Rules:
 - **step down** when the mean ratio over the last ``DOWN_WINDOW`` frames is above 1.0 (or the video
   is behind the voice by more than the A/V late limit, which counts as over budget); then the
   windows start afresh (the ratio at the new level is a new regime);
-- **restore** one step (in reverse order) after ``RESTORE_FRAMES`` (300) frames in a row below
-  0.60 — and only if the level above is expected to fit: its ratio when we left it, scaled by how
+- **restore** one step (in reverse order) after ``RESTORE_FRAMES`` (300) stable frames in a row —
+  frames at which the mean ratio over the last ``DOWN_WINDOW`` frames is below 0.60, so that one
+  slow frame on a busy machine does not start the count again — and only if the level above is expected to fit: its ratio when we left it, scaled by how
   much lighter the load is now than just after we left, must be below ``RESTORE_FIT`` (0.85).
   Without that a ratio of 0.59 here that means 1.1 up there would bounce up and down for ever;
 - a restore that has to be undone within ``RESTORE_FRAMES`` frames doubles the stable run the next
@@ -131,8 +132,10 @@ class DegradeLadder:
             ratio = max(ratio, DOWN_ABOVE + 1e-6)
         self.recent.append(ratio)
         self.since_change += 1
-        self.stable = self.stable + 1 if ratio < RESTORE_BELOW else 0
         mean = sum(self.recent) / len(self.recent)
+        # a stable frame: the recent mean is below the restore line (one slow frame on a busy
+        # machine does not start the count again; a sustained rise does)
+        self.stable = self.stable + 1 if mean < RESTORE_BELOW else 0
         if self.level in self.entered_at and self.entered_at[self.level] < 0 and len(self.recent) == self.recent.maxlen:
             self.entered_at[self.level] = mean  # the first full window at a new level
         if len(self.recent) == self.recent.maxlen and mean > DOWN_ABOVE and self.level < len(self.steps):

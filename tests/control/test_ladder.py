@@ -132,3 +132,16 @@ def test_the_same_ladder_keeps_its_place_a_new_one_starts_from_the_top():
     assert lad.level == 2 and lad.overrides() == {"enhancer": 4}
     lad.rebuild(build_steps(enhancer_on=False, det_size=640, fps=30, short_side=720))  # the user chose anew
     assert lad.level == 0 and lad.overrides() == {}
+
+
+def test_an_odd_slow_frame_does_not_stop_the_restore():
+    """A busy machine: one frame in 40 takes 2.5x the budget; the load is otherwise light."""
+    lad = DegradeLadder(_steps())
+    _drive(lad, SlowStage([1.2, 0.2]), DOWN_WINDOW)
+    assert lad.level == 1
+    events = []
+    for i in range(3 * RESTORE_FRAMES):
+        ev = lad.update(2.5 if i % 40 == 39 else (0.5 if i < DOWN_WINDOW else 0.2))
+        if ev:
+            events.append((ev, i))
+    assert events and events[0][0] == "up" and events[0][1] < 2 * RESTORE_FRAMES
