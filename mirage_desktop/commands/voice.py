@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--f0", dest="f0_method", choices=F0_METHODS, default=None,
                         help="F0 method (default: dio for world, rmvpe for rvc)")
     parser.add_argument("--speaker", type=int, default=None, help="RVC speaker id")
-    parser.add_argument("--block-ms", type=float, default=None, help="chunk size in ms (default 192)")
+    parser.add_argument("--block-ms", type=float, default=None,
+                        help="start chunk size in ms (default: the smallest the converter keeps up with)")
     parser.add_argument("--silence-db", type=float, default=None,
                         help="pass chunks quieter than this through (default -50)")
     parser.add_argument("--no-adapt", action="store_true", help="keep the chunk size fixed")

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", default="all", help="--e2e: block sizes in ms, or 'all' the controller can choose")
     ap.add_argument("--bursts", type=int, default=30, help="--e2e: timed tone bursts per block size")
     ap.add_argument("--device-block-ms", type=float, default=None, help="--e2e: PortAudio callback size")
+    ap.add_argument("--output-periods", type=int, default=None,
+                    help="--e2e: output device buffer in callbacks (default: the pipeline's OUTPUT_PERIODS)")
     ap.add_argument("--mode", choices=("voice", "lipsync"), default="voice",
                     help="--e2e: lipsync = the lip-sync microphone (unconverted, its own 20 ms block)")
     args = ap.parse_args(argv)
@@ -245,7 +247,7 @@ def breakdown(pipe) -> dict[str, float]:
     }
 
 
-def e2e_run(block_ms: float, converter: str = "world", bursts: int = 30, period_s: float = 0.7,
+def e2e_run(block_ms: float, converter: str = "world", bursts: int = 30, period_s: float | None = None,
             burst_s: float = 0.15, pitch: float = 4.0, device_block_ms: float | None = None,
             timeout_s: float = 120.0, mode: str = "voice", target_s: float | None = None,
             sinks: str = "mirage_bench") -> dict:
@@ -254,8 +256,11 @@ def e2e_run(block_ms: float, converter: str = "world", bursts: int = 30, period_
     ``<sinks>_out``; both monitors are recorded the same way, so the onset-to-onset time is the
     pipeline's latency from its input device to its output device (recording delays cancel).
     ``mode``/``target_s``: the pipeline's mode and target latency (set before the first burst).
-    ``complete`` is False when the recording stopped before all bursts were in (``timeout_s``, a
-    hang guard)."""
+    ``period_s`` (default: 0.7 s, or 2.5 blocks + 0.3 s for large blocks) must exceed the latency,
+    or an output onset is paired with the wrong burst. ``complete`` is False when the recording
+    stopped before all bursts were in (``timeout_s``, a hang guard)."""
+    if period_s is None:
+        period_s = max(0.7, 2.5 * block_ms / 1000.0 + 0.3)
     from ..config import Settings
     from ..metrics import Metrics
     from .audio_io import pactl, resolve_device
@@ -320,8 +325,11 @@ def _pct(v: np.ndarray, q: float) -> float | None:
 def e2e_main(args) -> int:
     import os
 
+    from . import pipeline
     from .engine import MIN_BLOCK_MS, controller_blocks_ms
 
+    if args.output_periods:
+        pipeline.OUTPUT_PERIODS = args.output_periods
     if args.mode == "lipsync":
         from .pipeline import LIPSYNC_BLOCK_MS
 
@@ -332,8 +340,9 @@ def e2e_main(args) -> int:
         blocks = [float(b) for b in args.blocks.split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"end to end through PulseAudio null sinks: {args.mode} mode, converter {args.converter}, "
-          f"{args.bursts} bursts per "
-          f"block, adaptation off; {os.cpu_count()} cores, load average {load:.2f} at the start")
+          f"{args.bursts} bursts per block, device callbacks {args.device_block_ms or 'default'} ms x "
+          f"{pipeline.OUTPUT_PERIODS} on the output, "
+          f"adaptation off; {os.cpu_count()} cores, load average {load:.2f} at the start")
     print(f"{'block':>6} {'onset P50':>10} {'P95':>6} {'pipeline P50':>13} {'P95':>6} {'underruns':>10} "
           f"{'dev.underflows':>15} {'dropped ms':>11}")
     rows = []

@@ -3,29 +3,59 @@
 Threads: the PortAudio input callback only copies mono audio into a bounded queue; a worker
 thread resamples to 16 kHz, runs the engine (converter + SOLA + control) as soon as a block's
 samples are in, and resamples to the output rate into a FIFO; the output callback plays from
-the FIFO. Both device streams use 10 ms callbacks (``voice_device_block_ms``; PortAudio
-asks the ALSA ``pulse`` device for two periods of buffering, so it reports 20 ms per stream).
-5 ms callbacks halve that but, on a loaded 2-core machine, the output device underflows.
+the FIFO. The output stream uses 10 ms callbacks (``voice_device_block_ms``), the input stream
+5 ms ones (half of it); PortAudio gives the ALSA ``pulse`` device two callbacks of buffering, so
+it reports 10 ms for the input (was 20) and 20 ms for the output. 5 ms output callbacks (with
+two, three or four of buffering) underflowed at the device 3-16 times in 20 s with the machine's
+load average at 6-7 on 2 cores, 10 ms ones 0-1 times; a late input callback loses nothing (the
+sound server keeps the recorded audio), so only the input got shorter.
+
+Block size: ``voice_block_ms`` 0 (the default) starts at the smallest block the real-time
+controller can choose (32, 64, ... 480 ms) whose timed conversions of a voiced window all come
+in under the accept ratio (runtime/real < 0.65); the controller then grows and shrinks it by its
+rules (engine.py). The converter's context keeps its analysis window long whatever the block
+(WORLD: 96 ms of history), so a short block is a short hop, not a short window. The pass-through
+converter starts at 20 ms.
 
 Output timing: a block is played as soon as it is in the FIFO, except that when it finds the
 FIFO empty (stream start, or after an underrun) it is preceded by silence, so that later blocks
 may take the longest recent conversion time (``proc_ref``: the maximum over the last 50
-converted blocks, first estimated by one conversion at start-up) plus ``margin`` longer than
+converted blocks, first estimated by the start block's timed conversions) plus ``margin`` longer than
 this one did. That matters because silent blocks skip the converter: without it the first
 word after a pause would arrive ~30 ms late and underrun. The margin (callback and scheduling
 jitter) starts at 10 ms, grows by 10 ms per underrun (up to 120 ms) and shrinks by 5 ms after
 100 blocks without one. Slack that is no longer needed (over the last 16 blocks, the FIFO level
 just before each block plus its processing time stayed more than 10 ms above proc_ref +
 margin) is cut from the start of the next silent block, so the latency comes back down without
-a click. Input beyond two blocks of backlog and output beyond block + 2 margins + 50 ms (after
-a stalled device) are dropped (latency beats completeness) and counted.
+a click; the room judged is then lowered by the cut, so the next silent blocks can take the rest
+without waiting another 16 blocks (with 20-32 ms blocks, one block's worth per 16 was too slow).
+Input beyond two blocks of backlog and output beyond block + 2 margins + 50 ms (after a stalled
+device) are dropped (latency beats completeness) and counted.
+
+Target latency (:meth:`VoicePipeline.set_target_latency_s`, for lip sync): the latency a block
+would have (its capture time against when its first sample will play by the output stream's
+clock) is compared with the target; a silent block that would be more than 5 ms early gets zeros
+in front of it up to 5 ms past the target, an empty FIFO is padded to the target, and the slack
+rule cuts only what is both unneeded and above the target. Voiced audio is never stretched, cut or
+delayed within a talk spurt: a target set mid-word applies from the next silence. The room a
+target asked for is not dropped as stalled output when the target goes away; it is cut in silence.
+
+Modes: ``mode="voice"`` (default) is the voice changer; ``mode="lipsync"`` is the lip-sync
+microphone: the converter is pass-through whatever the settings say, 20 ms blocks, no SOLA
+(nothing to join: the audio is not changed), a live converter switch is refused. Start it with
+``VoicePipeline(settings, metrics, mode="lipsync")`` where ``settings.voice_input`` is the
+microphone and ``settings.voice_output`` the virtual microphone ("Mirage Microphone"), then call
+``set_target_latency_s(video latency)`` whenever the video's latency changes. Its natural latency
+is about 20 (block) + 25 (devices) + 10 (margin) + a few ms of callback phase, so any video path
+slower than that can be matched.
 
 Measured end-to-end latency: each processed block is tagged with the input sample it came
 from and its position in the output FIFO. Capture times come from the input stream's clock
 (``perf_counter`` at the callback minus the frames since, minus the stream's input latency;
 the earliest callback of the recent past is taken as on time, so late callbacks do not bias
 it); play times likewise from the output stream's clock plus its output latency. Their
-difference for each tagged sample goes to ``voice.latency_e2e``.
+difference for each tagged sample goes to ``voice.latency_e2e``; :meth:`VoicePipeline.latency_s`
+is the median of the last 32 (the A/V sync reads it from the video's output thread).
 
 Errors never escape to the caller's process: a device that is missing or busy sets
 ``status()["error"]`` (and raises only with ``start(strict=True)``, used by ``mirage voice``);
@@ -51,7 +81,8 @@ from . import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-OUTPUT_PERIODS = 3  # output device buffer: this many callbacks (PortAudio's default for ALSA is 2)
+INPUT_BLOCK_FRACTION = 0.5  # input callbacks are this fraction of voice_device_block_ms (5 of 10 ms)
+OUTPUT_PERIODS = 2  # output device buffer in callbacks (the bench's --output-periods tries others)
 PASSTHROUGH_BLOCK_MS = 20.0  # start block of the pass-through converter (nothing to amortise)
 LIPSYNC_BLOCK_MS = 20.0  # mode="lipsync": the block (and no SOLA: the audio is not changed)
 START_PROBE_RUNS = 3  # timed conversions per candidate start block
@@ -302,7 +333,7 @@ class VoicePipeline:
             self._recent_lat.clear()
         self._fifo = SampleFifo()
         dev_s = float(self.settings.voice_device_block_ms) / 1000.0
-        dev_block_in = max(64, int(self.sr_in * dev_s))
+        dev_block_in = max(64, int(self.sr_in * dev_s * INPUT_BLOCK_FRACTION))
         dev_block_out = max(64, int(self.sr_out * dev_s))
         self._in_stream = open_stream(self.input_dev, self.sr_in, dev_block_in, self._on_input, channels=1)
         self._out_stream = open_stream(self.output_dev, self.sr_out, dev_block_out, self._on_output,
@@ -490,16 +521,18 @@ class VoicePipeline:
         path); None: no target (the latency is as low as the schedule allows). The latency moves
         toward the target only in silence: zeros are inserted in front of a silent block (or when
         the output FIFO is empty) and excess silence is cut by the slack rule; voiced audio is never
-        stretched or skipped. Any thread; takes effect from the next block. Gauge
-        ``voice.target_latency_ms``."""
+        stretched or skipped. Any thread; takes effect from the next block. Values above
+        :data:`MAX_TARGET_S` (2 s) are taken as 2 s; a negative or NaN value or a non-number raises
+        MirageError. Gauge ``voice.target_latency_ms``."""
         if x is not None:
             try:
                 x = float(x)
             except (TypeError, ValueError):
                 raise MirageError(f"target latency {x!r} is not a number", "pass seconds, e.g. 0.12, or None") from None
-            if not (0.0 <= x <= MAX_TARGET_S):  # also NaN
+            if not x >= 0.0:  # also NaN
                 raise MirageError(f"target latency {x:g} s is out of range",
                                   f"use 0..{MAX_TARGET_S:g} s, or None for no target")
+            x = min(x, MAX_TARGET_S)  # a video path that far behind is not waited for any longer
         self._target_s = x
         self.metrics.set_gauge("voice.target_latency_ms", None if x is None else x * 1000.0)
 
@@ -634,7 +667,6 @@ class VoicePipeline:
         proc_n = int(proc * sr)
         t_cap = self._capture_time() if pos >= 0 else None
         target = self._target_s
-        # FIFO level in front of this block's first sample that makes its latency the target
         # how far this block's first sample would be below the target latency (samples; < 0: above)
         deficit = None
         if target is not None and t_cap is not None:
@@ -660,7 +692,7 @@ class VoicePipeline:
         if filled:  # silence inserted to reach the target: every later block has that much more room
             self._shift_slack(filled)
             m.incr("voice.inserted_output_samples", filled)
-        m.record("voice.out_queue_ms", (max(before, pad) + filled + proc_n) * 1000.0 / sr)
+        m.record("voice.out_queue_ms", ((before or pad) + filled + proc_n) * 1000.0 / sr)
         if before > 0:  # what the FIFO held plus the time this block took: its room (less this block's cut)
             self._slack.append(before + filled + proc_n - trim)
         else:
