@@ -20,7 +20,9 @@ def test_window_opens_streams_and_closes_cleanly(qtbot, make_window):
     win.start()
     qtbot.waitUntil(lambda: win.engine.running, timeout=10000)
     qtbot.waitUntil(lambda: win.preview.painted_frames >= 3, timeout=10000)
-    assert win.start_btn.text() == "Stop"
+    # frames flow before the start returns (it opens the lip-sync microphone after the stream):
+    # the button says Stop once the start is done
+    qtbot.waitUntil(lambda: win.start_btn.text() == "Stop" and not win.controller.run_pending)
     # the status bar names the provider, the FPS and the output in use
     qtbot.waitUntil(lambda: "FPS" in win.sb_fps.text() and win.sb_fps.text()[0].isdigit(), timeout=5000)
     assert "CPU" in win.sb_provider.text()
