@@ -24,6 +24,15 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
             monkeypatch.delenv(key, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_virtual_microphone_unless_asked(request, monkeypatch):
+    """The machine's own audio devices decide whether the engine opens a lip-sync microphone (it
+    does whenever a virtual microphone exists); tests that are not about it must not depend on
+    whether another test left one set up. Tests about it are marked ``virtual_mic``."""
+    if request.node.get_closest_marker("virtual_mic") is None:
+        monkeypatch.setattr("mirage_desktop.engine.virtual_microphone", lambda settings: None)
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     from skimage import data

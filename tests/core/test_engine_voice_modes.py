@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from tests_support import Frames, now
 
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine, virtual_microphone
 from mirage_desktop.outputs.sinks import NullSink
 from mirage_desktop.vision.capture import ImageSource
+
+pytestmark = pytest.mark.virtual_mic
 
 
 def test_the_voice_mode_follows_the_settings():
