@@ -20,8 +20,10 @@ Rules:
   windows start afresh (the ratio at the new level is a new regime);
 - **restore** one step (in reverse order) after ``RESTORE_FRAMES`` (300) stable frames in a row —
   frames at which the mean ratio over the last ``DOWN_WINDOW`` frames is below 0.60, so that one
-  slow frame on a busy machine does not start the count again — and only if the level above is expected to fit: its ratio when we left it, scaled by how
-  much lighter the load is now than just after we left, must be below ``RESTORE_FIT`` (0.85).
+  slow frame on a busy machine does not start the count again — and only if the level above is
+  expected to fit: today's ratio divided by what the step saved when it was taken (at most half:
+  a larger saving means the load fell while it was being measured) must be below
+  ``RESTORE_FIT`` (0.85).
   Without that a ratio of 0.59 here that means 1.1 up there would bounce up and down for ever;
 - a restore that has to be undone within ``RESTORE_FRAMES`` frames doubles the stable run the next
   restore of that step needs (a second guard against oscillation when the load itself wobbles).
@@ -42,6 +44,7 @@ DOWN_WINDOW = 30
 RESTORE_BELOW = 0.60
 RESTORE_FRAMES = 300
 RESTORE_FIT = 0.85
+MAX_SAVING = 0.5  # the most one step is taken to save: a ratio at most halved
 FPS_STEPS = (24.0, 20.0, 15.0)
 SHORT_SIDES = (512, 384, 256)
 DET_SIZES = (480, 320)
@@ -152,8 +155,12 @@ class DegradeLadder:
             up = self.level - 1
             here = self.entered_at.get(self.level, -1.0)
             there = self.left_at.get(up)
-            if there is not None and here > 0:
-                expected = there * (mean / here)  # the load lighter (or heavier) by the same factor
+            if there is not None and there > 0 and here > 0:
+                # what the step saved, measured when it was taken: no step saves more than half of
+                # a frame's cost (a frame-rate step 17-25 %, a size step at most half), so a larger
+                # saving means the load itself fell while it was measured; then half is assumed
+                saved = min(1.0, max(MAX_SAVING, here / there))
+                expected = mean / saved  # the level above, at today's load
                 if expected >= RESTORE_FIT:
                     self.stable = 0  # would not fit: look again after another stable run
                     return None

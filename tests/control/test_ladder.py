@@ -145,3 +145,13 @@ def test_an_odd_slow_frame_does_not_stop_the_restore():
         if ev:
             events.append((ev, i))
     assert events and events[0][0] == "up" and events[0][1] < 2 * RESTORE_FRAMES
+
+
+def test_a_load_that_fell_right_after_a_step_still_lets_it_restore():
+    """The heavy models were replaced right after the last step down (the step's own window
+    measured the light load): the step is taken to have saved at most half, so it restores."""
+    lad = DegradeLadder(_steps())
+    _drive(lad, SlowStage([7.0]), DOWN_WINDOW)
+    assert lad.level == 1
+    ups = [lad.update(0.08) for _ in range(2 * RESTORE_FRAMES)]
+    assert "up" in ups and lad.level == 0
