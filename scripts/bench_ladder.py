@@ -81,7 +81,8 @@ def main() -> int:
         print(f"{phase:<8}{t:7.1f}{n:7d}  {what:<5}{level:6d}  {w:10.1f} ms        {reason}")
     mean = sum(lad.recent) / len(lad.recent) if lad.recent else 0.0
     print(f"load: {deepest} of {len(lad.steps)} steps down in {t_load:.0f} s; "
-          f"recovery to level {lad.level} in {t_rec:.0f} s (load ratio at the end {mean:.2f})")
+          f"recovery to level {lad.level} in {t_rec:.0f} s (load ratio at the end {mean:.2f}, "
+          f"{lad.stable} stable frames)")
     return 0
 
 
