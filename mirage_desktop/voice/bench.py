@@ -338,10 +338,13 @@ def e2e_main(args) -> int:
         blocks = controller_blocks_ms(MIN_BLOCK_MS)
     else:
         blocks = [float(b) for b in args.blocks.split(",")]
+    from ..config import Settings
+
+    dev_ms = args.device_block_ms or Settings().voice_device_block_ms
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"end to end through PulseAudio null sinks: {args.mode} mode, converter {args.converter}, "
-          f"{args.bursts} bursts per block, device callbacks {args.device_block_ms or 'default'} ms x "
-          f"{pipeline.OUTPUT_PERIODS} on the output, "
+          f"{args.bursts} bursts per block, output callbacks {dev_ms:g} ms x "
+          f"{pipeline.OUTPUT_PERIODS} of buffering, input {dev_ms * pipeline.INPUT_BLOCK_FRACTION:g} ms, "
           f"adaptation off; {os.cpu_count()} cores, load average {load:.2f} at the start")
     print(f"{'block':>6} {'onset P50':>10} {'P95':>6} {'pipeline P50':>13} {'P95':>6} {'underruns':>10} "
           f"{'dev.underflows':>15} {'dropped ms':>11}")

@@ -29,8 +29,10 @@ just before each block plus its processing time stayed more than 10 ms above pro
 margin) is cut from the start of the next silent block, so the latency comes back down without
 a click; the room judged is then lowered by the cut, so the next silent blocks can take the rest
 without waiting another 16 blocks (with 20-32 ms blocks, one block's worth per 16 was too slow).
-Input beyond two blocks of backlog and output beyond block + 2 margins + 50 ms (after a stalled
-device) are dropped (latency beats completeness) and counted.
+Input beyond two blocks of backlog and output beyond max(block, 200 ms) + 2 × (proc_ref +
+margin) + 50 ms (after a stalled device or worker) are dropped (latency beats completeness) and
+counted; the 200 ms floor keeps small blocks from dropping voiced audio after every scheduling
+stall of a loaded machine (the slack rule takes the extra latency back out in the next pause).
 
 Target latency (:meth:`VoicePipeline.set_target_latency_s`, for lip sync): the latency a block
 would have (its capture time against when its first sample will play by the output stream's
@@ -92,6 +94,7 @@ LATENCY_WINDOW = 32  # recent measured latencies latency_s() takes the median of
 LATENCY_MIN_MARKERS = 3  # fewer than this: latency_s() is the estimate
 FILL_TOLERANCE_S = 0.005  # below the target latency by more than this: silence is inserted up to this above it
 MAX_TARGET_S = 2.0
+DROP_FLOOR_S = 0.2  # output is dropped beyond max(block, this) + 2 x (proc_ref + margin) + 50 ms
 MARGIN_START_S = 0.010  # jitter allowance on top of the longest recent conversion time
 MARGIN_STEP_S = 0.010  # + per underrun
 MARGIN_MAX_S = 0.120
@@ -706,7 +709,7 @@ class VoicePipeline:
         # room a target asked for is not "stalled output": it is kept until the slack rule has cut
         # it in silence (the held room follows the level down, never up)
         self._held_room = max(need_target or 0, min(self._held_room, fifo.level))
-        limit = int(sr * eng.block / SAMPLE_RATE) + 2 * allow + self._held_room
+        limit = int(sr * max(eng.block / SAMPLE_RATE, DROP_FLOOR_S)) + 2 * allow + self._held_room
         if fifo.level > limit + int(0.05 * self.sr_out):
             dropped = fifo.drop(fifo.level - limit)
             m.incr("voice.dropped_output_samples", dropped)

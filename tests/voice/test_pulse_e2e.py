@@ -243,18 +243,23 @@ def test_lipsync_target_latency_is_real_at_the_devices(pulse):
     from mirage_desktop.voice.bench import e2e_run
     from mirage_desktop.voice.pipeline import FILL_TOLERANCE_S, LIPSYNC_BLOCK_MS
 
-    natural = e2e_run(LIPSYNC_BLOCK_MS, "passthrough", bursts=8, mode="lipsync", sinks="mirage_test_lat",
-                      timeout_s=HANG_GUARD_S)
-    assert natural["complete"] and natural["onsets"] >= 4, natural
+    def run(target_s=None):  # a run whose recordings lost input around most bursts is run again
+        for _ in range(3):
+            r = e2e_run(LIPSYNC_BLOCK_MS, "passthrough", bursts=8, mode="lipsync", target_s=target_s,
+                        sinks="mirage_test_lat", timeout_s=HANG_GUARD_S)
+            assert r["complete"], r
+            if r["onsets"] >= 4:
+                return r
+        raise AssertionError(f"fewer than 4 bursts timed in 3 runs: {r}")
+
+    natural = run()
     assert natural["breakdown"]["block"] == LIPSYNC_BLOCK_MS
     target = natural["e2e_p50"] / 1000.0 + 0.1  # whatever this machine's natural latency, 100 ms more
-    delayed = e2e_run(LIPSYNC_BLOCK_MS, "passthrough", bursts=8, mode="lipsync", target_s=target,
-                      sinks="mirage_test_lat", timeout_s=HANG_GUARD_S)
+    delayed = run(target)
     print(f"\nlip-sync mode: natural onset-to-onset P50 {natural['onset_p50']:.0f} ms (pipeline-measured "
           f"{natural['e2e_p50']:.0f}); target {target * 1000:.0f} ms: onset-to-onset P50 {delayed['onset_p50']:.0f} "
           f"ms (pipeline-measured {delayed['e2e_p50']:.0f}, latency_s {delayed['latency_s'] * 1000:.0f}); "
           f"inserted {delayed['inserted_ms']:.0f} ms of silence after the start")
-    assert delayed["complete"] and delayed["onsets"] >= 4, delayed
     assert delayed["latency_s"] >= target - FILL_TOLERANCE_S - 0.005
     # the delay is real at the devices: the onsets moved by what the target added, to within 40 ms
     # (each run's onset P50 moves by some 10 ms with the sound server's timing on a loaded machine)
