@@ -48,7 +48,7 @@ microphone: the converter is pass-through whatever the settings say, 20 ms block
 ``VoicePipeline(settings, metrics, mode="lipsync")`` where ``settings.voice_input`` is the
 microphone and ``settings.voice_output`` the virtual microphone ("Mirage Microphone"), then call
 ``set_target_latency_s(video latency)`` whenever the video's latency changes. Its natural latency
-is about 20 (block) + 25 (devices) + 10 (margin) + a few ms of callback phase, so any video path
+is about 20 (block) + 30 (devices) + 10 (margin) + a few ms of callback phase, so any video path
 slower than that can be matched.
 
 Measured end-to-end latency: each processed block is tagged with the input sample it came
