@@ -237,9 +237,9 @@ def test_live_options(pulse, null_sink):
 
 
 def test_lipsync_target_latency_is_real_at_the_devices(pulse):
-    """Lip-sync mode through real PulseAudio null sinks: its natural latency is small, and a target
-    above it delays the audio at the output device by the difference (measured onset to onset on
-    both monitors, so the sound server's own buffering is included)."""
+    """Lip-sync mode through real PulseAudio null sinks: a target above its natural latency delays
+    the audio at the output device to the target (measured onset to onset on both monitors, so the
+    sound server's own buffering is included)."""
     from mirage_desktop.voice.bench import e2e_run
     from mirage_desktop.voice.pipeline import FILL_TOLERANCE_S, LIPSYNC_BLOCK_MS
 
@@ -261,7 +261,7 @@ def test_lipsync_target_latency_is_real_at_the_devices(pulse):
           f"ms (pipeline-measured {delayed['e2e_p50']:.0f}, latency_s {delayed['latency_s'] * 1000:.0f}); "
           f"inserted {delayed['inserted_ms']:.0f} ms of silence after the start")
     assert delayed["latency_s"] >= target - FILL_TOLERANCE_S - 0.005
-    # the delay is real at the devices: the onsets moved by what the target added, to within 40 ms
-    # (each run's onset P50 moves by some 10 ms with the sound server's timing on a loaded machine)
-    added = target - natural["e2e_p50"] / 1000.0
-    assert delayed["onset_p50"] - natural["onset_p50"] >= (added - 0.04) * 1000.0, (natural, delayed)
+    # the delay is real at the devices: measured onset to onset, independently of the pipeline's own
+    # clocks, the bursts arrive no earlier than the target less 40 ms (the two measurements differ by
+    # some 10-20 ms on a loaded machine; a load only makes the latency longer, never shorter)
+    assert delayed["onset_p50"] >= (target - 0.04) * 1000.0, (natural, delayed)
