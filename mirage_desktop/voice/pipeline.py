@@ -24,11 +24,13 @@ converted blocks, first estimated by the start block's timed conversions) plus `
 this one did. That matters because silent blocks skip the converter: without it the first
 word after a pause would arrive ~30 ms late and underrun. The margin (callback and scheduling
 jitter) starts at 10 ms, grows by 10 ms per underrun (up to 120 ms) and shrinks by 5 ms after
-100 blocks without one. Slack that is no longer needed (over the last 16 blocks, the FIFO level
-just before each block plus its processing time stayed more than 10 ms above proc_ref +
-margin) is cut from the start of the next silent block, so the latency comes back down without
-a click; the room judged is then lowered by the cut, so the next silent blocks can take the rest
-without waiting another 16 blocks (with 20-32 ms blocks, one block's worth per 16 was too slow).
+10 s of audio without one (was 100 blocks, which is 2 s at 20 ms blocks: the margin came down
+before the load that caused the underrun had gone, and underran again). Slack that is no
+longer needed (over the last 16 blocks, the FIFO level just before each block plus its
+processing time stayed more than 10 ms above proc_ref + margin) is cut from the start of the
+next silent block, so the latency comes back down without a click; the room judged is then
+lowered by the cut, so the next silent blocks can take the rest without waiting another 16
+blocks (with 20-32 ms blocks, one block's worth per 16 was too slow).
 Input beyond two blocks of backlog and output beyond max(block, 200 ms) + 2 × (proc_ref +
 margin) + 50 ms (after a stalled device or worker) are dropped (latency beats completeness) and
 counted; the 200 ms floor keeps small blocks from dropping voiced audio after every scheduling
@@ -98,8 +100,8 @@ DROP_FLOOR_S = 0.2  # output is dropped beyond max(block, this) + 2 x (proc_ref 
 MARGIN_START_S = 0.010  # jitter allowance on top of the longest recent conversion time
 MARGIN_STEP_S = 0.010  # + per underrun
 MARGIN_MAX_S = 0.120
-MARGIN_DECAY_S = 0.005  # - after MARGIN_DECAY_BLOCKS blocks without an underrun
-MARGIN_DECAY_BLOCKS = 100
+MARGIN_DECAY_S = 0.005  # - after MARGIN_DECAY_AFTER_S of audio without an underrun
+MARGIN_DECAY_AFTER_S = 10.0  # (was 100 blocks: 19 s at 192 ms, but 2 s at 20 ms, too soon to tell)
 SLACK_WINDOW = 16  # blocks over which unneeded output slack is judged
 SLACK_TOLERANCE_S = 0.010
 PROC_WINDOW = 50  # converted blocks over which the longest processing time is taken
@@ -230,7 +232,7 @@ class VoicePipeline:
         self._in_clock = self._out_clock = None
         self._margin_s = MARGIN_START_S
         self._playing = False
-        self._since_underrun = 0
+        self._since_underrun = 0.0
         self._slack: collections.deque = collections.deque(maxlen=SLACK_WINDOW)
         self._proc: collections.deque = collections.deque(maxlen=PROC_WINDOW)
         self._proc_guess = 0.0
@@ -325,7 +327,7 @@ class VoicePipeline:
         self._in_clock, self._out_clock = None, None
         self._margin_s = MARGIN_START_S
         self._playing = False
-        self._since_underrun = 0
+        self._since_underrun = 0.0
         self._slack.clear()
         self._proc.clear()
         self._proc_ref = self._proc_guess
@@ -598,7 +600,7 @@ class VoicePipeline:
             if self._playing:  # ran dry while playing: the next block gets a larger margin
                 self.metrics.incr("voice.underruns")
                 self._margin_s = min(MARGIN_MAX_S, self._margin_s + MARGIN_STEP_S)
-                self._since_underrun = 0
+                self._since_underrun = 0.0
             self._playing = got > 0
         else:
             self._playing = True
@@ -702,10 +704,10 @@ class VoicePipeline:
             self._slack.clear()
         if t_cap is not None and not trim:
             self._markers.append((at + pos + filled, t_cap))
-        self._since_underrun += 1
-        if self._since_underrun >= MARGIN_DECAY_BLOCKS:
+        self._since_underrun += eng.block / SAMPLE_RATE  # seconds of audio since the last underrun
+        if self._since_underrun >= MARGIN_DECAY_AFTER_S:
             self._margin_s = max(MARGIN_START_S, self._margin_s - MARGIN_DECAY_S)
-            self._since_underrun = 0
+            self._since_underrun = 0.0
         # room a target asked for is not "stalled output": it is kept until the slack rule has cut
         # it in silence (the held room follows the level down, never up)
         self._held_room = max(need_target or 0, min(self._held_room, fifo.level))

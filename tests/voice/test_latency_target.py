@@ -90,6 +90,14 @@ class Driver:
             self.pipe._on_output(out, DEV, None, None)
             self.played.append(out[:, 0].copy())
 
+    def starve(self, n: int) -> None:
+        """``n`` callbacks of the output alone (the input stalls)."""
+        for _ in range(n):
+            self.clock.t += DEV / SR
+            out = np.zeros((DEV, 1), dtype=np.float32)
+            self.pipe._on_output(out, DEV, None, None)
+            self.played.append(out[:, 0].copy())
+
     def output(self) -> np.ndarray:
         return np.concatenate(self.played)
 
@@ -220,6 +228,22 @@ def test_latency_is_a_median_one_late_marker_does_not_move_it(scripted):
     with pipe._recent_lock:
         pipe._recent_lat.append(5000.0)  # as if one block had been measured 5 s late
     assert pipe.latency_s() == pytest.approx(lat, abs=0.002)
+
+
+def test_margin_grows_at_an_underrun_and_shrinks_after_10_s_of_audio_without_one(scripted):
+    pipe = _start(mode="lipsync")
+    drv = Driver(pipe, scripted)
+    drv.run(np.zeros(int(0.5 * SR), np.float32))
+    assert pipe._margin_s == pipeline.MARGIN_START_S and pipe.metrics.counter("voice.underruns") == 0
+    drv.starve(20)  # the input stalls for 100 ms: the output runs dry while playing
+    assert pipe.metrics.counter("voice.underruns") == 1
+    grown = pipeline.MARGIN_START_S + pipeline.MARGIN_STEP_S
+    assert pipe._margin_s == pytest.approx(grown)
+    drv.run(np.zeros(int(9.5 * SR), np.float32))  # 9.5 s of 20 ms blocks (475 of them): not yet
+    assert pipe._margin_s == pytest.approx(grown)
+    drv.run(np.zeros(int(1.0 * SR), np.float32))
+    assert pipe._margin_s == pytest.approx(grown - pipeline.MARGIN_DECAY_S)
+    assert pipe.metrics.counter("voice.underruns") == 1
 
 
 def test_target_latency_is_checked(scripted):
