@@ -7,7 +7,7 @@ microphone), :class:`AVSync` holds each processed frame until
     due = capture time + audio latency + trim
 
 where the audio latency is the voice path's measured capture → virtual-microphone latency, fed in
-continuously and slew-limited here (at most ``SLEW_S`` per frame), so a change — a larger voice
+continuously and slew-limited here (at most ``SLEW_S``, 4 ms, per frame), so a change — a larger voice
 block, say — spreads over many frames instead of freezing or bunching the video. ``trim`` is the
 user's own offset for a conferencing app (positive: video later).
 
@@ -42,7 +42,7 @@ LATE_S = 0.150
 MAX_LATE_RUN = 15  # late frames in a row before one is sent anyway (never a frozen camera)
 DRIFT_FRAMES = 120
 DRIFT_TOLERANCE_S = 0.020
-SLEW_S = 0.002  # largest change of the applied audio latency per frame
+SLEW_S = 0.004  # largest change of the applied audio latency per frame (120 ms/s at 30 FPS)
 READY_WINDOW = 60  # frames over which the video path's own latency is judged (lip-sync target)
 MAX_HOLD = 120  # frames held at most (4 s at 30 FPS): a bound, never reached with sane latencies
 

@@ -50,7 +50,7 @@ def test_video_leaves_at_capture_plus_the_voice_latency_and_the_trim(engine, ast
     engine.set_option("av_trim_ms", 80)
     mark = now()
     frames.after(mark, 40)
-    later = frames.since(mark)[-10:]  # the hold moves there smoothly (2 ms a frame)
+    later = frames.since(mark)[-10:]  # the hold moves there smoothly (4 ms a frame)
     assert all(arr.t[id(f)] - f.t_capture >= 0.200 for f in later)
     assert engine.metrics.gauge("av.delay_ms") == pytest.approx(200.0)
     # no voice path: frames leave as they come again
