@@ -111,12 +111,12 @@ class Settings:
     voice_encoder: str = ""  # RVC content encoder .onnx (vec-768 / vec-256)
     voice_rmvpe: str = ""  # RMVPE .onnx, for voice_f0_method rmvpe
     voice_speaker: int = 0  # RVC speaker id
-    voice_block_ms: float = 192.0  # chunk size; adapted at run time unless voice_adapt is off
+    voice_block_ms: float = 0.0  # start chunk; 0 = the smallest the converter keeps up with (adapted)
     voice_silence_db: float = -50.0  # chunks quieter than this pass through unconverted
     voice_adapt: bool = True
     voice_bypass: bool = False  # pass the voice through (the window's voice switch)
     voice_samplerate: int = 0  # 0: the devices' own rates
-    voice_device_block_ms: float = 10.0  # PortAudio callback size for both streams
+    voice_device_block_ms: float = 10.0  # PortAudio output callback size (the input's is half)
     extra: dict = field(default_factory=dict)  # forward-compatible bag for other modules (the window's layout)
 
     def replace(self, **changes: Any) -> "Settings":
@@ -381,7 +381,8 @@ RULES: dict[str, Rule] = {
     "voice_encoder": Rule("text"),
     "voice_rmvpe": Rule("text"),
     "voice_speaker": Rule("int", 0, 10_000),
-    "voice_block_ms": Rule("float", 20.0, 2000.0),
+    "voice_block_ms": Rule("float", 20.0, 2000.0, zero_ok=True,
+                           zero_means="the smallest block the converter keeps up with"),
     "voice_silence_db": Rule("float", -150.0, 0.0),
     "voice_adapt": _B,
     "voice_bypass": _B,
