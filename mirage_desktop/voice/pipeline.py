@@ -55,11 +55,35 @@ slower than that can be matched.
 
 Measured end-to-end latency: each processed block is tagged with the input sample it came
 from and its position in the output FIFO. Capture times come from the input stream's clock
-(``perf_counter`` at the callback minus the frames since, minus the stream's input latency;
-the earliest callback of the recent past is taken as on time, so late callbacks do not bias
-it); play times likewise from the output stream's clock plus its output latency. Their
-difference for each tagged sample goes to ``voice.latency_e2e``; :meth:`VoicePipeline.latency_s`
-is the median of the last 32 (the A/V sync reads it from the video's output thread).
+(``perf_counter`` at the callback minus the frames since; the earliest callback of the recent
+past is taken as on time, so late callbacks do not bias it; see "The input" below). Play times
+come from PortAudio's callback ``time_info``: ``outputBufferDacTime - currentTime`` (ALSA
+fills both from the device's status and delay; only the difference is used, ``currentTime``
+being on a clock of its own) added to ``perf_counter`` at the callback, the
+median over the last 9 callbacks (:meth:`StreamClock.update_exact`); the stream's static output
+latency (and the earliest-callback rule) only when the host API reports no times. Measured
+through the ALSA ``pulse`` device: after an output stall or underrun the sound server plays
+every later frame hundreds of ms later (a 400 ms stall in the output callback: +591 ms) while
+the callbacks keep coming at the device rate, so a clock from callback times alone stayed that
+far behind (the likely cause of the lip-sync test's clicks leaving 1221 ms after capture with
+210 ms reported); the reported delay has it at once (a click looped into an input: to 1 ms).
+
+The input: the earliest callback (the on-time one) comes as its last frame is captured, so the
+stream's reported input latency (its buffer) is no longer subtracted for a device whose host API
+reports times: looping a click from an output (reported play time) into a ``pulse`` input, the
+capture time with the reported 10 ms subtracted came 12 ms before the click was played (20 ms
+input latency at 10 ms callbacks: 20-36 ms before), without it 2-3 ms before; that, in the
+pipeline and in the test's recorder, was the steady +19..+25 ms flash-before-click offset (the
+video held 20 ms too long). Scripted devices (no times reported) keep the reported latency as a
+delay. The input's reported times themselves are not used: through the
+``pulse`` device they were 300-700 ms off for the first 1.5 s of a stream (a click looped from
+an output into the input's source measured -716 ms), while a stall there only delays the
+callbacks, which the input clock sees. The difference for each tagged sample goes to
+``voice.latency_e2e``; :meth:`VoicePipeline.latency_s` is the median of the last 5 (the A/V sync
+reads it from the video's output thread). It was the median of 32, which at 64 ms blocks is 2 s
+of audio: the slack rule took the voice changer from 239 to 152 ms in the pauses between two
+clicks, the median followed a second later and the video was held 80 ms too long; 5 markers
+still outvote one odd one.
 
 Errors never escape to the caller's process: a device that is missing or busy sets
 ``status()["error"]`` (and raises only with ``start(strict=True)``, used by ``mirage voice``);
@@ -92,7 +116,7 @@ LIPSYNC_BLOCK_MS = 20.0  # mode="lipsync": the block (and no SOLA: the audio is 
 START_PROBE_RUNS = 3  # timed conversions per candidate start block
 START_PROBE_BUDGET_S = 3.0  # stop probing smaller start blocks after this long (slow converters)
 FALLBACK_START_MS = 192.0  # start block when no candidate passed within the budget
-LATENCY_WINDOW = 32  # recent measured latencies latency_s() takes the median of
+LATENCY_WINDOW = 5  # recent measured latencies latency_s() takes the median of (was 32: see the docstring)
 LATENCY_MIN_MARKERS = 3  # fewer than this: latency_s() is the estimate
 FILL_TOLERANCE_S = 0.005  # below the target latency by more than this: silence is inserted up to this above it
 MAX_TARGET_S = 2.0
@@ -104,6 +128,8 @@ MARGIN_DECAY_S = 0.005  # - after MARGIN_DECAY_AFTER_S of audio without an under
 MARGIN_DECAY_AFTER_S = 10.0  # (was 100 blocks: 19 s at 192 ms, but 2 s at 20 ms, too soon to tell)
 SLACK_WINDOW = 16  # blocks over which unneeded output slack is judged
 SLACK_TOLERANCE_S = 0.010
+MAX_DAC_DELAY_S = 5.0  # an output delay reported above this is taken as a bad report (static latency used)
+EXACT_WINDOW = 9  # output callbacks whose reported play times the output clock takes the median of
 PROC_WINDOW = 50  # converted blocks over which the longest processing time is taken
 
 
@@ -119,6 +145,7 @@ class StreamClock:
         self.sr, self.leak, self.reset_s = float(sr), leak, reset_s
         self.base: float | None = None
         self._t = 0.0
+        self._exact: collections.deque = collections.deque(maxlen=EXACT_WINDOW)
 
     def update(self, t: float, frames_before: int) -> None:
         v = t - frames_before / self.sr
@@ -128,8 +155,41 @@ class StreamClock:
             self.base = min(self.base + self.leak * max(0.0, t - self._t), v)
         self._t = t
 
+    def update_exact(self, t: float, frames_before: int) -> None:
+        """``t``: when frame ``frames_before`` is played, as the host API reports it at this
+        callback (PortAudio's ``outputBufferDacTime``; callback lateness is not in it). The base is
+        the median of the last :data:`EXACT_WINDOW` such values: it follows a device buffer that
+        grew (or shrank) within a few callbacks, and one odd report does not move it."""
+        self._exact.append(t - frames_before / self.sr)
+        vals = sorted(self._exact)
+        self.base = vals[len(vals) // 2]
+        self._t = t
+
     def time_of(self, frame: float) -> float:
         return (self.base or 0.0) + frame / self.sr
+
+
+def _dac_delay_s(time_info) -> float | None:
+    """How long after the callback its first output frame is played, from PortAudio's callback
+    ``time_info`` (``outputBufferDacTime - currentTime``: ALSA fills both from the device's status
+    and delay, on a clock of its own, so only the difference is used); None when the host API does
+    not report it (zeros, or no time_info) or reports something implausible."""
+    try:
+        dac, cur = float(time_info.outputBufferDacTime), float(time_info.currentTime)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if dac <= 0.0 or cur <= 0.0:
+        return None
+    d = dac - cur
+    return d if 0.0 <= d < MAX_DAC_DELAY_S else None
+
+
+def _adc_reported(time_info) -> bool:
+    """Whether the host API reports capture times (``inputBufferAdcTime``) at input callbacks."""
+    try:
+        return float(time_info.inputBufferAdcTime) > 0.0
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 class SampleFifo:
@@ -239,6 +299,7 @@ class VoicePipeline:
         self._out_buf = np.zeros(0, dtype=np.float32)
         self.sr_in = self.sr_out = 48000
         self._lat_in = self._lat_out = 0.0  # the open streams' reported latencies (s)
+        self._out_delay_s = 0.0  # the output callback's last delay to the device (s; see _dac_delay_s)
         self._target_s: float | None = None
         self._recent_lat: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # ms
         self._recent_lock = threading.Lock()
@@ -345,6 +406,7 @@ class VoicePipeline:
                                        channels=self.output_dev.channels,
                                        latency=OUTPUT_PERIODS * dev_block_out / self.sr_out)
         self._lat_in, self._lat_out = self.device_latencies_s()
+        self._out_delay_s = self._lat_out
         self._in_clock, self._out_clock = StreamClock(self.sr_in), StreamClock(self.sr_out)
         self._stop.clear()
         self._thread = threading.Thread(target=self._work, name="VoiceWorker", daemon=True)
@@ -579,8 +641,12 @@ class VoicePipeline:
             self.metrics.incr("voice.input_status")
         mono = indata[:, 0].copy() if indata.shape[1] == 1 else indata.mean(axis=1).astype(np.float32)
         self._in_frames += frames
-        if self._in_clock is not None:  # frame n was captured at time_of(n) - input latency
-            self._in_clock.update(now, self._in_frames)
+        if self._in_clock is not None:  # frame n was captured at time_of(n) (see the module docstring)
+            # a host API that reports capture times is a real device: its on-time callback comes as
+            # its last frame is captured, the reported buffer latency is not in it; without reported
+            # times (scripted devices) the reported latency is taken as a delay before the callback
+            real = _adc_reported(time_info)
+            self._in_clock.update(now - (0.0 if real else self._lat_in), self._in_frames)
         try:
             self._in_q.put_nowait(mono)
         except queue.Full:
@@ -608,14 +674,19 @@ class VoicePipeline:
         self._read_offset = f_a - r_a  # device frame minus FIFO index, while it keeps playing
         self._out_frames += frames
         clock = self._out_clock
-        if clock is not None:
-            clock.update(now, f_a)
+        delay = _dac_delay_s(time_info)  # buf[0] plays this long after now (None: not reported)
+        if clock is not None:  # the clock's times are play times (the output latency is in them)
+            if delay is not None:
+                clock.update_exact(now + delay, f_a)
+            else:
+                clock.update(now + self._lat_out, f_a)
+        self._out_delay_s = self._lat_out if delay is None else delay
         if got and clock is not None:
             r_b = r_a + got
             while self._markers and self._markers[0][0] < r_b:
                 w0, t_cap = self._markers.popleft()
                 if w0 >= r_a:
-                    ms = (clock.time_of(f_a + (w0 - r_a)) + self._lat_out - t_cap) * 1000.0
+                    ms = (clock.time_of(f_a + (w0 - r_a)) - t_cap) * 1000.0
                     self.metrics.record("voice.latency_e2e", ms)
                     with self._recent_lock:
                         self._recent_lat.append(ms)
@@ -643,15 +714,14 @@ class VoicePipeline:
         clock = self._in_clock
         if clock is None or clock.base is None:
             return None
-        return clock.time_of(self.engine.source_offset() * self.sr_in / SAMPLE_RATE) - self._lat_in
+        return clock.time_of(self.engine.source_offset() * self.sr_in / SAMPLE_RATE)
 
     def _play_time(self, w: int) -> float:
         """When FIFO sample ``w`` (write index) will play (perf_counter), by the output stream's
         clock as the measured latency has it; no earlier than the next callback can take it."""
-        now = time.perf_counter()
+        soonest = time.perf_counter() + self._out_delay_s
         clock, off = self._out_clock, self._read_offset
-        t = now if clock is None or clock.base is None or off is None else max(now, clock.time_of(w + off))
-        return t + self._lat_out
+        return soonest if clock is None or clock.base is None or off is None else max(soonest, clock.time_of(w + off))
 
     def _emit(self, out16: np.ndarray, sr_ratio_out: float, t_ready: float) -> None:
         """Resample one processed block and queue it for the output callback (see the module

@@ -6,7 +6,7 @@ instead of its next frame time, so the flash is not quantised to the frame rate)
 is a PulseAudio null sink whose monitor the engine records, into which the test plays clicks at
 the same instants. What leaves: the virtual camera is a pyvirtualcam backend registered by the
 test (it stamps each frame's arrival); the virtual microphone is recorded from its PulseAudio
-source with the same stream-clock method the pipeline uses. Both directions are timed on
+source with the same stream-clock methods the pipeline uses. Both directions are timed on
 ``time.perf_counter``, the clock the engine uses.
 
 The 40 ms bound is the issue's requirement (a tenth of the unsynchronised offset); a take in
@@ -27,6 +27,7 @@ from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
 from mirage_desktop.outputs.sinks import VirtualCameraSink
 from mirage_desktop.voice import audio_io, mic
+from mirage_desktop.voice.pipeline import StreamClock
 
 pytestmark = [pytest.mark.audio, pytest.mark.virtual_mic]
 
@@ -99,11 +100,17 @@ class StampingCamera:
 
 class Stream:
     """An input (recording) or output (playing) PulseAudio stream with a perf_counter clock for its
-    samples: the earliest (least late) callback estimate, as the pipeline's own StreamClock."""
+    samples. Recording: the pipeline's own StreamClock, as the pipeline uses it (the earliest,
+    least late callback is when its last frame was captured: the reported buffer latency is not
+    subtracted; reset when the server dropped recorded audio, so later samples are not timed early).
+    Playing: the earliest callback estimate plus the stream's reported latency (a player that
+    underran plays its later clicks late: that take is counted as disturbed).
+    """
 
     def __init__(self, dev, signal=None):
         self.signal, self.pos = signal, 0
         self.parts, self.n, self.t0, self.status = [], 0, None, 0
+        self.clock, self.bases = StreamClock(SR), []  # recording: (frames so far, clock base) per callback
         self.cond = threading.Condition()
         self.stream = audio_io.open_stream(dev, SR, 480, self._cb, channels=1)
 
@@ -112,11 +119,14 @@ class Stream:
         lat = float(self.stream.latency)
         with self.cond:
             self.status += bool(args[-1])
-            if self.signal is None:  # recording: frame n was captured at t0 + n / SR
+            if self.signal is None:  # recording: frame n was captured at bases[k] + n / SR
                 indata, frames = args[0], args[1]
                 self.parts.append(indata[:, 0].copy())
-                t0 = now - lat - (self.n + frames) / SR
                 self.n += frames
+                self.clock.update(now, self.n)  # as the pipeline's: no buffer latency; resets after a drop
+                self.bases.append((self.n, self.clock.base))
+                self.cond.notify_all()
+                return
             else:  # playing: frame n reaches the device at t0 + n / SR
                 outdata, frames = args[0], args[1]
                 chunk = self.signal[self.pos:self.pos + frames]
@@ -127,8 +137,15 @@ class Stream:
                 self.n = self.pos
                 if self.pos <= SR // 10:  # the device buffer's first fill comes early: not on time
                     return
-            self.t0 = t0 if self.t0 is None else min(self.t0, t0)
-            self.cond.notify_all()
+                self.t0 = t0 if self.t0 is None else min(self.t0, t0)
+                self.cond.notify_all()
+
+    def time_of(self, i):
+        """When recorded sample ``i`` was captured: the clock as it stood 0.1 s of audio later (a
+        backlog delivered at once has come down to its on-time value by then)."""
+        with self.cond:
+            k = min(np.searchsorted([n for n, _ in self.bases], i + SR // 10), len(self.bases) - 1)
+            return self.bases[k][1] + i / SR
 
     def wait_samples(self, n):
         with self.cond:
@@ -211,7 +228,7 @@ def _take(engine, source, metrics):
     player.close()
     rec.close()
     y = rec.audio()
-    clicks = [rec.t0 + i / SR for i in _onsets(y, 0.05) if i >= rec_from]
+    clicks = [rec.time_of(i) for i in _onsets(y, 0.05) if i >= rec_from]
     flashes = _flash_arrivals(list(StampingCamera.arrivals), t_start)
     lost = {k: metrics.counter(k) - v for k, v in before.items() if metrics.counter(k) != v}
     lost.update({"recorder": rec.status} if rec.status else {})
@@ -219,7 +236,7 @@ def _take(engine, source, metrics):
     return instants, flashes, clicks, lost
 
 
-@pytest.mark.parametrize("mode", ["lip-sync microphone"])
+@pytest.mark.parametrize("mode", ["voice changer", "lip-sync microphone"])
 def test_every_flash_and_its_click_leave_within_40_ms(devices, mode):
     pyvirtualcam.register_backend("stamping-cam", StampingCamera)
     convert = mode == "voice changer"
