@@ -322,9 +322,14 @@ class Engine:
         """Which voice path the settings ask for while the video runs: "convert" (the voice
         changer), "lipsync" (no conversion: the microphone delayed to match the video, out on the
         virtual microphone — only when one exists) or None."""
+        from .outputs.sinks import VirtualCameraSink
+
         s = self.settings
         if s.enable_voice:
             return "convert"
+        p = self.pipeline
+        if p is not None and (p.lossless or not any(isinstance(x, VirtualCameraSink) for x in p.sinks)):
+            return None  # lips to sync only on a virtual camera (not a file render, not a preview)
         if s.lipsync_mic and virtual_microphone(s) is not None:
             return "lipsync"
         return None
@@ -332,12 +337,19 @@ class Engine:
     def _sync_voice(self) -> None:
         """Start, stop or switch the voice path to what the settings ask for (with the lock held)."""
         want = self.wanted_voice_mode() if self.pipeline is not None else None
-        if want == self.voice_mode and (want is None or self.voice is not None):
+        if want == self.voice_mode and (want is None or (self.voice is not None and self.voice.error is None)):
             return
         self._stop_voice()
         self.problems.clear("voice")
         if want is not None:
             self._start_voice(want)
+        if want == "convert" and self.voice_mode is None and self.settings.lipsync_mic and \
+                self.pipeline is not None and virtual_microphone(self.settings) is not None:
+            # the voice changer could not start: the call still hears the real voice, in sync
+            failed = self.problems.get("voice")
+            self._start_voice("lipsync")
+            if failed is not None:
+                self.problems.set(failed)  # the changer's failure stays shown, in red
 
     def _start_voice(self, mode: str) -> None:
         s = self.settings
@@ -353,8 +365,7 @@ class Engine:
                 self.problems.set(Problem("voice", "error" if mode == "convert" else "warning",
                                           f"{what}: {self.voice.error}"))
                 log.warning("%s could not start: %s", what, self.voice.error)
-                if mode == "lipsync":  # optional: the video goes on unsynchronised, said in yellow
-                    self.voice = None
+                self.voice = None  # nothing half-started stays behind; the problem says why
         except (MirageError, ImportError) as exc:
             self.voice = None
             self.problems.set(from_error("voice", "error" if mode == "convert" else "warning", exc))

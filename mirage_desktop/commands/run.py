@@ -69,7 +69,7 @@ def _write_metrics(path, snap, warned: list) -> None:
         warned.append(str(exc))
 
 
-def av_summary(snap: dict) -> list[str]:
+def av_summary(snap: dict, mode: str | None = None) -> list[str]:
     """The one-clock lines of the summary: video and voice latency, their offset, the ladder."""
     st, c, g = snap["stages"], snap["counters"], snap["gauges"]
 
@@ -78,7 +78,7 @@ def av_summary(snap: dict) -> list[str]:
         return f"P50 {h['p50']:.0f} / P95 {h['p95']:.0f} ms" if h.get("count") else "n/a"
 
     lines = []
-    mode = g.get("av.mode", "none")
+    mode = mode or g.get("av.mode", "none")
     if (st.get("av.offset_ms") or {}).get("count"):
         what = {"convert": "voice changer", "lipsync": "lip-sync microphone"}.get(str(mode), str(mode))
         lines.append(f"A/V ({what}): video capture->output {pct('av.video_latency')}, "
@@ -132,6 +132,7 @@ def run(args) -> int:
         if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup / `&` ignore them
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
     voice_status = None
+    av_mode = None
     metrics_warned: list[str] = []
     try:
         engine.start(src, outputs, lossless=lossless, max_frames=args.frames)
@@ -155,6 +156,7 @@ def run(args) -> int:
                     print(f"\r{fps:5.1f} FPS  total P50 {tot.get('p50') or 0:6.1f} ms  "
                           f"P95 {tot.get('p95') or 0:6.1f} ms  {snap['health']['level']}", end="", file=sys.stderr,
                           flush=True)
+        av_mode = engine.voice_mode  # before stop() ends the voice path
         if engine.voice is not None:
             voice_status = engine.voice.status()
     finally:
@@ -177,7 +179,7 @@ def run(args) -> int:
               f"{v.get('measured_latency_ms') or 0:.0f} ms measured"
               + (f", pass-through: {v['passthrough_reason']}" if v.get("passthrough_reason") else "")
               + (f", error: {v['error']}" if v.get("error") else ""), file=sys.stderr)
-    for line in av_summary(snap):
+    for line in av_summary(snap, av_mode):
         print(line, file=sys.stderr)
     rc = 1 if metrics_warned else 0
     if args.frames is not None and c.get("frames.out", 0) < args.frames and not stop.is_set() and \

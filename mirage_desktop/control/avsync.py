@@ -7,16 +7,18 @@ microphone), :class:`AVSync` holds each processed frame until
     due = capture time + audio latency + trim
 
 where the audio latency is the voice path's measured capture → virtual-microphone latency, fed in
-continuously and slew-limited here (at most ``SLEW_S``, 4 ms, per frame), so a change — a larger voice
-block, say — spreads over many frames instead of freezing or bunching the video. ``trim`` is the
-user's own offset for a conferencing app (positive: video later).
+continuously; the hold (latency + trim) is slew-limited here (at most ``SLEW_S``, 4 ms, per
+frame), so a change — a larger voice block, a new trim — spreads over many frames instead of
+freezing or bunching the video; a voice path that appears mid-stream is eased in from no hold.
+``trim`` is the user's own offset for a conferencing app (positive: video later).
 
 Rules (the product brief's):
 
 - a frame that reaches the buffer more than ``LATE_S`` (150 ms) after its due time is behind the
   audio head and is dropped, counted ``dropped.av_late`` — except that the video never freezes:
   after ``MAX_LATE_RUN`` late frames in a row the next one is sent anyway (counted
-  ``av.late_sent``), and :attr:`behind` says so (the degrade ladder and the status read it);
+  ``av.late_sent``; then the count starts again), and :attr:`behind` says so until a frame is
+  on time again (the degrade ladder and the status read it);
 - audio is never stretched or skipped;
 - sustained drift — every one of the last ``DRIFT_FRAMES`` (120) frames sent more than
   ``DRIFT_TOLERANCE_S`` after its due time, because the output fell behind with frames piling up
@@ -26,8 +28,9 @@ Rules (the product brief's):
 Without a master (no voice path) a frame is due on arrival: the buffer adds nothing.
 
 Metrics, per frame sent (:meth:`sent`): ``av.offset_ms`` (video capture → output latency minus
-the audio latency for the same instant; positive: the video is late), ``av.video_latency`` and,
-while a master runs, ``av.audio_latency``; gauge ``av.delay_ms`` (the hold applied now).
+the voice path's latest measured latency; positive: the video is late; the trim shows in it),
+``av.video_latency`` and, while a master runs, ``av.audio_latency``; per frame in, ``video.ready`` (capture → processed,
+the video path's own latency, which the health verdict judges); gauge ``av.delay_ms``.
 The clock is injectable, so the rules are tested on a scripted clock.
 """
 
@@ -66,6 +69,8 @@ class AVSync:
         self._late_run = 0  # frames dropped late in a row
         self._drift_run = 0  # frames sent late (beyond the tolerance) in a row
         self.behind_s = 0.0  # how late the last frame reached the buffer (0: on time or early)
+        self._behind = False  # frames keep arriving later than the late limit
+        self._pushed = 0
         self._ready: collections.deque[float] = collections.deque(maxlen=READY_WINDOW)
 
     # ---- inputs ----------------------------------------------------------------------------
@@ -77,7 +82,7 @@ class AVSync:
                 self._applied = None
 
     def set_trim(self, ms: float) -> None:
-        self.trim_s = float(ms) / 1000.0
+        self.trim_s = float(ms) / 1000.0  # reached at the slew rate too: no freeze, no burst
 
     @property
     def master(self) -> bool:
@@ -85,14 +90,15 @@ class AVSync:
 
     @property
     def delay_s(self) -> float:
-        """The hold applied to the next frame: audio latency + trim (0 without a master)."""
+        """The hold applied to the next frame: audio latency + trim, slew-limited (0 without a
+        master)."""
         a = self._applied
-        return 0.0 if a is None else max(0.0, a + self.trim_s)
+        return 0.0 if a is None else a
 
     @property
     def behind(self) -> bool:
         """The video reaches the buffer more than the late limit after the audio (sustained)."""
-        return self._late_run >= MAX_LATE_RUN
+        return self._behind
 
     @property
     def skipping(self) -> bool:
@@ -103,11 +109,14 @@ class AVSync:
             t = self._target
             if t is None:
                 self._applied = None
-            elif self._applied is None:
-                self._applied = t  # the first measurement is taken as it is
-            else:
-                d = t - self._applied
-                self._applied += max(-self.slew_s, min(self.slew_s, d))
+                return
+            want = max(0.0, t + self.trim_s)
+            if self._applied is None:
+                # at the start the hold is taken as it is; a voice path that appears mid-stream is
+                # eased in from no hold, so the camera does not stop for a whole voice latency
+                self._applied = want if self._pushed == 0 else 0.0
+            d = want - self._applied
+            self._applied += max(-self.slew_s, min(self.slew_s, d))
 
     def ready_latency_s(self, q: float = 90.0) -> float | None:
         """The video path's own capture → ready latency (the ``q``-th percentile of the last
@@ -121,12 +130,13 @@ class AVSync:
     def push(self, pkt: Any, now: float | None = None) -> bool:
         """Take a processed frame; False when it was dropped (behind the audio head)."""
         now = self.clock() if now is None else now
-        self._ready.append(max(0.0, now - pkt.t_capture))
+        ready = max(0.0, now - pkt.t_capture)
+        self._ready.append(ready)
+        if self.metrics is not None:
+            self.metrics.record("video.ready", ready * 1000.0)  # the video path's own latency
         self._step_applied()
-        if self._applied is None:
-            due = pkt.t_capture
-        else:
-            due = pkt.t_capture + self.delay_s
+        self._pushed += 1
+        due = pkt.t_capture + self.delay_s
         late = now - due
         self.behind_s = max(0.0, late)
         if self._applied is not None and late > self.late_s:
@@ -135,8 +145,11 @@ class AVSync:
                 self._count("dropped.av_late")
                 return False
             self._count("av.late_sent")  # the camera must not freeze: this one goes, late
+            self._late_run = 0
+            self._behind = True
         else:
             self._late_run = 0
+            self._behind = False
         if len(self._held) >= MAX_HOLD:
             self._held.popleft()
             self._count("dropped.av_hold_full")
@@ -157,31 +170,26 @@ class AVSync:
             out = out[-1:]
         return out
 
-    def flush(self) -> list:
-        """Everything still held (a finite input ended: the last frames are sent, not lost)."""
-        out = [p for _, p in self._held]
-        self._held.clear()
-        return out
-
     def __len__(self) -> int:
         return len(self._held)
 
     def sent(self, pkt: Any, t_out: float) -> None:
-        """Record one frame that left: offset against the audio, drift bookkeeping."""
+        """Record one frame that left: its offset against the voice path's latest measured
+        latency (not against the slew-limited hold, which would hide the catch-up and any error of
+        the hold), and the drift bookkeeping."""
         video = t_out - pkt.t_capture
         m = self.metrics
-        a = self._applied
+        a, target = self._applied, self._target
         if m is not None:
             m.record("av.video_latency", video * 1000.0)
             m.set_gauge("av.delay_ms", round(self.delay_s * 1000.0, 1))
-        if a is None:
+        if a is None or target is None:
             self._drift_run = 0
             return
         if m is not None:
-            m.record("av.audio_latency", a * 1000.0)
-            m.record("av.offset_ms", (video - a) * 1000.0)
-        due = pkt.t_capture + max(0.0, a + self.trim_s)
-        if t_out - due > self.drift_tolerance_s:
+            m.record("av.audio_latency", target * 1000.0)
+            m.record("av.offset_ms", (video - target) * 1000.0)
+        if t_out - (pkt.t_capture + a) > self.drift_tolerance_s:
             self._drift_run += 1
         else:
             self._drift_run = 0

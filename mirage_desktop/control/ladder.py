@@ -171,3 +171,27 @@ class DegradeLadder:
             self._fresh()
             return "up"
         return None
+
+
+class FrameRateCap:
+    """Admits frames at no more than ``fps`` on average (the ladder's frame-rate steps): a frame is
+    taken when its capture time has reached the next slot; slots advance by 1/fps and catch up by
+    at most half a slot behind, so 24 of 30 camera frames pass at 24 FPS (not every other one)."""
+
+    def __init__(self, fps: float = 0.0):
+        self.fps = float(fps)
+        self._next = -1e18
+
+    def set(self, fps: float) -> None:
+        if float(fps) != self.fps:
+            self.fps = float(fps)
+            self._next = -1e18
+
+    def admit(self, t: float) -> bool:
+        if not self.fps:
+            return True
+        if t + 1e-6 < self._next:
+            return False
+        period = 1.0 / self.fps
+        self._next = max(self._next + period, t - 0.5 * period)
+        return True

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..config import Settings
 from ..control.avsync import AVSync
-from ..control.ladder import DegradeLadder, build_steps
+from ..control.ladder import DegradeLadder, FrameRateCap, build_steps
 from ..errors import MirageError
 from ..metrics import Metrics
 from .face import Face
@@ -189,7 +189,8 @@ class VideoPipeline:
         self._stage_opts = settings
         self._scale_to = 0  # short side the stages run at (0: full size)
         self._fps_cap = 0.0
-        self._last_processed_t = -1e9
+        self._rate = FrameRateCap()
+        self._proc_shape: tuple | None = None  # the size the stages ran at on the last frame
         self._rebuild_ladder()
         # the frame stages, in order; the models are read through the pipeline, so models and
         # identities handed over while it runs take effect on the next frame
@@ -213,7 +214,7 @@ class VideoPipeline:
         with self._adapt_lock:
             if name == "adapt_video":
                 self.ladder.set_enabled(bool(value) and not self.lossless)
-            if name in ("det_size", "enable_enhancer", "enhancer_interval"):
+            if name in ("det_size", "enable_enhancer", "enhancer_interval", "enable_scrfd"):
                 self._rebuild_ladder()  # the user chose anew: the ladder starts from their settings
             self._apply_adapt()
 
@@ -225,7 +226,9 @@ class VideoPipeline:
         o = self.opts
         w, h = getattr(self.source, "size", (0, 0)) or (0, 0)
         det = self.analyzer.detector if self.analyzer is not None else None
-        sizable = det is not None and getattr(det, "fixed_size", None) is None
+        # only a detector with a free input size gains from a smaller one (not a fixed-size export,
+        # not OpenCV's Haar cascade), and only while detection runs at all
+        sizable = det is not None and hasattr(det, "fixed_size") and det.fixed_size is None and o.enable_scrfd
         self.ladder.rebuild(build_steps(bool(o.enable_enhancer), int(o.det_size) if sizable else 0,
                                         self.target_fps(), min(w, h) if w and h else 0))
 
@@ -250,11 +253,9 @@ class VideoPipeline:
         if det is not None and getattr(det, "fixed_size", None) is None and \
                 getattr(det, "det_size", eff.det_size) != eff.det_size:
             det.set_det_size(int(eff.det_size))
-        scale = int(ov.get("scale") or 0)
-        if scale != self._scale_to:
-            self._scale_to = scale
-            self.stages[0].reset_soon()  # the faces were found at another size
+        self._scale_to = int(ov.get("scale") or 0)  # the worker resets the tracks when the size changes
         self._fps_cap = float(ov.get("fps") or 0.0)
+        self._rate.set(self._fps_cap)
         self._stage_opts = eff
         self.adapt_reason = self.ladder.reason()
         self.metrics.set_gauge("adapt.level", self.ladder.level)
@@ -438,10 +439,9 @@ class VideoPipeline:
                 if self.in_slot.closed or self._stop.is_set():
                     break
                 continue
-            if self._fps_cap and pkt.t_capture - self._last_processed_t < 0.95 / self._fps_cap:
+            if not self._rate.admit(pkt.t_capture):
                 self.metrics.incr("dropped.adapt_fps")  # the ladder lowered the frame rate
                 continue
-            self._last_processed_t = pkt.t_capture
             t0 = time.perf_counter()
             model0 = sum(self.metrics.total(n) for n in WORKER_MODEL_STAGES)
             try:
@@ -472,6 +472,10 @@ class VideoPipeline:
             # more than the step saves; bilinear 1-3 ms, and the frame is scaled back up anyway
             small = cv2.resize(frame, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR)
             frame = small
+        if frame.shape != self._proc_shape:  # read once per frame, on this thread: no race
+            if self._proc_shape is not None:
+                self.stages[0].reset()  # the tracks were found at the other size
+            self._proc_shape = frame.shape
         ctx = FrameContext(frame, pkt.index, pkt.t_capture, self._stage_opts)
         run_stages(self.stages, ctx, self.metrics, self._stage_result, self._wanted)
         pkt.faces, pkt.swapped = ctx.faces, ctx.swapped
@@ -507,13 +511,17 @@ class VideoPipeline:
             due_at = av.next_due()
             wait = 0.2 if due_at is None else min(0.2, max(0.0, due_at - time.perf_counter()))
             pkt = self.out_slot.get(timeout=wait) if wait > 0 else self.out_slot.take_nowait()
+            if self._stop.is_set():
+                break  # stopping: what is held is not sent in a burst
             if pkt is not None:
                 self._sync_clock()
                 av.push(pkt)
-            elif self._stop.is_set() or (self.out_slot.closed and not len(av)):
-                break
-            due = av.pop_due() if not self.out_slot.closed else av.flush()
-            for p in due:
+            elif self.out_slot.closed:
+                if not len(av):
+                    break  # a finite input ended and every frame went out
+                if wait > 0:
+                    self._stop.wait(wait)  # the last frames still leave at their due times
+            for p in av.pop_due():
                 if self.max_frames is not None and sent >= self.max_frames:
                     break
                 if not self._send(p):

@@ -1,6 +1,7 @@
 """The degrade ladder on scripted load: down in the brief's order, up in reverse, no oscillation."""
 
 import numpy as np
+import pytest
 
 from mirage_desktop.control.ladder import (DOWN_WINDOW, RESTORE_FRAMES, DegradeLadder, build_steps)
 
@@ -155,3 +156,15 @@ def test_a_load_that_fell_right_after_a_step_still_lets_it_restore():
     assert lad.level == 1
     ups = [lad.update(0.08) for _ in range(2 * RESTORE_FRAMES)]
     assert "up" in ups and lad.level == 0
+
+
+@pytest.mark.parametrize("cap", [24.0, 20.0, 15.0])
+def test_the_frame_rate_cap_passes_that_many_frames(cap):
+    from mirage_desktop.control.ladder import FrameRateCap
+
+    rng = np.random.default_rng(1)
+    c = FrameRateCap(cap)
+    t = np.arange(900) / 30 + rng.uniform(-0.004, 0.004, 900)  # 30 s of a jittery 30 FPS camera
+    passed = sum(c.admit(x) for x in t)
+    assert abs(passed / 30 - cap) <= 0.5
+    assert FrameRateCap(0).admit(0.0) and sum(FrameRateCap(0).admit(x) for x in t) == 900

@@ -26,10 +26,13 @@ def test_the_voice_mode_follows_the_settings():
 
 
 def _run_with(settings, astronaut):
+    import pyvirtualcam
+
+    pyvirtualcam.register_backend("voice-modes-cam", NoCamera)  # a call app's camera to sync with
     eng = Engine(settings)
     eng.load_models()
     frames = Frames(eng)
-    eng.start(ImageSource(astronaut, fps=30), [NullSink()])
+    eng.start(ImageSource(astronaut, fps=30), [_vcam()])
     try:
         mark = now()
         frames.after(mark, 5)  # the video goes on whatever the voice did
@@ -54,3 +57,110 @@ def test_a_voice_changer_that_cannot_start_is_an_error(astronaut):
     voice = [i for i in st.issues if i["source"] == "voice"]
     assert voice and voice[0]["level"] == "error"
     assert snap["health"]["level"] == "red"
+
+
+class FakeVoice:
+    """The voice pipeline where this machine's sound devices do not matter (what the engine does
+    with its answers is under test, not the sound)."""
+
+    started: list = []
+    failing: set = set()
+
+    def __init__(self, settings, metrics, mode="voice"):
+        self.mode, self.error, self.target, self.running = mode, None, None, False
+
+    def start(self, strict=False):
+        FakeVoice.started.append(self.mode)
+        if self.mode in FakeVoice.failing:
+            self.error = "the RVC model is missing"
+            return False
+        self.running = True
+        return True
+
+    def stop(self):
+        self.running = False
+
+    def latency_s(self):
+        return 0.1 if self.running else None
+
+    def set_target_latency_s(self, x):
+        self.target = x
+
+    def set_option(self, name, value):
+        pass
+
+    def status(self):
+        return {"running": self.running, "error": self.error}
+
+
+class NoCamera:
+    def __init__(self, **kw):
+        pass
+
+    def send(self, frame):
+        pass
+
+    def close(self):
+        pass
+
+    def device(self):
+        return "test-vcam"
+
+    def native_fourcc(self):
+        return None
+
+
+@pytest.fixture
+def fake_voice(monkeypatch):
+    import pyvirtualcam
+
+    pyvirtualcam.register_backend("voice-modes-cam", NoCamera)
+    FakeVoice.started, FakeVoice.failing = [], set()
+    monkeypatch.setattr("mirage_desktop.voice.pipeline.VoicePipeline", FakeVoice)
+    monkeypatch.setattr("mirage_desktop.engine.virtual_microphone", lambda s: "Mirage Microphone")
+    return FakeVoice
+
+
+def _vcam():
+    from mirage_desktop.outputs.sinks import VirtualCameraSink
+
+    return VirtualCameraSink(backend="voice-modes-cam", width=64, height=64, fps=30)
+
+
+def test_a_voice_changer_that_fails_falls_back_to_the_lipsync_microphone(fake_voice, astronaut):
+    eng = Engine(Settings())
+    eng.load_models()
+    eng.start(ImageSource(astronaut, fps=30), [_vcam()])
+    try:
+        assert eng.voice_mode == "lipsync" and fake_voice.started == ["lipsync"]
+        fake_voice.failing.add("voice")
+        eng.set_option("enable_voice", True)
+        assert fake_voice.started == ["lipsync", "voice", "lipsync"]
+        assert eng.voice_mode == "lipsync" and eng.voice.running  # the call still hears the voice
+        issue = [i for i in eng.status().issues if i["source"] == "voice"][0]
+        assert issue["level"] == "error" and "RVC model" in issue["message"]
+        fake_voice.failing.clear()  # the model is there now: asking again starts the changer
+        eng.set_option("enable_voice", False)
+        eng.set_option("enable_voice", True)
+        assert eng.voice_mode == "convert" and not [i for i in eng.status().issues if i["source"] == "voice"]
+    finally:
+        eng.stop()
+
+
+def test_no_lipsync_microphone_for_a_file_render_or_without_a_virtual_camera(fake_voice, astronaut, tmp_path):
+    eng = Engine(Settings())
+    eng.load_models()
+    eng.start(ImageSource(astronaut, fps=30, frames=5, realtime=False), [NullSink()], lossless=True)
+    eng.wait(120)
+    eng.stop()
+    eng.start(ImageSource(astronaut, fps=30), [NullSink()])  # a preview only: no call to sync
+    eng.stop()
+    assert fake_voice.started == []
+
+
+def test_the_run_summary_names_the_voice_path():
+    from mirage_desktop.commands.run import av_summary
+
+    snap = {"stages": {"av.offset_ms": {"count": 5, "p50": 1.0, "p95": 2.0}}, "counters": {},
+            "gauges": {"av.mode": "none"}}
+    assert av_summary(snap, "lipsync")[0].startswith("A/V (lip-sync microphone)")

@@ -105,3 +105,17 @@ def test_an_enhancer_failing_on_every_frame_turns_the_banner_yellow_and_back(mod
         assert not any("GPU fell off" in p for p in eng.status().problems)  # it recovered: gone
     finally:
         eng.stop()
+
+
+def test_a_frame_held_for_the_voice_is_not_slow_video():
+    """With a voice path the output latency includes the deliberate A/V hold: the verdict judges
+    the video path's own latency (video.ready), and the ladder's lower frame rate is not a drop."""
+    from mirage_desktop.control.health import verdict
+
+    def snap(ready_p95):
+        return {"status": {"running": True, "issues": []}, "gauges": {"fps": 30.0},
+                "counters": {"frames.out": 100, "frames.in": 100, "dropped.adapt_fps": 50},
+                "stages": {"total": {"count": 100, "p95": 250.0}, "video.ready": {"count": 100, "p95": ready_p95}}}
+
+    assert verdict(snap(12.0))["level"] == "green"
+    assert verdict(snap(120.0))["level"] == "yellow"

@@ -40,7 +40,8 @@ def test_video_leaves_at_capture_plus_the_voice_latency_and_the_trim(engine, ast
     frames = Frames(engine)
     engine.start(ImageSource(astronaut, fps=30), [NullSink()])
     p = engine.pipeline
-    p.audio_latency = lambda: 0.120  # a voice path that measures 120 ms
+    p.audio_latency = lambda: 0.120  # a voice path that measures 120 ms, appearing mid-stream:
+    frames.after(now(), 40)  # eased in at 4 ms a frame (30 frames), not a 120 ms freeze
     mark = now()
     frames.after(mark, 10)
     held = frames.since(mark)
