@@ -70,6 +70,7 @@ class TrackFaces:
         self.p = pipeline
         self._fresh = True
         self._reset_requested = False
+        self._asked: dict[int, float] = {}  # frame index -> its capture time, for detections asked for
 
     def wants(self, opts) -> bool:
         return self.p.analyzer is not None and opts.enable_scrfd and (opts.enable_swap or opts.enable_enhancer)
@@ -105,6 +106,9 @@ class TrackFaces:
                 det = None  # made before the stream was (re)activated
         if p.scheduler.should_detect() and not p._det_inflight:
             requested = True
+            if len(self._asked) > 8:
+                self._asked.clear()  # answers that never came (a reset, a failure)
+            self._asked[ctx.index] = ctx.t_capture
             prep = p.analyzer.detector.prepare(frame)
             if p.detector_async:
                 # the worker paints on ``frame``: matching needs an untouched full-size copy
@@ -124,7 +128,11 @@ class TrackFaces:
                 m.set_gauge("detect.interval_target", p.scheduler.current_interval)
                 if p._last_det_index >= 0:
                     m.set_gauge("detect.interval_frames", d_index - p._last_det_index)
+                    m.record("detect.interval", d_index - p._last_det_index)  # frames, as run
                 m.set_gauge("detect.latency_frames", ctx.index - d_index)
+                t_asked = self._asked.pop(d_index, None)
+                if t_asked is not None:  # from the frame's capture to its faces being used
+                    m.record("detect.lag", (time.perf_counter() - t_asked) * 1000)
                 p._last_det_index = d_index
         faces = p.tracker.faces(ctx.t_capture if o.enable_smoothing else None)
         ctx.faces = select_faces(faces, o.max_faces, p.reference, o.match_threshold)
