@@ -100,6 +100,15 @@ class SessionHandle:
     path: Path
     provider: str
     fallback_reasons: list[str] = field(default_factory=list)
+    # the inputs' shapes as the file declares them (None or a name for a free dimension), when the
+    # session was made with some of them fixed (``create_session(static_inputs=...)``)
+    declared_shapes: dict[str, list] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # how it was made, for :meth:`reshaped`
+
+    def reshaped(self, static_inputs: Mapping[str, Sequence[int]]) -> "SessionHandle":
+        """The same model on the same providers with these input shapes fixed (a new session)."""
+        return create_session(self.path, self.options.get("providers", "auto"), static_inputs=static_inputs,
+                              **{k: v for k, v in self.options.items() if k != "providers"})
 
     @property
     def inputs(self):
@@ -138,14 +147,51 @@ class SessionHandle:
         return binding.copy_outputs_to_cpu()
 
 
+def _fix_input_shapes(path: Path, static_inputs: Mapping[str, Sequence[int]]) -> tuple[bytes | None, dict]:
+    """The model with the free dimensions of these inputs fixed (serialized), or None when they
+    already are; and the shapes the file declares. A static shape lets onnxruntime plan memory
+    and pick kernels once (the tiny SCRFD ran 7.8 → 4.4 ms so)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"model {path.name} could not be parsed ({' '.join(str(exc).split())[:200]})",
+                         f"the file is corrupt or truncated: run `mirage models download --force` or delete {path}"
+                         ) from exc
+    declared, changed = {}, False
+    first = model.graph.input[0].name if len(model.graph.input) else ""
+    static_inputs = {(first if k == "*" else k): v for k, v in static_inputs.items()}  # "*": the first input
+    for inp in model.graph.input:
+        if inp.name not in static_inputs:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        declared[inp.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                              for d in dims]
+        want = list(static_inputs[inp.name])
+        if len(want) != len(dims):
+            continue  # not the layout we know: leave it as it is
+        for d, v in zip(dims, want):
+            if not (d.HasField("dim_value") and d.dim_value > 0):
+                d.Clear()
+                d.dim_value = int(v)
+                changed = True
+    return (model.SerializeToString() if changed else None), declared
+
+
 def create_session(path: str | os.PathLike, providers: str | Sequence[str] | None = "auto", *,
                    intra_threads: int | None = None, fp16: bool = True,
-                   cache_dir: Path | None = None) -> SessionHandle:
-    """Load ``path`` on the best provider that works; raise ModelError naming the fix if none does."""
+                   cache_dir: Path | None = None,
+                   static_inputs: Mapping[str, Sequence[int]] | None = None) -> SessionHandle:
+    """Load ``path`` on the best provider that works; raise ModelError naming the fix if none does.
+
+    ``static_inputs``: fix the free dimensions of these inputs (where the input size is fixed; the
+    name ``"*"`` stands for the first input)."""
     ort = _ort()
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist", "run `mirage models download --needed`")
+    model_bytes, declared = _fix_input_shapes(path, static_inputs) if static_inputs else (None, {})
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -163,7 +209,7 @@ def create_session(path: str | os.PathLike, providers: str | Sequence[str] | Non
         if prov != "CPUExecutionProvider":
             chain.append(("CPUExecutionProvider", {}))  # for the odd op the GPU provider lacks
         try:
-            sess = ort.InferenceSession(str(path), sess_options=so,
+            sess = ort.InferenceSession(model_bytes if model_bytes is not None else str(path), sess_options=so,
                                         providers=[p for p, _ in chain],
                                         provider_options=[o for _, o in chain])
         except Exception as exc:  # onnxruntime raises its own types; the message is what matters
@@ -179,7 +225,9 @@ def create_session(path: str | os.PathLike, providers: str | Sequence[str] | Non
         if used != prov:
             reasons.append(f"{prov}: onnxruntime fell back to {used} (driver or library missing?)")
             log.warning("%s did not initialise for %s; using %s", prov, path.name, used)
-        return SessionHandle(sess, path, used, reasons)
+        return SessionHandle(sess, path, used, reasons, declared,
+                             {"providers": providers, "intra_threads": intra_threads, "fp16": fp16,
+                              "cache_dir": cache_dir})
     raise ModelError(f"no execution provider could load {path.name}: " + "; ".join(reasons) if reasons
                      else f"no execution provider is available for {path.name}",
                      "run `mirage doctor`")
