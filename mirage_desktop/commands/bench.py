@@ -191,7 +191,8 @@ class FramesSource:
     def __init__(self, frames: list[np.ndarray], fps: float):
         self.frames, self.fps = frames, float(fps)
         self.size = (frames[0].shape[1], frames[0].shape[0])
-        self.gate = None
+        self.gate = None  # set (with ``ready``) once the pipeline's input slot exists
+        self.ready = threading.Event()
         self._i = 0
         self._next = time.perf_counter()
         self.measured_fps = 0.0
@@ -201,8 +202,10 @@ class FramesSource:
             from ..vision.capture import _pace
 
             self._next = _pace(self._next, self.fps)
-        elif self.gate is not None:
-            self.gate.wait_taken(1.0)
+        else:
+            self.ready.wait(10.0)
+            if self.gate is not None:
+                self.gate.wait_taken(1.0)
         f = self.frames[self._i % len(self.frames)].copy()
         self._i += 1
         return f
@@ -327,7 +330,8 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
     # warm-up: the sessions' first runs (allocations, kernel choice) are not the steady state
     warm = FrameLog(engine.metrics, 3)
     token = engine.subscribe_frames(warm)
-    engine.start(FramesSource(frames, args.source_fps or 60.0), [NullSink()])
+    wsrc = FramesSource(frames, args.source_fps or 60.0)
+    engine.start(wsrc, [NullSink()])
     warm.done.wait(args.timeout)
     engine.stop()
     engine.unsubscribe_frames(token)
@@ -336,6 +340,7 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
     src = FramesSource(frames, args.source_fps)
     engine.start(src, [NullSink()])
     src.gate = engine.pipeline.in_slot
+    src.ready.set()
     finished = log.done.wait(args.timeout)
     engine.stop()
     engine.unsubscribe_frames(token)
