@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 STAGES = ["worker", "worker.outside_model", "track", "swap", "swap.model", "enhance", "enhance.model",
-          "detect", "detect.interval", "detect.lag", "output", "total"]
+          "detect", "detect.interval", "detect.interval_captured", "detect.lag", "output", "total"]
 COMPUTE = ("realistic", "light", "tiny")
 
 # insightface's group photo (t1.jpg, 1280x886): the six faces, x1 y1 x2 y2 in its pixels, and the
@@ -230,10 +230,33 @@ def read_clip(path: str, limit: int = 240) -> list[np.ndarray]:
     return frames
 
 
+def _since(h, start: int) -> np.ndarray:
+    """The samples histogram ``h`` took after its ``start``-th (those still in its window)."""
+    with h._lock:  # the ring buffer, read in order: metrics.LatencyHistogram keeps no other view
+        n, w = h._n, h._buf.size
+        idx = np.arange(max(start, n - w), n) % w
+        return h._buf[idx].copy()
+
+
+def stage_summary(metrics, marks: dict[str, int]) -> dict[str, dict]:
+    """P50/P95/P99 of each stage over the samples taken since ``marks`` (stage -> count then)."""
+    out = {}
+    for name in STAGES:
+        h = metrics._hist.get(name)
+        if h is None:
+            continue
+        v = _since(h, marks.get(name, 0))
+        if v.size:
+            p50, p95, p99 = np.percentile(v, [50, 95, 99])
+            out[name] = {"count": int(v.size), "p50": float(p50), "p95": float(p95), "p99": float(p99),
+                         "mean": float(v.mean()), "max": float(v.max())}
+    return out
+
+
 class FrameLog:
     """Frames leaving the pipeline, as seen by a frame subscriber on the output thread: the first
-    swapped one starts the clock (the metrics are reset then, so stage figures cover only the
-    measured frames); ``done`` is set once ``want`` frames have been measured after it."""
+    swapped one starts the clock (the stage and counter figures count from then on: ``marks``);
+    ``done`` is set once ``want`` frames have been measured after it."""
 
     def __init__(self, metrics, want: int):
         self.metrics, self.want = metrics, want
@@ -242,6 +265,8 @@ class FrameLog:
         self.unswapped_before = 0
         self.times: list[float] = []
         self.swapped: list[int] = []
+        self.marks: dict[str, int] = {}
+        self.counters: dict[str, int] = {}
         self.first = threading.Event()
         self.done = threading.Event()
 
@@ -252,7 +277,9 @@ class FrameLog:
                 self.unswapped_before += 1
                 return
             self.t_first = now
-            self.metrics.reset()
+            snap = self.metrics.snapshot()
+            self.marks = {k: v["count"] for k, v in snap["stages"].items()}
+            self.counters = dict(snap["counters"])
             self.first.set()
         if len(self.times) < self.want:
             self.times.append(now)
@@ -345,7 +372,7 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
     engine.stop()
     engine.unsubscribe_frames(token)
     snap = engine.snapshot()
-    c = snap["counters"]
+    c = {k: v - log.counters.get(k, 0) for k, v in snap["counters"].items()}
     n = len(log.times)
     elapsed = log.times[-1] - log.times[0] if n >= 2 else 0.0
     want = args.expect_faces if args.clip and args.expect_faces else n_faces
@@ -360,7 +387,7 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
         "unswapped_before_first": log.unswapped_before,
         "dropped": {k: v for k, v in c.items() if k.startswith("dropped.")},
         "detector_runs": c.get("detect.runs", 0), "provider": st.provider,
-        "stages": {k: v for k, v in snap["stages"].items() if k in STAGES},
+        "stages": stage_summary(engine.metrics, log.marks),
     }
 
 
@@ -371,12 +398,12 @@ def format_result(r: dict) -> str:
              f"{r['seconds']:.1f} s: {r['fps']:.2f} FPS out, {r['faces_swapped_per_frame']:.2f} faces swapped/frame "
              f"(of {r['faces_expected']}), detector ran {r['detector_runs']}x, dropped "
              f"{sum(r['dropped'].values())} ({r['provider']})", f"    {first}",
-             f"{'stage':<22}{'count':>7}{'P50 ms':>9}{'P95 ms':>9}{'P99 ms':>9}"]
+             f"{"stage":<26}{'count':>7}{'P50 ms':>9}{'P95 ms':>9}{'P99 ms':>9}"]
     for name in STAGES:
         s = r["stages"].get(name)
         if s and s["count"]:
-            unit = " (frames)" if name == "detect.interval" else ""
-            lines.append(f"{name:<22}{s['count']:>7}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{unit}")
+            unit = " (frames)" if name.startswith("detect.interval") else ""
+            lines.append(f"{name:<26}{s['count']:>7}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{unit}")
     w = r["stages"].get("worker")
     if w and w["count"]:
         lines.append(f"worker capacity: {1000.0 / w['mean']:.1f} FPS (1000 / mean worker ms)")

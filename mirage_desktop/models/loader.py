@@ -55,6 +55,12 @@ def load_face_models(settings, overrides: Mapping[str, str | Path] | None = None
         break
     if ms.swapper is None:
         ms.problems.append(from_error("swapper", "error", errors[0]))
+    # on the CPU the detector (and the embeddings made on its thread) and the swapper take turns
+    # on the cores, the detector first, instead of halving each other (vision/cores.py)
+    from ..vision.cores import share_cores
+
+    share_cores([getattr(ms.swapper, "handle", None)],
+                [getattr(analyzer.detector, "handle", None), getattr(analyzer.recognizer, "handle", None)])
     return ms
 
 

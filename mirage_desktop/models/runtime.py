@@ -104,11 +104,17 @@ class SessionHandle:
     # session was made with some of them fixed (``create_session(static_inputs=...)``)
     declared_shapes: dict[str, list] = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # how it was made, for :meth:`reshaped`
+    # calls wait their turn at this gate (vision.cores: the detector and the swapper sharing few
+    # CPU cores); ``gate_priority`` calls go before waiting ones
+    gate: Any = None
+    gate_priority: bool = False
 
     def reshaped(self, static_inputs: Mapping[str, Sequence[int]]) -> "SessionHandle":
         """The same model on the same providers with these input shapes fixed (a new session)."""
-        return create_session(self.path, self.options.get("providers", "auto"), static_inputs=static_inputs,
-                              **{k: v for k, v in self.options.items() if k != "providers"})
+        h = create_session(self.path, self.options.get("providers", "auto"), static_inputs=static_inputs,
+                           **{k: v for k, v in self.options.items() if k != "providers"})
+        h.gate, h.gate_priority = self.gate, self.gate_priority
+        return h
 
     @property
     def inputs(self):
@@ -137,6 +143,9 @@ class SessionHandle:
         """
         cast = {k: np.ascontiguousarray(v, dtype=self.input_dtype(k)) for k, v in feeds.items()}
         if not self.on_gpu:
+            if self.gate is not None:
+                with self.gate.turn(self.gate_priority, self.path.stem):
+                    return self.session.run(output_names, cast)
             return self.session.run(output_names, cast)
         binding = self.session.io_binding()
         for k, v in cast.items():
