@@ -398,7 +398,7 @@ def format_result(r: dict) -> str:
              f"{r['seconds']:.1f} s: {r['fps']:.2f} FPS out, {r['faces_swapped_per_frame']:.2f} faces swapped/frame "
              f"(of {r['faces_expected']}), detector ran {r['detector_runs']}x, dropped "
              f"{sum(r['dropped'].values())} ({r['provider']})", f"    {first}",
-             f"{"stage":<26}{'count':>7}{'P50 ms':>9}{'P95 ms':>9}{'P99 ms':>9}"]
+             f"{'stage':<26}{'count':>7}{'P50 ms':>9}{'P95 ms':>9}{'P99 ms':>9}"]
     for name in STAGES:
         s = r["stages"].get(name)
         if s and s["count"]:
