@@ -19,7 +19,28 @@ log = logging.getLogger(__name__)
 
 
 def read_emap(path: Path) -> np.ndarray:
-    """The 512x512 embedding map stored as the last initializer of inswapper_128(.onnx|_fp16.onnx)."""
+    """The 512x512 embedding map stored as the last initializer of inswapper_128(.onnx|_fp16.onnx),
+    cached (a warm start reads 1 MB instead of parsing the whole model with ``onnx``)."""
+    import io
+
+    from ..models import derived
+
+    cached = derived.derived_path(Path(path), "emap", ".npy")
+    if cached is not None and cached.is_file():
+        try:
+            emap = np.load(cached, allow_pickle=False)
+            if emap.shape == (512, 512) and emap.dtype == np.float32:
+                return emap
+        except (OSError, ValueError):
+            pass
+    emap = _read_emap_now(Path(path))
+    buf = io.BytesIO()
+    np.save(buf, emap, allow_pickle=False)
+    derived.store(cached, buf.getvalue())
+    return emap
+
+
+def _read_emap_now(path: Path) -> np.ndarray:
     import onnx
     from onnx import numpy_helper
 
