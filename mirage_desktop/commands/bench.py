@@ -302,7 +302,8 @@ def _identity(engine, frame: np.ndarray, face, photo: str | None):
     if face is None:  # a clip: the face the detector finds on its first frame
         found = engine.analyzer.detect(frame)
         if not found:
-            raise SystemExit("mirage bench: the detector finds no face in the clip's first frame; check --model det_10g")
+            raise SystemExit("mirage bench: the detector finds no face in the clip's first frame; "
+                             "check --model det_10g")
         return SourceIdentity("bench", engine.analyzer.embed(frame, found[0]))
     box, kps = face
     emb = engine.analyzer.embed(frame, Face(np.asarray(box), np.asarray(kps), 0.9)) if engine.analyzer.recognizer \
@@ -337,7 +338,8 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
         scripted = synthetic.scripted_faces_for_image(frames[0].shape, faces, args.det_size)
         need = [k for k in ("det_10g", "w600k_r50", "inswapper_128") if k not in overrides]
         if need:
-            paths = synthetic.build_model_set(d, scripted, args.det_size, gmac=model_gmac(args))
+            paths = synthetic.build_model_set(d, scripted, args.det_size, gmac=model_gmac(args),
+                                              swapper_fp16=getattr(args, "swapper_precision", "") == "fp16")
             for k in need:
                 overrides[k] = paths[k]
         if "inswapper_128" in overrides:  # the loader tries the fp16 name first
@@ -348,7 +350,8 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
                         enable_enhancer=args.enhance, enhancer_interval=args.enhancer_interval,
                         enhancer="gfpgan" if args.models == "synthetic" else args.enhancer,
                         enhancer_async=not args.enhancer_sync,
-                        providers=args.providers, enable_ai_mark=True)
+                        providers=args.providers, enable_ai_mark=True,
+                        swapper_precision=getattr(args, "swapper_precision", None) or "fp16")
     engine = Engine(settings, model_overrides=overrides)
     st = engine.load_models()
     engine.set_identity(_identity(engine, frames[0], None if args.clip else faces[0], args.source_photo))

@@ -43,7 +43,8 @@ def face_mask(size: int, mouth: bool = False) -> np.ndarray:
     return m
 
 
-def roi_of(m: np.ndarray, size: int, frame_shape: tuple, inner: tuple | None = None) -> tuple[int, int, int, int] | None:
+def roi_of(m: np.ndarray, size: int, frame_shape: tuple,
+           inner: tuple | None = None) -> tuple[int, int, int, int] | None:
     """Frame-space box (x0, y0, x1, y1) covered by a ``size`` crop aligned with ``m`` (or by the
     part ``inner`` = (x0, y0, x1, y1) of the crop)."""
     im = invert_affine(m)

@@ -25,6 +25,7 @@ class CoreGate:
         self._cv = threading.Condition()
         self._busy = False
         self._priority_waiting = 0
+        self.waiting = 0  # calls waiting for their turn now
 
     @contextlib.contextmanager
     def turn(self, priority: bool = False, name: str = "") -> Iterator[None]:
@@ -32,10 +33,13 @@ class CoreGate:
         with self._cv:
             if priority:
                 self._priority_waiting += 1
+            self.waiting += 1
+            self._cv.notify_all()
             try:
                 while self._busy or (not priority and self._priority_waiting):
                     self._cv.wait()
             finally:
+                self.waiting -= 1
                 if priority:
                     self._priority_waiting -= 1
             self._busy = True
