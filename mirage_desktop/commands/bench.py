@@ -55,6 +55,9 @@ def add_arguments(p) -> None:
                    help="synthetic model cost: the published compute of each real model (default), light (a "
                         "20 GMAC swapper) or tiny (near zero: shows pure overhead)")
     p.add_argument("--swap-gmac", type=float, help="the synthetic swapper's compute per call, in GMAC")
+    p.add_argument("--batch-faces", action="store_true",
+                   help="a synthetic swapper with a free batch size: all faces of a frame in one call (the "
+                        "published inswapper_128 takes one face per call)")
     p.add_argument("--models", choices=["synthetic", "real"], default="synthetic",
                    help="synthetic models with the real signatures (default) or the downloaded ones")
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
@@ -339,7 +342,8 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
         need = [k for k in ("det_10g", "w600k_r50", "inswapper_128") if k not in overrides]
         if need:
             paths = synthetic.build_model_set(d, scripted, args.det_size, gmac=model_gmac(args),
-                                              swapper_fp16=getattr(args, "swapper_precision", "") == "fp16")
+                                              swapper_fp16=getattr(args, "swapper_precision", "") == "fp16",
+                                              swapper_batch="N" if getattr(args, "batch_faces", False) else 1)
             for k in need:
                 overrides[k] = paths[k]
         if "inswapper_128" in overrides:  # the loader tries the fp16 name first

@@ -177,8 +177,11 @@ def build_arcface(path: Path, gmac: float = 0.0, seed: int = 1) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
-def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = False) -> Path:
-    """``output = sigmoid(0.8 * logit(target) + source·W)``: the identity visibly changes the face."""
+def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = False, batch: int | str = 1) -> Path:
+    """``output = sigmoid(0.8 * logit(target) + source·W)``: the identity visibly changes the face.
+
+    ``batch="N"``: a free batch size (faces per call), as a re-export may have; the published
+    file takes one face per call."""
     onnx, TensorProto, helper, numpy_helper = _onnx()
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
@@ -186,7 +189,7 @@ def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = F
     npt = np.float16 if fp16 else np.float32
     w = (rng.standard_normal((512, 3)) * 2.0).astype(npt)
     inits.append(numpy_helper.from_array(w, "src_proj"))
-    inits.append(numpy_helper.from_array(np.array([1, 3, 1, 1], np.int64), "bshape"))
+    inits.append(numpy_helper.from_array(np.array([-1, 3, 1, 1], np.int64), "bshape"))
     inits.append(numpy_helper.from_array(np.array(0.8, npt), "keep"))
     inits.append(numpy_helper.from_array(np.array(4.0, npt), "gain"))
     inits.append(numpy_helper.from_array(np.array(0.5, npt), "half"))
@@ -205,9 +208,9 @@ def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = F
     emap = (rng.standard_normal((512, 512)) / np.sqrt(512)).astype(np.float32)
     inits.append(numpy_helper.from_array(emap, "emap"))  # last initializer, as in the real file
     graph = helper.make_graph(nodes, "inswapper_synthetic",
-                              [helper.make_tensor_value_info("target", ft, [1, 3, 128, 128]),
-                               helper.make_tensor_value_info("source", ft, [1, 512])],
-                              [helper.make_tensor_value_info("output", ft, [1, 3, 128, 128])], inits)
+                              [helper.make_tensor_value_info("target", ft, [batch, 3, 128, 128]),
+                               helper.make_tensor_value_info("source", ft, [batch, 512])],
+                              [helper.make_tensor_value_info("output", ft, [batch, 3, 128, 128])], inits)
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
@@ -222,7 +225,7 @@ def scripted_faces_for_image(image_shape: tuple, faces_xyxy_kps: list[tuple[np.n
 
 def build_model_set(folder: Path, faces: list[ScriptedFace], det_size: int = 640, *,
                     realistic: bool = False, gmac: dict[str, float] | None = None,
-                    swapper_fp16: bool = False) -> dict[str, Path]:
+                    swapper_fp16: bool = False, swapper_batch: int | str = 1) -> dict[str, Path]:
     """det_10g.onnx, w600k_r50.onnx, inswapper_128.onnx in ``folder``. ``realistic=True`` builds
     them at the published compute (:data:`PUBLISHED_GMAC`); ``gmac`` names other figures per model."""
     folder = Path(folder)
@@ -232,7 +235,8 @@ def build_model_set(folder: Path, faces: list[ScriptedFace], det_size: int = 640
     return {
         "det_10g": build_scrfd(folder / "det_10g.onnx", faces, det_size, gmac=g["det_10g"]),
         "w600k_r50": build_arcface(folder / "w600k_r50.onnx", gmac=g["w600k_r50"]),
-        "inswapper_128": build_inswapper(folder / f"{swap_name}.onnx", gmac=g["inswapper_128"], fp16=swapper_fp16),
+        "inswapper_128": build_inswapper(folder / f"{swap_name}.onnx", gmac=g["inswapper_128"], fp16=swapper_fp16,
+                                         batch=swapper_batch),
     }
 
 

@@ -134,3 +134,33 @@ def test_cores_are_shared_on_the_cpu_only(tmp_path):
         provider = "CUDAExecutionProvider"
 
     assert share_cores([sw], [OnGpu()]) is None
+
+
+def test_a_free_batch_swapper_swaps_all_faces_in_one_call_as_one_by_one(tmp_path, t1_path):
+    from mirage_desktop.commands.bench import six_face_frame
+    from mirage_desktop.metrics import Metrics
+    from mirage_desktop.vision.face import Face
+    from mirage_desktop.vision.stages import FrameContext, SwapStage
+    from mirage_desktop.vision.swapper import InSwapper
+
+    frame, faces, _ = six_face_frame(1280, 720)
+    faces = [Face(b, k, 0.9) for b, k in faces]
+    one = InSwapper(create_session(synthetic.build_inswapper(tmp_path / "one.onnx"), "cpu"))
+    many = InSwapper(create_session(synthetic.build_inswapper(tmp_path / "many.onnx", batch="N"), "cpu"))
+    assert not one.batchable and many.batchable
+    latent = one.latent(np.ones(512, np.float32))
+    out = {}
+    for name, sw in (("one", one), ("many", many)):
+        m = Metrics()
+        ctx = FrameContext(frame.copy(), opts=_Opts(), faces=faces)
+        SwapStage(lambda sw=sw: sw, lambda: latent, None, m).process(ctx)
+        out[name] = (ctx.frame, ctx.swapped, m.histogram("swap.model").count)
+    assert out["one"][1] == out["many"][1] == 6
+    assert out["one"][2] == 6 and out["many"][2] == 1  # model calls
+    assert np.abs(out["one"][0].astype(int) - out["many"][0]).max() <= 1
+    assert (out["one"][0] != frame).any()
+
+
+class _Opts:
+    enable_mouth_mask = False
+    enable_color_transfer = False
