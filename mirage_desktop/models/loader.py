@@ -59,9 +59,30 @@ def load_face_models(settings, overrides: Mapping[str, str | Path] | None = None
     # on the cores, the detector first, instead of halving each other (vision/cores.py)
     from ..vision.cores import share_cores
 
-    share_cores([getattr(ms.swapper, "handle", None)],
-                [getattr(analyzer.detector, "handle", None), getattr(analyzer.recognizer, "handle", None)])
+    handles = [getattr(ms.swapper, "handle", None), getattr(analyzer.detector, "handle", None),
+               getattr(analyzer.recognizer, "handle", None)]
+    share_cores(handles[:1], handles[1:])
+    warm_up([h for h in handles if h is not None and h.on_gpu])
     return ms
+
+
+def warm_up(handles: list) -> None:
+    """First calls on the GPU sessions, side by side, before the stream starts (measured on the
+    CPU they gain nothing there, so CPU sessions are not warmed)."""
+    import logging
+    import threading
+
+    def one(h) -> None:
+        try:
+            h.warm_up()
+        except Exception as exc:  # the real first frame will say what is wrong
+            logging.getLogger(__name__).info("warming up %s failed: %s", h.path.name, exc)
+
+    threads = [threading.Thread(target=one, args=(h,), name="mirage-warm-up", daemon=True) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def load_enhance_stage(settings, overrides: Mapping[str, str | Path] | None, metrics) -> tuple[Any, str, list]:

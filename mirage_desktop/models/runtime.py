@@ -129,6 +129,13 @@ class SessionHandle:
     def on_gpu(self) -> bool:
         return self.provider in GPU_PROVIDERS
 
+    def warm_up(self) -> None:
+        """One call on zeros of the declared shapes (a free dimension as 1): on a GPU the first
+        call picks kernels and allocates (cuDNN, TensorRT), which must not fall on the first frame."""
+        feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
+                                  _ORT_TYPES.get(i.type, np.float32)) for i in self.inputs}
+        self.run(feeds)
+
     def input_dtype(self, name: str) -> type:
         for i in self.session.get_inputs():
             if i.name == name:

@@ -164,3 +164,15 @@ def test_a_free_batch_swapper_swaps_all_faces_in_one_call_as_one_by_one(tmp_path
 class _Opts:
     enable_mouth_mask = False
     enable_color_transfer = False
+
+
+def test_warm_up_runs_each_gpu_session_once(tmp_path, monkeypatch):
+    from mirage_desktop.models import loader
+
+    calls = []
+    h = create_session(synthetic.build_inswapper(tmp_path / "s.onnx"), "cpu")
+    real = type(h).run
+    monkeypatch.setattr(type(h), "run", lambda self, feeds, names=None: calls.append(
+        {k: v.shape for k, v in feeds.items()}) or real(self, feeds, names))
+    loader.warm_up([h])
+    assert calls == [{"target": (1, 3, 128, 128), "source": (1, 512)}]
