@@ -176,3 +176,26 @@ def test_warm_up_runs_each_gpu_session_once(tmp_path, monkeypatch):
         {k: v.shape for k, v in feeds.items()}) or real(self, feeds, names))
     loader.warm_up([h])
     assert calls == [{"target": (1, 3, 128, 128), "source": (1, 512)}]
+
+
+@pytest.mark.parametrize("side_by_side", [False, True])
+def test_the_swapper_loads_beside_the_analyzer_on_a_gpu(model_factory, astronaut, monkeypatch, side_by_side):
+    from mirage_desktop.config import Settings
+    from mirage_desktop.models import loader, runtime
+
+    real, where = runtime.create_session, {}
+
+    def create(path, *a, **k):
+        where[path.name] = threading.current_thread().name
+        return real(path, *a, **k)
+
+    from mirage_desktop.vision import analysis
+
+    monkeypatch.setattr(runtime, "create_session", create)
+    monkeypatch.setattr(analysis, "create_session", create)
+    monkeypatch.setattr(loader, "loads_side_by_side", lambda providers: side_by_side)
+    ms = loader.load_face_models(Settings(providers="cpu"), model_factory(astronaut))
+    assert ms.swapper is not None and ms.swapper_name == "inswapper_128_fp16" and ms.analyzer.recognizer is not None
+    swap_thread = where["inswapper_128.onnx"]
+    assert (swap_thread == "mirage-load-swapper") is side_by_side
+    assert where["det_10g.onnx"] == threading.current_thread().name
