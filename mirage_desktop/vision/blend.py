@@ -116,14 +116,12 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, m: np.ndarray, mask: np.ndar
     warped = _SCRATCH.get("crop", h, w, 3, np.uint8)
     alpha = _SCRATCH.get("alpha", h, w, 1, np.float32)
     beta = _SCRATCH.get("beta", h, w, 1, np.float32)
-    out = _SCRATCH.get("out", h, w, 3, np.uint8)
     cv2.warpAffine(crop, im, (w, h), dst=warped, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     cv2.warpAffine(mask, im, (w, h), dst=alpha, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                    borderValue=0)
     cv2.subtract(1.0, alpha, dst=beta)
     roi = frame[y0:y1, x0:x1]
-    cv2.blendLinear(warped, roi, alpha, beta, dst=out)
-    roi[...] = out
+    cv2.blendLinear(warped, roi, alpha, beta, dst=roi)  # in place: a view of the frame, no copy
     return box
 
 
