@@ -246,7 +246,10 @@ def run_suite(args) -> int:
                 for prec in (("fp16", "fp32") if (w, h, n) == (1280, 720, 1) else ("fp16",)):
                     sa = argparse.Namespace(**vars(args))
                     sa.width, sa.height, sa.frames, sa.source_fps = w, h, frames, 0.0
-                    sa.providers, sa.clip, sa.model, sa.models = run_on, None, [], "synthetic"
+                    # the recognizer and swapper files are shared across scenarios (one TensorRT
+                    # engine each); only the scripted detector follows the frame's faces
+                    sa.providers, sa.clip, sa.models = run_on, None, "synthetic"
+                    sa.model = [f"w600k_r50={sets[prec]['w600k_r50']}", f"inswapper_128={sets[prec]['inswapper_128']}"]
                     sa.compute = "realistic" if on_gpu else "tiny"
                     sa.swap_gmac, sa.swapper_precision = None, prec
                     with NvmlSampler() as s:
