@@ -51,14 +51,12 @@ class FaceAnalyzer:
 
     @classmethod
     def load(cls, det_size: int = 640, providers: str = "auto",
-             overrides: Mapping[str, str | Path] | None = None, allow_fallback: bool = True,
-             det_threads: int | None = None) -> "FaceAnalyzer":
-        """``det_threads``: the detector session's threads (None: onnxruntime's choice, all cores)."""
+             overrides: Mapping[str, str | Path] | None = None, allow_fallback: bool = True) -> "FaceAnalyzer":
         st = AnalyzerStatus()
         detector = None
         try:
             # the input size is fixed by det_size: a static-shape session (another is made if it changes)
-            h = create_session(resolve_model("det_10g", overrides), providers, intra_threads=det_threads,
+            h = create_session(resolve_model("det_10g", overrides), providers,
                                static_inputs={"*": [1, 3, det_size, det_size]})
             detector = SCRFD(h, det_size=det_size)
             st.detector, st.provider = "scrfd", h.provider
