@@ -456,7 +456,15 @@ def run(args) -> int:
         raise SystemExit(f"mirage bench: --faces {args.faces}: give face counts of 1 or more, e.g. 1,6")
     cpu = platform.processor() or platform.machine()
     g = model_gmac(args)
-    what = describe_compute(g, args.det_size) if args.models == "synthetic" else "downloaded models"
+    given = {n.split("=", 1)[0].strip() for n in args.model}
+    if args.models != "synthetic":
+        what = "downloaded models"
+    elif {"det_10g", "w600k_r50", "inswapper_128"} <= given:
+        what = "models given with --model (their compute is their own)"
+    else:
+        what = describe_compute(g, args.det_size)
+        if given:
+            what += f"; {', '.join(sorted(given))} given with --model"
     print(f"mirage bench: {args.width}x{args.height}, det {args.det_size} every {args.detect_interval} frames, "
           f"source {'as fast as taken' if not args.source_fps else f'{args.source_fps:.0f} fps'}; "
           f"{os.cpu_count()} CPU cores ({cpu})\n{what}", file=sys.stderr)
