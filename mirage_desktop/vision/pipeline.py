@@ -82,6 +82,8 @@ class TrackFaces:
         p = self.p
         p.tracker.tracks.clear()
         p.scheduler.countdown, p.scheduler.have_faces, p.scheduler.stable = 0, False, False
+        self._asked.clear()  # no interval or lag spans a switch-off
+        self._last_asked_n = None
         self._fresh = True
 
     def reset_soon(self) -> None:
