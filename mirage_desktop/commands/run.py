@@ -105,10 +105,15 @@ def run(args) -> int:
     check_outputs(outputs)
     if args.metrics_json:
         check_writable_target(args.metrics_json, "metrics file")
+    from ..vision.startup import FirstSwap
+
+    first = FirstSwap()  # time to the first swapped frame, shown in the summary
     settings = settings_from_args(args)
     camera = None if args.input else parse_camera(settings.camera)
     engine = Engine(settings, model_overrides=model_overrides(args))
     st = engine.load_models()
+    first.mark("models loaded")
+    engine.subscribe_frames(first)
     load_identity(engine, args)
     set_match(engine, args)
     for reason in engine.status().passthrough:
@@ -172,6 +177,7 @@ def run(args) -> int:
     print(f"frames in {c.get('frames.in', 0)}, out {c.get('frames.out', 0)}, dropped "
           f"{sum(v for k, v in c.items() if k.startswith('dropped.'))}, swapped faces {c.get('faces.swapped', 0)}",
           file=sys.stderr)
+    print(first.summary(), file=sys.stderr)
     if voice_status is not None:
         v = voice_status
         print(f"voice: {v.get('converter')} {v.get('input')} -> {v.get('output')}, {v.get('chunks', 0)} chunks, "

@@ -13,8 +13,8 @@ and inference code; only what the network computes is made up:
   512x512 ``emap`` as the graph's last initializer, exactly where the real model keeps it.
 
 ``gmac`` adds a convolution trunk of about that many giga multiply-accumulates whose result
-feeds the output, so benchmarks see realistic inference cost (published: SCRFD-10G at 640
-about 10 GMAC, ArcFace R50 at 112 about 6.3 GMAC; inswapper_128 is heavier than both).
+feeds the output, so benchmarks see realistic inference cost (:data:`PUBLISHED_GMAC`: SCRFD-10G
+at 640 about 10 GMAC, ArcFace R50 at 112 about 6.3 GMAC, inswapper_128 about 175 G per call).
 """
 
 from __future__ import annotations
@@ -34,30 +34,59 @@ def _onnx():
     return onnx, TensorProto, helper, numpy_helper
 
 
-def _trunk(nodes, inits, x: str, size: int, gmac: float, prefix: str, rng) -> str | None:
-    """Append a conv trunk of ~``gmac`` GMAC on a ``size``-px input; returns a scalar-ish tensor name."""
+# published compute per call, in multiply-accumulates (the convention of insightface's tables,
+# where "GFLOPs" count MACs): SCRFD-10G at 640 px, ArcFace R50 (w600k_r50) at 112 px, and
+# inswapper_128 (deepinsight's table: ~175 G per call). LIGHT_SWAP_GMAC is the lighter swapper the
+# side-by-side harness used (``--compute light``).
+PUBLISHED_GMAC = {"det_10g": 10.0, "w600k_r50": 6.3, "inswapper_128": 175.0}
+LIGHT_SWAP_GMAC = 20.0
+_WIDTHS = (64, 128, 256, 512, 1024)
+
+
+def trunk_gmac(size: int, gmac: float) -> float:
+    """The GMAC :func:`_trunk` really builds for a target of ``gmac`` on a ``size``-px input."""
+    if gmac <= 0:
+        return 0.0
+    ch, res, n = _trunk_shape(size, gmac)
+    return res * res * 3 * ch * 16 / 1e9 + n * res * res * ch * ch * 9 / 1e9
+
+
+def _trunk_shape(size: int, gmac: float) -> tuple[int, int, int]:
+    """(channels, resolution, 3x3 convs): the narrowest width that needs at most 32 convs, so a
+    heavy model (inswapper's 175 GMAC) runs wide convs like the real one, not thousands of tiny ones."""
+    res = max(size // 4, 8)
+    for ch in _WIDTHS:
+        per_conv = res * res * ch * ch * 9 / 1e9
+        stem = res * res * 3 * ch * 16 / 1e9
+        n = max(1, int(round((gmac - stem) / per_conv)))
+        if n <= 32 or ch == _WIDTHS[-1]:
+            return ch, res, n
+    raise AssertionError("unreachable")
+
+
+def _trunk(nodes, inits, x: str, size: int, gmac: float, prefix: str, rng, fp16: bool = False) -> str | None:
+    """Append a conv trunk of ~``gmac`` GMAC on a ``size``-px input; returns a scalar-ish tensor name.
+
+    The 3x3 convs share one weight tensor (the compute is the same; the file stays small)."""
     if gmac <= 0:
         return None
     _, TensorProto, helper, numpy_helper = _onnx()
-    ch = 64
-    res = max(size // 4, 8)
-    per_conv = res * res * ch * ch * 9 / 1e9
-    stem = res * res * 3 * ch * 16 / 1e9
-    n = max(1, int(round((gmac - stem) / per_conv)))
-    w0 = (rng.standard_normal((ch, 3, 4, 4)) * 0.05).astype(np.float32)
+    npt = np.float16 if fp16 else np.float32
+    ch, _, n = _trunk_shape(size, gmac)
+    w0 = (rng.standard_normal((ch, 3, 4, 4)) * 0.05).astype(npt)
     inits.append(numpy_helper.from_array(w0, f"{prefix}_w0"))
     nodes.append(helper.make_node("Conv", [x, f"{prefix}_w0"], [f"{prefix}_c0"], strides=[4, 4],
                                   kernel_shape=[4, 4]))
+    w = (rng.standard_normal((ch, ch, 3, 3)) * (1.0 / np.sqrt(ch * 9))).astype(npt)
+    inits.append(numpy_helper.from_array(w, f"{prefix}_w"))
     cur = f"{prefix}_c0"
     for i in range(1, n + 1):
-        w = (rng.standard_normal((ch, ch, 3, 3)) * (1.0 / np.sqrt(ch * 9))).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"{prefix}_w{i}"))
-        nodes.append(helper.make_node("Conv", [cur, f"{prefix}_w{i}"], [f"{prefix}_c{i}"], pads=[1, 1, 1, 1],
+        nodes.append(helper.make_node("Conv", [cur, f"{prefix}_w"], [f"{prefix}_c{i}"], pads=[1, 1, 1, 1],
                                       kernel_shape=[3, 3]))
         nodes.append(helper.make_node("Relu", [f"{prefix}_c{i}"], [f"{prefix}_r{i}"]))
         cur = f"{prefix}_r{i}"
     nodes.append(helper.make_node("ReduceMean", [cur], [f"{prefix}_mean"], keepdims=0))
-    inits.append(numpy_helper.from_array(np.array(1e-6, np.float32), f"{prefix}_eps"))
+    inits.append(numpy_helper.from_array(np.array(1e-6, npt), f"{prefix}_eps"))
     nodes.append(helper.make_node("Mul", [f"{prefix}_mean", f"{prefix}_eps"], [f"{prefix}_out"]))
     return f"{prefix}_out"
 
@@ -148,8 +177,11 @@ def build_arcface(path: Path, gmac: float = 0.0, seed: int = 1) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
-def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = False) -> Path:
-    """``output = sigmoid(0.8 * logit(target) + source·W)``: the identity visibly changes the face."""
+def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = False, batch: int | str = 1) -> Path:
+    """``output = sigmoid(0.8 * logit(target) + source·W)``: the identity visibly changes the face.
+
+    ``batch="N"``: a free batch size (faces per call), as a re-export may have; the published
+    file takes one face per call."""
     onnx, TensorProto, helper, numpy_helper = _onnx()
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
@@ -157,7 +189,7 @@ def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = F
     npt = np.float16 if fp16 else np.float32
     w = (rng.standard_normal((512, 3)) * 2.0).astype(npt)
     inits.append(numpy_helper.from_array(w, "src_proj"))
-    inits.append(numpy_helper.from_array(np.array([1, 3, 1, 1], np.int64), "bshape"))
+    inits.append(numpy_helper.from_array(np.array([-1, 3, 1, 1], np.int64), "bshape"))
     inits.append(numpy_helper.from_array(np.array(0.8, npt), "keep"))
     inits.append(numpy_helper.from_array(np.array(4.0, npt), "gain"))
     inits.append(numpy_helper.from_array(np.array(0.5, npt), "half"))
@@ -167,7 +199,7 @@ def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = F
     nodes.append(helper.make_node("Mul", ["tc", "gain"], ["tl"]))
     nodes.append(helper.make_node("Mul", ["tl", "keep"], ["tk"]))
     nodes.append(helper.make_node("Add", ["tk", "sp4"], ["pre"]))
-    trunk = _trunk(nodes, inits, "target", 128, gmac, "trunk", rng) if not fp16 else None
+    trunk = _trunk(nodes, inits, "target", 128, gmac, "trunk", rng, fp16=fp16)
     if trunk:
         nodes.append(helper.make_node("Add", ["pre", trunk], ["pre2"]))
         nodes.append(helper.make_node("Sigmoid", ["pre2"], ["output"]))
@@ -176,9 +208,9 @@ def build_inswapper(path: Path, gmac: float = 0.0, seed: int = 2, fp16: bool = F
     emap = (rng.standard_normal((512, 512)) / np.sqrt(512)).astype(np.float32)
     inits.append(numpy_helper.from_array(emap, "emap"))  # last initializer, as in the real file
     graph = helper.make_graph(nodes, "inswapper_synthetic",
-                              [helper.make_tensor_value_info("target", ft, [1, 3, 128, 128]),
-                               helper.make_tensor_value_info("source", ft, [1, 512])],
-                              [helper.make_tensor_value_info("output", ft, [1, 3, 128, 128])], inits)
+                              [helper.make_tensor_value_info("target", ft, [batch, 3, 128, 128]),
+                               helper.make_tensor_value_info("source", ft, [batch, 512])],
+                              [helper.make_tensor_value_info("output", ft, [batch, 3, 128, 128])], inits)
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
@@ -192,14 +224,19 @@ def scripted_faces_for_image(image_shape: tuple, faces_xyxy_kps: list[tuple[np.n
 
 
 def build_model_set(folder: Path, faces: list[ScriptedFace], det_size: int = 640, *,
-                    realistic: bool = False) -> dict[str, Path]:
-    """det_10g.onnx, w600k_r50.onnx, inswapper_128.onnx in ``folder``; realistic=True adds
-    published-size compute (10 / 6.3 / 12 GMAC)."""
+                    realistic: bool = False, gmac: dict[str, float] | None = None,
+                    swapper_fp16: bool = False, swapper_batch: int | str = 1) -> dict[str, Path]:
+    """det_10g.onnx, w600k_r50.onnx, inswapper_128.onnx in ``folder``. ``realistic=True`` builds
+    them at the published compute (:data:`PUBLISHED_GMAC`); ``gmac`` names other figures per model."""
     folder = Path(folder)
+    g = dict(PUBLISHED_GMAC) if realistic else {k: 0.0 for k in PUBLISHED_GMAC}
+    g.update(gmac or {})
+    swap_name = "inswapper_128_fp16" if swapper_fp16 else "inswapper_128"
     return {
-        "det_10g": build_scrfd(folder / "det_10g.onnx", faces, det_size, gmac=10.0 if realistic else 0.0),
-        "w600k_r50": build_arcface(folder / "w600k_r50.onnx", gmac=6.3 if realistic else 0.0),
-        "inswapper_128": build_inswapper(folder / "inswapper_128.onnx", gmac=12.0 if realistic else 0.0),
+        "det_10g": build_scrfd(folder / "det_10g.onnx", faces, det_size, gmac=g["det_10g"]),
+        "w600k_r50": build_arcface(folder / "w600k_r50.onnx", gmac=g["w600k_r50"]),
+        "inswapper_128": build_inswapper(folder / f"{swap_name}.onnx", gmac=g["inswapper_128"], fp16=swapper_fp16,
+                                         batch=swapper_batch),
     }
 
 

@@ -55,7 +55,9 @@ class FaceAnalyzer:
         st = AnalyzerStatus()
         detector = None
         try:
-            h = create_session(resolve_model("det_10g", overrides), providers)
+            # the input size is fixed by det_size: a static-shape session (another is made if it changes)
+            h = create_session(resolve_model("det_10g", overrides), providers,
+                               static_inputs={"*": [1, 3, det_size, det_size]})
             detector = SCRFD(h, det_size=det_size)
             st.detector, st.provider = "scrfd", h.provider
             if detector.fixed_size and detector.fixed_size != det_size:

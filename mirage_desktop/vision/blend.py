@@ -8,6 +8,7 @@ blend over the face's region of interest.
 from __future__ import annotations
 
 import functools
+import threading
 
 import cv2
 import numpy as np
@@ -42,10 +43,13 @@ def face_mask(size: int, mouth: bool = False) -> np.ndarray:
     return m
 
 
-def roi_of(m: np.ndarray, size: int, frame_shape: tuple) -> tuple[int, int, int, int] | None:
-    """Frame-space box (x0, y0, x1, y1) covered by a ``size`` crop aligned with ``m``."""
+def roi_of(m: np.ndarray, size: int, frame_shape: tuple,
+           inner: tuple | None = None) -> tuple[int, int, int, int] | None:
+    """Frame-space box (x0, y0, x1, y1) covered by a ``size`` crop aligned with ``m`` (or by the
+    part ``inner`` = (x0, y0, x1, y1) of the crop)."""
     im = invert_affine(m)
-    corners = transform_points(im, np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64))
+    a0, b0, a1, b1 = inner if inner is not None else (0, 0, size, size)
+    corners = transform_points(im, np.array([[a0, b0], [a1, b0], [a0, b1], [a1, b1]], np.float64))
     h, w = frame_shape[:2]
     x0 = max(int(np.floor(corners[:, 0].min())) - 1, 0)
     y0 = max(int(np.floor(corners[:, 1].min())) - 1, 0)
@@ -56,43 +60,69 @@ def roi_of(m: np.ndarray, size: int, frame_shape: tuple) -> tuple[int, int, int,
     return x0, y0, x1, y1
 
 
+_EXTENTS: dict[int, tuple[np.ndarray, tuple[int, int, int, int]]] = {}
+
+
+def _mask_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Where ``mask`` is not zero (x0, y0, x1, y1, exclusive), in crop pixels; cached by identity
+    (the masks are cached and read-only)."""
+    hit = _EXTENTS.get(id(mask))
+    if hit is None or hit[0] is not mask:
+        ys, xs = np.nonzero(mask > 0.5 / 255.0)
+        ext = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else (0, 0, 0, 0)
+        if len(_EXTENTS) > 64:
+            _EXTENTS.clear()
+        hit = _EXTENTS[id(mask)] = (mask, ext)
+    return hit[1]
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers that only grow: a fresh allocation per face and frame costs page faults
+    (measured: paste-back 1.7 → 0.9 ms per 1280x720 face when they are re-used)."""
+
+    def __init__(self):
+        self.bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, h: int, w: int, ch: int, dtype) -> np.ndarray:
+        b = self.bufs.get(name)
+        if b is None or b.shape[0] < h or b.shape[1] < w:
+            shape = (max(h, b.shape[0] if b is not None else 0), max(w, b.shape[1] if b is not None else 0))
+            b = np.empty(shape + ((ch,) if ch > 1 else ()), dtype)
+            self.bufs[name] = b
+        return b[:h, :w]
+
+
+_SCRATCH = _Scratch()
+
+
 def paste_back(frame: np.ndarray, crop: np.ndarray, m: np.ndarray, mask: np.ndarray) -> tuple | None:
     """Blend the aligned ``crop`` (made with matrix ``m``) back into ``frame`` in place.
 
-    Only the face's box is read and written. Returns that box, or None if it is off-frame.
+    Only the box the mask covers is read and written (the face oval, not the whole crop), through
+    per-thread buffers: no full-frame copy, no fresh allocation per face. Returns that box, or
+    None if it is off-frame.
     """
     size = crop.shape[0]
-    box = roi_of(m, size, frame.shape)
+    inner = _mask_extent(mask)
+    if inner[2] <= inner[0]:
+        return None
+    box = roi_of(m, size, frame.shape, inner)
     if box is None:
         return None
     x0, y0, x1, y1 = box
     im = invert_affine(m)
     im[:, 2] -= (x0, y0)
     w, h = x1 - x0, y1 - y0
-    # one warp for colour and mask together: the crop with the mask as a 4th channel
-    # (cv2.merge/split: measured faster than two warps, and than numpy stacking and slicing)
-    warped = cv2.warpAffine(cv2.merge([crop, _mask_u8(mask)]), im, (w, h), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
-    b, g, r, a8 = cv2.split(warped)
-    alpha = a8.astype(np.float32) * (1.0 / 255.0)
+    warped = _SCRATCH.get("crop", h, w, 3, np.uint8)
+    alpha = _SCRATCH.get("alpha", h, w, 1, np.float32)
+    beta = _SCRATCH.get("beta", h, w, 1, np.float32)
+    cv2.warpAffine(crop, im, (w, h), dst=warped, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    cv2.warpAffine(mask, im, (w, h), dst=alpha, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                   borderValue=0)
+    cv2.subtract(1.0, alpha, dst=beta)
     roi = frame[y0:y1, x0:x1]
-    roi[:] = cv2.blendLinear(cv2.merge([b, g, r]), roi, alpha, 1.0 - alpha)
+    cv2.blendLinear(warped, roi, alpha, beta, dst=roi)  # in place: a view of the frame, no copy
     return box
-
-
-_MASK_U8: dict[int, np.ndarray] = {}
-
-
-def _mask_u8(mask: np.ndarray) -> np.ndarray:
-    """uint8 copy of a (cached, read-only) float mask, itself cached by identity."""
-    key = id(mask)
-    hit = _MASK_U8.get(key)
-    if hit is None or hit[0] is not mask:
-        hit = (mask, np.clip(mask * 255.0 + 0.5, 0, 255).astype(np.uint8))
-        if len(_MASK_U8) > 64:
-            _MASK_U8.clear()
-        _MASK_U8[key] = hit
-    return hit[1]
 
 
 @functools.lru_cache(maxsize=8)

@@ -53,7 +53,7 @@ class SCRFD:
         from ..models import contract
 
         contract.check(handle, contract.SCRFD)
-        shape = handle.inputs[0].shape
+        shape = handle.declared_shapes.get(handle.inputs[0].name) or handle.inputs[0].shape
         if isinstance(shape[2], int) and isinstance(shape[3], int):  # a static export: its size only
             if shape[2] != shape[3]:
                 raise contract.SCRFD.refuse(handle.path, f"input is {shape[2]}x{shape[3]}; expected a square input")
@@ -68,6 +68,12 @@ class SCRFD:
         self.num_anchors = 2
         self._centers: dict[tuple[int, int, int], np.ndarray] = {}
         self._lock = threading.Lock()
+        # a file with a free input size runs on a session with the size fixed, one per size used
+        # (made when the size is first run: a new det_size costs one session on the detector's thread)
+        self._sessions: dict[int, SessionHandle] = {}
+        run_shape = handle.inputs[0].shape
+        if self.fixed_size is None and isinstance(run_shape[2], int) and run_shape[2] == run_shape[3]:
+            self._sessions[int(run_shape[2])] = handle
 
     def set_det_size(self, size: int) -> None:
         if self.fixed_size is not None and int(size) != self.fixed_size:
@@ -75,6 +81,20 @@ class SCRFD:
                         int(size))
         with self._lock:
             self.det_size = int(size) if self.fixed_size is None else self.fixed_size
+
+    def _session_for(self, size: int) -> SessionHandle:
+        if self.fixed_size is not None or not self.handle.declared_shapes:
+            return self.handle  # a static export, or a session whose shape stays free
+        h = self._sessions.get(size)
+        if h is None:
+            try:
+                h = self.handle.reshaped({self.input_name: [1, 3, size, size]})
+            except Exception as exc:  # the free-size session still works: slower, not wrong
+                log.warning("a %d px session for %s could not be made (%s); using the free-size one", size,
+                            self.handle.path.name, exc)
+                h = self.handle
+            self._sessions[size] = h
+        return h
 
     def _anchor_centers(self, h: int, w: int, stride: int) -> np.ndarray:
         key = (h, w, stride)
@@ -101,7 +121,7 @@ class SCRFD:
         """Run on a prepared input; the normalisation happens here, on the detector's thread."""
         _, scale, size, canvas = prep
         blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, (size, size), (127.5, 127.5, 127.5), swapRB=True)
-        outs = self.handle.run({self.input_name: blob}, self.output_names)
+        outs = self._session_for(size).run({self.input_name: blob}, self.output_names)
         return self._decode(outs, size, scale, max_num)
 
     def detect(self, img: np.ndarray, max_num: int = 0) -> list[Face]:

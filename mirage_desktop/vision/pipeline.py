@@ -72,6 +72,9 @@ class TrackFaces:
         self.p = pipeline
         self._fresh = True
         self._reset_requested = False
+        self._asked: dict[int, tuple] = {}  # frame index -> (capture time, frames processed), detections asked for
+        self._n = 0  # frames tracked
+        self._last_asked_n: int | None = None
 
     def wants(self, opts) -> bool:
         return self.p.analyzer is not None and opts.enable_scrfd and (opts.enable_swap or opts.enable_enhancer)
@@ -81,6 +84,8 @@ class TrackFaces:
         p = self.p
         p.tracker.tracks.clear()
         p.scheduler.countdown, p.scheduler.have_faces, p.scheduler.stable = 0, False, False
+        self._asked.clear()  # no interval or lag spans a switch-off
+        self._last_asked_n = None
         self._fresh = True
 
     def reset_soon(self) -> None:
@@ -99,6 +104,7 @@ class TrackFaces:
             p._results_from = ctx.index
             self._fresh = False
         p.tracker.track(frame, ctx.index)
+        self._n += 1
         requested = False
         det = p.det_res.take_nowait()
         if det is not None:
@@ -107,6 +113,9 @@ class TrackFaces:
                 det = None  # made before the stream was (re)activated
         if p.scheduler.should_detect() and not p._det_inflight:
             requested = True
+            if len(self._asked) > 8:
+                self._asked.clear()  # answers that never came (a reset, a failure)
+            self._asked[ctx.index] = (ctx.t_capture, self._n)
             prep = p.analyzer.detector.prepare(frame)
             if p.detector_async:
                 # the worker paints on ``frame``: matching needs an untouched full-size copy
@@ -126,7 +135,14 @@ class TrackFaces:
                 m.set_gauge("detect.interval_target", p.scheduler.current_interval)
                 if p._last_det_index >= 0:
                     m.set_gauge("detect.interval_frames", d_index - p._last_det_index)
+                    m.record("detect.interval_captured", d_index - p._last_det_index)  # camera frames
                 m.set_gauge("detect.latency_frames", ctx.index - d_index)
+                asked = self._asked.pop(d_index, None)
+                if asked is not None:  # from the frame's capture to its faces being used
+                    m.record("detect.lag", (time.perf_counter() - asked[0]) * 1000)
+                    if self._last_asked_n is not None:  # frames the worker processed between two
+                        m.record("detect.interval", asked[1] - self._last_asked_n)
+                    self._last_asked_n = asked[1]
                 p._last_det_index = d_index
         faces = p.tracker.faces(ctx.t_capture if o.enable_smoothing else None)
         ctx.faces = select_faces(faces, o.max_faces, p.reference, o.match_threshold)

@@ -42,6 +42,11 @@ class LatestSlot:
             self._cv.notify_all()
             return item
 
+    def wait_taken(self, timeout: float | None = None) -> bool:
+        """Wait until the slot is empty (its item was taken) or closed; False after ``timeout``."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._has or self._closed, timeout)
+
     def take_nowait(self) -> Any:
         return self.get(0.0)
 

@@ -149,9 +149,15 @@ class SwapStage:
         swapper, latent, o = self._swapper(), self._latent(), ctx.opts
         if swapper is None or latent is None:  # taken away since wants(): pass the frame through
             return
+        color = self.color_fn if o.enable_color_transfer else None
+        if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
+            boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
+                                      metrics=self.metrics)
+            ctx.swapped += sum(b is not None for b in boxes)
+            return
         for f in ctx.faces:  # faces.swapped is counted where the frame leaves (a dropped frame shows none)
-            if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask,
-                            color_fn=self.color_fn if o.enable_color_transfer else None, metrics=self.metrics):
+            if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
+                            metrics=self.metrics):
                 ctx.swapped += 1
 
     def reset(self) -> None:

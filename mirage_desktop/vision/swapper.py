@@ -19,7 +19,28 @@ log = logging.getLogger(__name__)
 
 
 def read_emap(path: Path) -> np.ndarray:
-    """The 512x512 embedding map stored as the last initializer of inswapper_128(.onnx|_fp16.onnx)."""
+    """The 512x512 embedding map stored as the last initializer of inswapper_128(.onnx|_fp16.onnx),
+    cached (a warm start reads 1 MB instead of parsing the whole model with ``onnx``)."""
+    import io
+
+    from ..models import derived
+
+    cached = derived.derived_path(Path(path), "emap", ".npy")
+    if cached is not None and cached.is_file():
+        try:
+            emap = np.load(cached, allow_pickle=False)
+            if emap.shape == (512, 512) and emap.dtype == np.float32:
+                return emap
+        except (OSError, ValueError):
+            pass
+    emap = _read_emap_now(Path(path))
+    buf = io.BytesIO()
+    np.save(buf, emap, allow_pickle=False)
+    derived.store(cached, buf.getvalue())
+    return emap
+
+
+def _read_emap_now(path: Path) -> np.ndarray:
     import onnx
     from onnx import numpy_helper
 
@@ -37,6 +58,13 @@ def read_emap(path: Path) -> np.ndarray:
     return emap
 
 
+def _to_bgr(chw: np.ndarray) -> np.ndarray:
+    """CHW RGB [0,1] → HWC BGR uint8: flip the channel axis first, one conversion pass."""
+    img = np.ascontiguousarray(chw[::-1].transpose(1, 2, 0), dtype=np.float32)
+    np.clip(img, 0.0, 1.0, out=img)  # convertScaleAbs alone would mirror negatives
+    return cv2.convertScaleAbs(img, alpha=255.0)
+
+
 class InSwapper:
     name = "inswapper"
     size = 128
@@ -49,6 +77,10 @@ class InSwapper:
         self.size = int(dims.get("S", 128))
         self.output_name = handle.outputs[0].name
         self.emap = read_emap(handle.path) if emap is None else emap
+        # the published file takes one face per call; an export with a free batch size takes all
+        # the faces of a frame in one call (one launch on a GPU instead of one per face)
+        batch = {i.name: i.shape[0] for i in handle.inputs}
+        self.batchable = all(not (isinstance(b, int) and b > 0) for b in batch.values())
 
     def latent(self, embedding: np.ndarray) -> np.ndarray:
         """Source latent: normalised embedding · emap, L2-normalised again; shape (1, 512)."""
@@ -64,10 +96,31 @@ class InSwapper:
         pred = self.handle.run({"target": blob, "source": latent}, [self.output_name])[0]
         if metrics is not None:
             metrics.record("swap.model", (time.perf_counter() - t) * 1000)
-        # CHW RGB [0,1] → HWC BGR uint8: flip the channel axis first, one conversion pass
-        img = np.ascontiguousarray(pred[0, ::-1].transpose(1, 2, 0), dtype=np.float32)
-        np.clip(img, 0.0, 1.0, out=img)  # convertScaleAbs alone would mirror negatives
-        return cv2.convertScaleAbs(img, alpha=255.0)
+        return _to_bgr(pred[0])
+
+    def swap_many(self, frame: np.ndarray, faces: list[Face], latent: np.ndarray, *, mouth_mask: bool = False,
+                  color_fn=None, metrics=None) -> list:
+        """:meth:`swap` for several faces; one model call for all of them when the model is
+        :attr:`batchable`. Returns each face's box (None for one off the frame)."""
+        if not self.batchable or len(faces) < 2:
+            return [self.swap(frame, f, latent, mouth_mask=mouth_mask, color_fn=color_fn, metrics=metrics)
+                    for f in faces]
+        ms = [align_matrix(f.kps, self.size) for f in faces]
+        crops = [warp_crop(frame, m, self.size) for m in ms]  # all read before any is pasted
+        blob = cv2.dnn.blobFromImages(crops, 1.0 / 255.0, (self.size, self.size), (0, 0, 0), swapRB=True)
+        t = time.perf_counter()
+        pred = self.handle.run({"target": blob, "source": np.repeat(latent.reshape(1, -1), len(faces), 0)},
+                               [self.output_name])[0]
+        if metrics is not None:
+            metrics.record("swap.model", (time.perf_counter() - t) * 1000)
+        mask = face_mask(self.size, mouth_mask)
+        boxes = []
+        for i, (m, crop) in enumerate(zip(ms, crops)):
+            fake = _to_bgr(pred[i])
+            if color_fn is not None:
+                fake = color_fn(fake, crop, mask)
+            boxes.append(paste_back(frame, fake, m, mask))
+        return boxes
 
     def swap(self, frame: np.ndarray, face: Face, latent: np.ndarray, *, mouth_mask: bool = False,
              color_fn=None, metrics=None) -> tuple | None:

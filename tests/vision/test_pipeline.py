@@ -462,3 +462,25 @@ def test_match_mode_swaps_only_the_reference_person(model_factory, astronaut, gr
     eng.set_reference(None)  # any face again, largest first
     first, later = _swapping(eng, ImageSource(frame, fps=30))
     assert all(p.swapped == 2 for p in [first, *later])
+
+
+def test_the_detectors_real_interval_and_lag_are_measured(engine, astronaut):
+    """Between two detections: the frames the worker processed (the schedule's unit) and the
+    camera frames captured; the lag runs from a frame's capture to its faces being used."""
+    m = engine.metrics
+    engine.start(ImageSource(astronaut, fps=100), [NullSink()])
+    try:
+        wait_counter(m, "detect.runs", 5)
+        runs = m.counter("detect.runs")
+        assert m.wait_for("frames.out", m.counter("frames.out") + 2, HANG_GUARD_S)
+    finally:
+        engine.stop()
+    done = m.histogram("detect.interval").values()
+    captured = m.histogram("detect.interval_captured").values()
+    lag = m.histogram("detect.lag").values()
+    assert len(done) >= runs - 2 and len(captured) >= len(done) - 1 and len(lag) >= runs - 1
+    # after the first (no face yet: the next frame may ask again), the face is sure (0.9): never sooner
+    assert done[1:].min() >= engine.settings.detect_interval
+    assert captured.min() >= done.min() and (lag > 0).all()
+    # the core gate the loader put between the detector and the swapper on this CPU
+    assert engine.analyzer.detector.handle.gate is engine.swapper.handle.gate is not None
