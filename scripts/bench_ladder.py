@@ -1,5 +1,5 @@
-"""The degrade ladder under real load: its steps down with realistic-compute models (the light set), and its way back
-when the load goes (the same stream switched to near-zero-cost models, the "after a download"
+"""The degrade ladder under real load: its steps down with realistic-compute models (the light set),
+and its way back when the load goes (the same stream switched to near-zero-cost models, the "after a download"
 path of Engine.load_models). Prints one row per step with the frame it happened at and the
 worker's P50 over the frames before it, then the time each phase took.
 
