@@ -144,6 +144,23 @@ class Engine:
             self._refresh_passthrough()
         return self.status()
 
+    def use_shared_models(self, other: "Engine") -> None:
+        """Run on the face models ``other`` loaded (``mirage serve``: one copy for every session);
+        this engine keeps its own identity, options, stream and metrics. The models must be safe
+        to call from several threads at once (onnxruntime sessions are)."""
+        with other._lock:
+            analyzer, swapper, st, found = other.analyzer, other.swapper, other._status, other.problems.all()
+        with self._lock:
+            self.analyzer, self.swapper = analyzer, swapper
+            for k in ("provider", "detector", "recognizer", "swapper"):
+                setattr(self._status, k, getattr(st, k))
+            for pr in found:
+                if pr.source in ("detector", "recognizer", "swapper"):
+                    self.problems.set(pr)
+            if self.identity is not None:
+                self._update_latent()
+            self._refresh_passthrough()
+
     def _load_enhancer(self) -> None:
         from .models.loader import load_enhance_stage
 
