@@ -184,6 +184,8 @@ class Server:
         from ..control.health import verdict
 
         snap = self.engine.snapshot()
+        st = snap["status"]  # the shared engine has no face of its own: each session brings one
+        st["issues"] = [i for i in st.get("issues", []) if i.get("source") != "passthrough:identity"]
         v = verdict(snap)
         sessions = {}
         for s in list(self.sessions.values()):
