@@ -161,7 +161,7 @@ class Server:
                 return
             for k, n in session.metrics.snapshot()["counters"].items():
                 self.closed_counters[k] = self.closed_counters.get(k, 0) + n
-            self.closed.append(session)
+            self.closed.append(session.describe())  # what it was, not the session: its memory goes
             self.metrics.incr(f"sessions.closed.{reason_kind(session.close_reason or '')}")
             self.changed.notify_all()
 
@@ -294,10 +294,8 @@ class Server:
         from aiohttp import web
 
         live = [await s.refresh_stats() for s in list(self.sessions.values())]
-        closed = [s.stats or await s.refresh_stats() for s in list(self.closed)]
-        for s, st in zip(list(self.closed), closed):
-            st["state"], st["close_reason"] = "closed", s.close_reason
-        return web.json_response({"sessions": live, "closed": closed, "max_sessions": self.config.max_sessions})
+        return web.json_response({"sessions": live, "closed": list(self.closed),
+                                  "max_sessions": self.config.max_sessions})
 
     async def index(self, request):
         from aiohttp import web

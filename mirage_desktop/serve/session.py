@@ -56,7 +56,8 @@ class Session:
         self.identity_name = ""
         self._tasks: list[asyncio.Task] = []
         self._stats_prev: dict[str, tuple[float, int]] = {}
-        self.stats: dict[str, Any] = {}
+        self._rtt: float | None = None
+        self._rates: dict[str, float] = {}
         self.started = False
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
@@ -250,10 +251,8 @@ class Session:
         self.server.session_closed(self)
 
     async def refresh_stats(self) -> dict:
-        """State, age, RTT, bitrate and fps for /webrtc/connections."""
+        """State, age, RTT, bitrate and fps for /webrtc/connections (asks the connection)."""
         now = time.monotonic()
-        rtt = None
-        rates: dict[str, float] = {}
         if self.close_reason is None:
             try:
                 report = await self.pc.getStats()
@@ -262,26 +261,31 @@ class Session:
             for s in report.values():
                 t = getattr(s, "type", "")
                 if t == "remote-inbound-rtp" and getattr(s, "roundTripTime", None) is not None:
-                    rtt = float(s.roundTripTime)
+                    self._rtt = float(s.roundTripTime)
                 for field_name, key in (("bytesReceived", "in"), ("bytesSent", "out")):
                     if t in ("inbound-rtp", "outbound-rtp") and getattr(s, "kind", "") == "video" and \
                             hasattr(s, field_name):
                         b = int(getattr(s, field_name))
                         prev = self._stats_prev.get(key)
                         if prev is not None and now > prev[0]:
-                            rates[key] = (b - prev[1]) * 8 / (now - prev[0])
+                            self._rates[key] = (b - prev[1]) * 8 / (now - prev[0])
                         self._stats_prev[key] = (now, b)
-        self.stats = {
+        return self.describe()
+
+    def describe(self) -> dict:
+        """The same, from what is known now (no I/O): kept for a closed session."""
+        now = time.monotonic()
+        rtt, rates = self._rtt, self._rates
+        return {
             "id": self.id, "remote": self.remote,
             "state": self.pc.connectionState if self.close_reason is None else "closed",
             "age_s": round(now - self.created, 1),
-            "rtt_ms": round(rtt * 1000, 1) if rtt is not None else self.stats.get("rtt_ms"),
-            "bitrate_in_bps": round(rates["in"]) if "in" in rates else self.stats.get("bitrate_in_bps"),
-            "bitrate_out_bps": round(rates["out"]) if "out" in rates else self.stats.get("bitrate_out_bps"),
+            "rtt_ms": round(rtt * 1000, 1) if rtt is not None else None,
+            "bitrate_in_bps": round(rates["in"]) if "in" in rates else None,
+            "bitrate_out_bps": round(rates["out"]) if "out" in rates else None,
             "fps_in": round(fps_of(self.in_times), 1), "fps_out": round(fps_of(self.out_track.times), 1),
             "frames_in": self.metrics.counter("frames.received"), "frames_out": self.metrics.counter("frames.out"),
             "invalid_frames": self.guard.invalid, "invalid_by_reason": dict(self.guard.by_reason),
             "identity": self.identity_name, "control": self.control_closed or "open",
             "close_reason": self.close_reason,
         }
-        return self.stats
