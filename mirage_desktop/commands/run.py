@@ -27,6 +27,12 @@ def add_arguments(p) -> None:
     add_setting_flags(p.add_argument_group("voice and lip sync"), ["enable_voice", "voice_pitch", "voice_formant",
                                                                    "lipsync_mic", "av_trim_ms"])
     add_setting_flags(p.add_argument_group("under load"), ["adapt_video"])
+    r = p.add_argument_group("remote engine and monitoring (the serve extra)")
+    r.add_argument("--remote", metavar="URL", help="use a `mirage serve` engine, e.g. https://gpu-host:8443")
+    r.add_argument("--token-file", metavar="FILE", help="the token for --remote / --metrics-port")
+    r.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve /health and /metrics on 127.0.0.1:PORT (token required; MIRAGE_SERVE_SECRET)")
+    r.add_argument("--secret-file", metavar="FILE", help="the secret tokens for --metrics-port are checked with")
     add_engine_arguments(p)
 
 
@@ -106,6 +112,10 @@ def run(args) -> int:
     if args.metrics_json:
         check_writable_target(args.metrics_json, "metrics file")
     settings = settings_from_args(args)
+    if args.remote:
+        from ..serve.remote import run_remote
+
+        return run_remote(args, settings, outputs)
     camera = None if args.input else parse_camera(settings.camera)
     engine = Engine(settings, model_overrides=model_overrides(args))
     st = engine.load_models()
@@ -133,6 +143,11 @@ def run(args) -> int:
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
     voice_status = None
     metrics_warned: list[str] = []
+    endpoints = None
+    if args.metrics_port is not None:
+        from ..serve.app import start_endpoints
+
+        endpoints = start_endpoints(engine, args.metrics_port, args.secret_file)
     try:
         engine.start(src, outputs, lossless=lossless, max_frames=args.frames)
         print(f"mirage: running {engine.status().source} -> {', '.join(engine.status().outputs)} "
@@ -159,6 +174,8 @@ def run(args) -> int:
             voice_status = engine.voice.status()
     finally:
         engine.stop()
+        if endpoints is not None:
+            endpoints.stop()
         for sig, old in handlers.items():
             signal.signal(sig, old)
     snap = engine.snapshot()

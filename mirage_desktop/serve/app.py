@@ -12,7 +12,6 @@ import asyncio
 import base64
 import collections
 import ipaddress
-import json
 import logging
 import ssl
 import threading
@@ -443,8 +442,14 @@ def endpoints_app(secret: bytes, engine, metrics: Metrics | None = None):
     return app
 
 
-def to_json(obj) -> str:
-    return json.dumps(obj, default=str)
+def start_endpoints(engine, port: int, secret_file: str | None = None) -> AppThread:
+    """The desktop's opt-in endpoints (``mirage run --metrics-port``): loopback only, same tokens."""
+    from . import require_serve_extra
+    from .auth import load_secret
+
+    require_serve_extra()
+    secret = load_secret(secret_file)
+    return AppThread(lambda: endpoints_app(secret, engine), "127.0.0.1", port).start()
 
 
 async def _preflight(request):  # the CORS middleware answers OPTIONS before this is reached
