@@ -77,8 +77,13 @@ class Session:
         h, w = img.shape[:2]
         if max(h, w) > 4096:
             raise ValueError(f"the photo is {w}x{h}; 4096 pixels a side at most")
-        ident = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.engine.set_source_photos([img], name))
+        from ..errors import MirageError
+
+        try:
+            ident = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.engine.set_source_photos([img], name))
+        except MirageError as exc:  # no usable face: the client's photo, not the server's failure
+            raise ValueError(str(exc)) from None
         if ident.embedding is None:
             self.engine.set_identity(None)
             raise ValueError("no usable face in the photo: " + "; ".join(r.summary() for r in ident.reports))
