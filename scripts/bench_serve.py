@@ -202,8 +202,8 @@ def main() -> int:
             t.call(server.close_all("bench over"))
             t.stop()
     print(f"mirage serve on loopback, {args.width}x{args.height} at {args.fps:g} FPS per client, "
-          f"{'realistic' if args.realistic else 'tiny'} synthetic models; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+          f"{'realistic' if args.realistic else 'tiny'} synthetic models; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(f"{'sessions':>8} {'RTT P50 ms':>11} {'RTT P95 ms':>11}  FPS back per session   server CPU ms per frame")
     for r in rows:
         cpu = ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_frame"].items() if v > 0.05)
