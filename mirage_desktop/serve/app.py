@@ -286,6 +286,8 @@ class Server:
     async def metrics_handler(self, request):
         from aiohttp import web
 
+        self.metrics.incr("requests.metrics")  # scrapes served (tests wait on it)
+
         body = await asyncio.get_running_loop().run_in_executor(None, lambda: render(self.metrics_view))
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

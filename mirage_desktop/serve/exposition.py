@@ -30,8 +30,21 @@ SERIES = ("mirage_stage_latency_seconds", "mirage_frames_in_total", "mirage_fram
           "mirage_sessions_closed_total", "mirage_gpu_memory_used_bytes")
 
 
+# the reasons each labelled counter always shows (at 0 until it happens), so a rate() or an alert
+# on one of them works from the first scrape
+KNOWN_REASONS = {
+    "dropped.": ("worker_busy", "output_busy", "av_late", "adapt_fps", "network_ahead"),
+    "frames.rejected.": ("oversize", "malformed", "empty"),
+    "control.rejected.": ("oversize", "unknown"),
+    "requests.rejected.": ("unauthorized", "rate_limited", "bad_request", "no_consent", "full", "cross_origin"),
+    "sessions.closed.": ("client", "idle", "anomaly", "max_length", "error", "shutdown", "other"),
+}
+
+
 def _by_prefix(counters: dict, prefix: str) -> dict[str, int]:
-    return {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
+    found = {k: 0 for k in KNOWN_REASONS.get(prefix, ())}
+    found.update({k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)})
+    return found
 
 
 class SnapshotCollector:
