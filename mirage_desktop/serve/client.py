@@ -94,7 +94,10 @@ class RemoteSession:
     processed frame received."""
 
     def __init__(self, url: str, token: str, on_frame: Callable[[np.ndarray, float], None] | None = None,
-                 ssl_verify: bool | object = True):
+                 ssl_verify: bool | object = True, on_audio: Callable[[np.ndarray, int, float], None] | None = None):
+        self.on_audio = on_audio  # (float32 mono samples, sample rate, arrival time) per received block
+        self.audio_received = 0
+        self._audio_task: asyncio.Task | None = None
         self.url = url.rstrip("/")
         self.token = token
         self.on_frame = on_frame
@@ -135,6 +138,8 @@ class RemoteSession:
         def on_track(track):
             if track.kind == "video":
                 self._recv_task = asyncio.ensure_future(self._receive(track))
+            elif track.kind == "audio":
+                self._audio_task = asyncio.ensure_future(self._receive_audio(track))
 
         @pc.on("connectionstatechange")
         async def on_state():
@@ -175,6 +180,18 @@ class RemoteSession:
         finally:
             self.ended.set()
 
+    async def _receive_audio(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while True:
+                f = await track.recv()
+                self.audio_received += 1
+                if self.on_audio is not None:
+                    self.on_audio(audio_samples(f), f.sample_rate, time.monotonic())
+        except MediaStreamError:
+            pass
+
     def _on_control(self, msg) -> None:
         try:
             m = json.loads(msg)
@@ -195,8 +212,65 @@ class RemoteSession:
         self.send_control({"type": "ping", "t": time.monotonic()})
 
     async def close(self) -> None:
-        if self._recv_task is not None:
-            self._recv_task.cancel()
+        for task in (self._recv_task, self._audio_task):
+            if task is not None:
+                task.cancel()
         if self.pc is not None:
             await self.pc.close()
         self.ended.set()
+
+
+AUDIO_RATE = 48_000
+AUDIO_BLOCK = 960  # 20 ms, what Opus carries per packet
+
+
+class FeedAudioTrack(_track_base()):
+    """An audio track of 20 ms blocks from ``block_fn(n_samples) -> float32 mono in [-1, 1]``
+    (None: silence), paced at real time."""
+
+    kind = "audio"
+
+    def __init__(self, block_fn: Callable[[int], np.ndarray | None]):
+        super().__init__()
+        self.block_fn = block_fn
+        self.n = 0
+        self._t0: float | None = None
+
+    async def recv(self):
+        import av
+
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        due = self._t0 + self.n * AUDIO_BLOCK / AUDIO_RATE
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # a microphone's pace
+        else:
+            self._t0 -= delay
+        x = self.block_fn(AUDIO_BLOCK)
+        pcm = np.zeros(AUDIO_BLOCK, np.int16) if x is None else \
+            (np.clip(np.asarray(x, np.float32)[:AUDIO_BLOCK], -1, 1) * 32767).astype(np.int16)
+        if pcm.size < AUDIO_BLOCK:
+            pcm = np.pad(pcm, (0, AUDIO_BLOCK - pcm.size))
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = self.n * AUDIO_BLOCK
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        self.n += 1
+        return frame
+
+
+def audio_samples(frame) -> np.ndarray:
+    """A received av.AudioFrame as float32 mono."""
+    a = frame.to_ndarray()
+    fmt = frame.format.name
+    ch = len(frame.layout.channels)
+    if frame.format.is_planar:
+        x = a.astype(np.float32).mean(axis=0) if a.shape[0] > 1 else a[0].astype(np.float32)
+    else:
+        x = a.reshape(-1, ch).astype(np.float32).mean(axis=1)
+    if fmt.startswith("s16"):
+        x = x / 32768.0
+    elif fmt.startswith("s32"):
+        x = x / 2147483648.0
+    return x

@@ -40,6 +40,7 @@ class RemoteLink:
         self._taken_t = 0.0
         self.last_processed_t = 0.0
         self._lock = threading.Lock()
+        self.audio: "AudioBridge | None" = None  # the microphone's way, when there is one
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -118,15 +119,18 @@ class RemoteLink:
             log.warning("remote engine: connected to %s", self.url)
 
     async def _keep_connected(self) -> None:
-        from .client import FeedTrack, RemoteSession, ServeError
+        from .client import FeedAudioTrack, FeedTrack, RemoteSession, ServeError
 
         assert self._stop is not None
         while not self._stop.is_set():
-            rs = RemoteSession(self.url, self.token, on_frame=self._got, ssl_verify=self.ssl_verify)
+            bridge = self.audio
+            rs = RemoteSession(self.url, self.token, on_frame=self._got, ssl_verify=self.ssl_verify,
+                               on_audio=bridge.on_back if bridge is not None else None)
             t_start = time.monotonic()
             try:
-                await asyncio.wait_for(rs.connect(FeedTrack(self._next_local, self.fps), photo=self.photo,
-                                                  consent=self.consent), self.connect_timeout_s)
+                audio = FeedAudioTrack(bridge.next_mic_block) if bridge is not None else None
+                await asyncio.wait_for(rs.connect(FeedTrack(self._next_local, self.fps), audio=audio,
+                                                  photo=self.photo, consent=self.consent), self.connect_timeout_s)
                 while not self._stop.is_set() and not rs.ended.is_set():
                     try:
                         await asyncio.wait_for(self._stop.wait(), 0.25)
@@ -153,6 +157,11 @@ class RemoteLink:
                     await rs.close()
                 except Exception:
                     pass
+            # known gone: the outputs pass the local camera and microphone through from now
+            with self._lock:
+                self.last_processed_t = 0.0
+            if bridge is not None:
+                bridge.last_back_t = 0.0
             if self._stop.is_set():
                 break
             if self.state != "refused":
@@ -168,6 +177,94 @@ class RemoteLink:
             except asyncio.TimeoutError:
                 pass
             self.retry_at = None
+
+
+class AudioBridge:
+    """The microphone's way: the local microphone to the link, the audio that comes back to the
+    virtual microphone, and the local microphone itself whenever nothing has come back for
+    ``stale_s`` (the same pass-through as the video). Mono float32 at 48 kHz, 20 ms blocks.
+
+    ``on_mic`` and ``fill`` are made for sound-device callbacks (never block, never allocate much);
+    the returned audio is kept to ``max_back_s`` so a stall never turns into lasting delay."""
+
+    def __init__(self, stale_s: float = 0.5, max_back_s: float = 0.2, rate: int = 48_000, metrics=None):
+        import collections
+
+        self.stale_s, self.rate = stale_s, rate
+        self.max_back = int(max_back_s * rate)
+        self.metrics = metrics or Metrics()
+        self._mic: collections.deque = collections.deque()  # samples for the link
+        self._local: collections.deque = collections.deque()  # the same, for pass-through
+        self._back: collections.deque = collections.deque()
+        self._mic_n = self._local_n = self._back_n = 0
+        self._lock = threading.Lock()
+        self.last_back_t = 0.0
+        self.last_kind = ""
+
+    @staticmethod
+    def _push(q, n: int, x: np.ndarray, limit: int) -> int:
+        q.append(x)
+        n += x.size
+        while n - q[0].size >= limit:
+            n -= q.popleft().size
+        return n
+
+    @staticmethod
+    def _pull(q, n: int, want: int) -> tuple[np.ndarray, int]:
+        out = np.zeros(want, np.float32)
+        got = 0
+        while q and got < want:
+            a = q[0]
+            k = min(a.size, want - got)
+            out[got:got + k] = a[:k]
+            got += k
+            if k == a.size:
+                q.popleft()
+            else:
+                q[0] = a[k:]
+            n -= k
+        return out, n
+
+    def on_mic(self, block: np.ndarray) -> None:
+        x = np.asarray(block, np.float32).reshape(-1)
+        with self._lock:
+            self._mic_n = self._push(self._mic, self._mic_n, x, self.rate // 2)
+            self._local_n = self._push(self._local, self._local_n, x, self.rate // 10)
+
+    def next_mic_block(self, n: int) -> np.ndarray | None:
+        with self._lock:
+            if self._mic_n == 0:
+                return None
+            out, self._mic_n = self._pull(self._mic, self._mic_n, n)
+            return out
+
+    def on_back(self, x: np.ndarray, sr: int, t: float) -> None:
+        if sr != self.rate:
+            from ..voice.resample import resample_block
+
+            x = resample_block(x, sr, self.rate)
+        with self._lock:
+            self._back_n = self._push(self._back, self._back_n, np.asarray(x, np.float32), self.max_back)
+            self.last_back_t = t
+        self.metrics.incr("remote.audio_back")
+
+    def fill(self, n: int) -> np.ndarray:
+        """``n`` samples for the virtual microphone: the server's audio, or the local microphone."""
+        with self._lock:
+            if time.monotonic() - self.last_back_t <= self.stale_s:
+                out, self._back_n = self._pull(self._back, self._back_n, n)
+                kind = "remote"
+            else:
+                self._back.clear()
+                self._back_n = 0
+                out, self._local_n = self._pull(self._local, self._local_n, n)
+                kind = "local"
+            # the pass-through copy stays current either way
+            if kind == "remote":
+                _, self._local_n = self._pull(self._local, self._local_n, min(n, self._local_n))
+        self.last_kind = kind
+        self.metrics.incr(f"remote.audio_{kind}_blocks")
+        return out
 
 
 class RemoteRunner:
@@ -273,7 +370,9 @@ def run_remote(args, settings, outputs: list[str]) -> int:
                            height=settings.capture_height, fps=settings.capture_fps)
     sinks = [make_sink(o, backend=settings.vcam_backend, width=settings.output_width, height=settings.output_height,
                        fps=settings.output_fps) for o in outputs]
-    link = RemoteLink(args.remote, token, photo, consent=photo is not None, fps=settings.capture_fps or 30).start()
+    link = RemoteLink(args.remote, token, photo, consent=photo is not None, fps=settings.capture_fps or 30)
+    streams = open_audio(link, settings)
+    link.start()
     runner = RemoteRunner(src, sinks, link)
     print(f"mirage: remote engine {args.remote}: camera -> server -> {', '.join(s.describe() for s in sinks)}; "
           "local pass-through while the server is away; Ctrl-C to stop", file=sys.stderr)
@@ -282,7 +381,53 @@ def run_remote(args, settings, outputs: list[str]) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        for st in streams:
+            try:
+                st.stop()
+                st.close()
+            except Exception:
+                pass
         link.stop()
     print(f"mirage: {runner.sent_remote} frames from the server, {runner.sent_local} passed through locally "
           f"({link.metrics.counter('remote.lost')} reconnects)", file=sys.stderr)
     return 0
+
+
+def open_audio(link: RemoteLink, settings) -> list:
+    """The microphone to the server and its audio to the virtual microphone, when there is one
+    (else the remote mode is video only, said once). Returns the started streams."""
+    import sys
+
+    from ..engine import virtual_microphone
+
+    out_name = virtual_microphone(settings)
+    if out_name is None:
+        print("mirage: no virtual microphone: the remote engine carries the video only "
+              "(`mirage mic create` makes one)", file=sys.stderr)
+        return []
+    from ..errors import MirageError
+    from ..voice.audio_io import open_stream, resolve_device
+
+    bridge = AudioBridge(stale_s=link.stale_s, metrics=link.metrics)
+    try:
+        mic = open_stream(resolve_device(settings.voice_input, "input"), bridge.rate, 960,
+                          lambda indata, frames, t, status: bridge.on_mic(indata[:, 0].copy()), channels=1)
+    except MirageError as exc:
+        print(f"mirage: no microphone for the remote engine: {exc}; video only", file=sys.stderr)
+        return []
+
+    def play(outdata, frames, t, status):
+        outdata[:, 0] = bridge.fill(frames)
+
+    try:
+        out = open_stream(resolve_device(out_name, "output"), bridge.rate, 960, play, channels=1)
+    except MirageError as exc:
+        mic.close()
+        print(f"mirage: cannot open {out_name} for the remote engine: {exc}; video only", file=sys.stderr)
+        return []
+    link.audio = bridge
+    mic.start()
+    out.start()
+    print(f"mirage: microphone -> server -> {out_name} (the local microphone while the server is away)",
+          file=sys.stderr)
+    return [mic, out]

@@ -129,3 +129,45 @@ def test_the_desktop_endpoints_need_the_token_and_serve_the_engine(monkeypatch, 
     finally:
         ep.stop()
         eng.stop()
+
+
+def test_the_microphone_goes_through_the_server_and_falls_back_to_the_local_one(serve, token, frame):
+    from mirage_desktop.serve.client import AUDIO_RATE
+    from mirage_desktop.serve.remote import AudioBridge
+
+    t, server = serve()
+    m = Metrics()
+    link = RemoteLink(t.url, token, None, fps=15, lost_after_s=1.0, backoff_s=(0.2, 1.0), metrics=m)
+    bridge = AudioBridge(stale_s=0.5, metrics=m)
+    link.audio = bridge
+    back = []
+    on_back = bridge.on_back
+    bridge.on_back = lambda x, sr, tt: (back.append(x.copy()), on_back(x, sr, tt))
+    i = np.arange(int(0.45 * AUDIO_RATE))
+    bridge.on_mic(0.5 * np.sin(2 * np.pi * 440.0 * i / AUDIO_RATE))  # 0.45 s said into the microphone
+    runner = RemoteRunner(ImageSource(frame, fps=15), [NullSink()], link)  # the camera keeps it alive
+    link.start()
+    th = threading.Thread(target=runner.run, daemon=True)
+    th.start()
+    try:
+        wait_counter(m, "remote.connected", 1)
+        wait_counter(m, "remote.audio_back", 50)  # 1 s of audio back
+        x = np.concatenate(back)
+        spec = np.abs(np.fft.rfft(x))
+        hz = np.fft.rfftfreq(x.size, 1.0 / 48_000)[int(np.argmax(spec[1:])) + 1]
+        assert abs(hz - 440.0) < 5.0  # the microphone's tone came back from the server
+        bridge.fill(960)
+        assert bridge.last_kind == "remote"
+        lost = m.counter("remote.lost")
+        t.call(server.close_all("server going away"))
+        t.stop()
+        wait_counter(m, "remote.lost", lost + 1)
+        local = np.full(960, 0.25, np.float32)
+        bridge.on_mic(local)
+        out = bridge.fill(960)
+        assert bridge.last_kind == "local"  # nothing from the server: the microphone as it is
+        assert np.count_nonzero(out) > 0
+    finally:
+        runner.stop()
+        th.join(HANG_GUARD_S)
+        link.stop()
