@@ -132,8 +132,6 @@ class Server:
     """The shared models, the sessions and the server's own counters."""
 
     def __init__(self, config: ServeConfig, engine):
-        from aiortc.contrib.media import MediaRelay
-
         self.config = config
         self.engine = engine  # loaded once; every session's engine runs on its models
         self.metrics = Metrics()
@@ -141,7 +139,6 @@ class Server:
         self.closed: collections.deque = collections.deque(maxlen=config.closed_kept)
         self.closed_counters: dict[str, int] = {}
         self.connect_limiter = RateLimiter(config.connect_limit, config.connect_window_s)
-        self.relay = MediaRelay()
         self.changed = threading.Condition()  # notified when a session opens or closes
         self.opened_total = 0
 

@@ -108,7 +108,9 @@ class Session:
             self._tasks.append(asyncio.ensure_future(self._video_in(track)))
         elif track.kind == "audio":
             # the voice comes back as it was sent (server-side voice conversion is not wired yet)
-            self.pc.addTrack(self.server.relay.subscribe(track))
+            from aiortc.contrib.media import MediaRelay
+
+            self.pc.addTrack(MediaRelay().subscribe(track))  # the session's own relay: freed with it
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "control":

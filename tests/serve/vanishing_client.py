@@ -1,4 +1,4 @@
-"""A client in its own process: connects, prints "receiving" once frames come back, then runs
+"""A client in its own process (camera and microphone): connects, prints "receiving" once frames come back, then runs
 until it is killed (the test kills it with SIGKILL: no goodbye reaches the server)."""
 
 import asyncio
@@ -7,7 +7,7 @@ import sys
 import cv2
 import numpy as np
 
-from mirage_desktop.serve.client import FeedTrack, RemoteSession
+from mirage_desktop.serve.client import FeedAudioTrack, FeedTrack, RemoteSession
 from mirage_desktop.serve.tracks import restrict_ice_addresses
 
 
@@ -23,7 +23,7 @@ async def main(url: str, token: str) -> None:
             print("receiving", flush=True)
 
     rs = RemoteSession(url, token, on_frame=got)
-    await rs.connect(FeedTrack(lambda n: frame.copy(), fps=15))
+    await rs.connect(FeedTrack(lambda n: frame.copy(), fps=15), audio=FeedAudioTrack(lambda n: None))
     await asyncio.Event().wait()
 
 
