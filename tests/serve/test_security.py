@@ -131,13 +131,13 @@ def test_thirty_percent_invalid_frames_over_200_close_the_session_with_its_reaso
     client_loop.run(rs.close())
 
 
-def test_a_quarter_invalid_frames_is_tolerated(serve, client_loop, token, frame):
+def test_a_fifth_invalid_frames_is_tolerated(serve, client_loop, token, frame):
     t, server = serve(max_width=SIZE, max_height=SIZE)
     big = cv2.resize(frame, (SIZE + 64, SIZE + 64))
-    rs, got, ans = _session(client_loop, t, token, lambda n: big.copy() if n % 4 == 0 else frame.copy())
+    rs, got, ans = _session(client_loop, t, token, lambda n: big.copy() if n % 5 == 0 else frame.copy())
     s = server.sessions[ans["session"]]
     wait_counter(s.metrics, "frames.received", 260)
-    assert s.close_reason is None and s.guard.invalid >= 60
+    assert s.close_reason is None and s.guard.invalid >= 45  # more than a window's worth of them, spread out
     client_loop.run(rs.close())
 
 
