@@ -122,3 +122,32 @@ def test_a_failing_session_leaves_the_other_untouched(serve, token, client_loop,
     b[1].wait(3)
     for x in (a, b):
         client_loop.run(x[0].close())
+
+
+def test_sessions_enhance_with_the_shared_enhancer_model(serve, token, client_loop, frame, astronaut,
+                                                         model_factory, tmp_path):
+    from mirage_desktop.config import Settings
+    from mirage_desktop.engine import Engine
+    from mirage_desktop.serve.app import AppThread, ServeConfig, Server
+    from mirage_desktop.testing import face_models as synthetic
+    from serve_support import SECRET
+
+    paths = dict(model_factory(astronaut), gfpgan_1_4=synthetic.build_gfpgan(tmp_path / "gfpgan_1_4.onnx"))
+    shared = Engine(Settings(enable_enhancer=True, enhancer="gfpgan", enhancer_async=False), model_overrides=paths)
+    shared.load_models()
+    assert shared.enhance_stage is not None
+    server = Server(ServeConfig(secret=SECRET, port=0), shared)
+    t = AppThread(server.make_app, "127.0.0.1", 0).start()
+    try:
+        a = _connect(client_loop, t.url, token, frame, jpeg(astronaut[:, ::-1].copy()))
+        b = _connect(client_loop, t.url, token, frame, jpeg(astronaut[:, ::-1].copy()))
+        sa, sb = (server.sessions[x[2]["session"]] for x in (a, b))
+        for s in (sa, sb):
+            wait_counter(s.metrics, "enhance.runs", 3)  # each session's own stage ran the model
+        assert sa.engine.enhance_stage is not sb.engine.enhance_stage
+        assert sa.engine.enhance_stage.enhancer is sb.engine.enhance_stage.enhancer is shared.enhance_stage.enhancer
+        for x in (a, b):
+            client_loop.run(x[0].close())
+    finally:
+        t.call(server.close_all("test over"))
+        t.stop()
