@@ -26,7 +26,10 @@ def add_arguments(p) -> None:
                    help="connection attempts per address per minute (default 10)")
     g.add_argument("--idle-timeout", type=float, default=30.0, help="close a session without video after S s")
     g.add_argument("--max-session", type=float, default=8 * 3600.0, help="longest session in s (default 8 h)")
-    add_setting_flags(p.add_argument_group("faces and models"), ["max_faces", "providers", "enable_ai_mark"])
+    add_setting_flags(p.add_argument_group("faces and models"), ["max_faces", "providers", "swapper_precision",
+                                                                 "enable_ai_mark"])
+    add_setting_flags(p.add_argument_group("enhancer (one model, shared by the sessions)"),
+                      ["enable_enhancer", "enhancer", "enhancer_interval"])
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="use this ONNX file for a model instead of the downloaded one")
 
