@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
     g.add_argument("--control-rate", type=int, default=20, help="control messages per second per session")
     g.add_argument("--connect-limit", type=int, default=10,
                    help="connection attempts per address per minute (default 10)")
+    g.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                   help="a load balancer's address: its X-Forwarded-For names the client for the rate limit")
     g.add_argument("--idle-timeout", type=float, default=30.0, help="close a session without video after S s")
     g.add_argument("--max-session", type=float, default=8 * 3600.0, help="longest session in s (default 8 h)")
     add_setting_flags(p.add_argument_group("faces and models"), ["max_faces", "providers", "swapper_precision",
@@ -69,7 +71,7 @@ def run(args) -> int:
                       max_sessions=args.max_sessions, max_width=w, max_height=h,
                       max_control_bytes=args.max_control_bytes, control_rate=args.control_rate,
                       connect_limit=args.connect_limit, idle_timeout_s=args.idle_timeout,
-                      max_session_s=args.max_session)
+                      max_session_s=args.max_session, trusted_proxies=tuple(args.trusted_proxy))
     engine = Engine(settings_from_args(args), model_overrides=model_overrides(args))
     st = engine.load_models()  # once: every session runs on these
     for reason in st.passthrough:

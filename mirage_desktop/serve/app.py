@@ -47,6 +47,7 @@ class ServeConfig:
     idle_timeout_s: float = 30.0
     max_session_s: float = 8 * 3600.0
     closed_kept: int = 50  # closed sessions listed by /webrtc/connections
+    trusted_proxies: tuple = ()  # load balancers whose X-Forwarded-For names the client
     extra: dict = field(default_factory=dict)
 
     @property
@@ -202,7 +203,7 @@ class Server:
 
         from .session import Session
 
-        addr = request.remote or "?"
+        addr = client_address(request, self.config.trusted_proxies)
         if not self.connect_limiter.allow(addr):
             self.metrics.incr("requests.rejected.rate_limited")
             return web.json_response({"error": "too many connection attempts"}, status=429,
@@ -326,6 +327,18 @@ class Server:
 
         app.on_shutdown.append(on_shutdown)
         return app
+
+
+def client_address(request, trusted_proxies=()) -> str:
+    """The address a connection attempt is counted against: the peer, or — when the peer is one
+    of ``trusted_proxies`` — the client its X-Forwarded-For names last (the hop the proxy saw).
+    An untrusted peer's X-Forwarded-For is ignored: anyone can write one."""
+    peer = request.remote or "?"
+    if peer in trusted_proxies:
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        if hops:
+            return hops[-1]
+    return peer
 
 
 def decode_photo(value: str) -> bytes:

@@ -73,6 +73,26 @@ def test_connection_attempts_past_the_limit_are_429(serve, client_loop, token):
     assert server.metrics.counter("requests.rejected.rate_limited") == 3 and server.opened_total == 0
 
 
+def test_behind_a_trusted_proxy_the_limit_counts_each_client(serve, client_loop):
+    t, server = serve(connect_limit=2, connect_window_s=3600, trusted_proxies=("127.0.0.1",))
+
+    def attempt(client):
+        return _request(client_loop, "POST", t.url + "/offer", {"Authorization": "Bearer x",
+                                                                 "X-Forwarded-For": f"198.51.100.9, {client}"},
+                        {"sdp": "v=0", "type": "offer"})[0]
+
+    assert [attempt("203.0.113.1") for _ in range(3)] == [401, 401, 429]
+    assert attempt("203.0.113.2") == 401  # another client behind the same balancer has its own count
+
+
+def test_an_untrusted_peer_cannot_dodge_the_limit_with_a_header(serve, client_loop):
+    t, server = serve(connect_limit=2, connect_window_s=3600)
+    statuses = [_request(client_loop, "POST", t.url + "/offer", {"Authorization": "Bearer x",
+                                                                 "X-Forwarded-For": f"203.0.113.{i}"},
+                         {"sdp": "v=0", "type": "offer"})[0] for i in range(3)]
+    assert statuses == [401, 401, 429]
+
+
 def test_cors_answers_only_the_served_origin(serve, client_loop, token):
     t, _ = serve()
     auth = {"Authorization": f"Bearer {token}"}
