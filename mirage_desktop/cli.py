@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mirage_desktop.commands.bench", "benchmark the video pipeline and print P50/P95/P99 and FPS"),
     "voice": ("mirage_desktop.commands.voice", "run the real-time voice changer headless"),
     "mic": ("mirage_desktop.commands.mic", "create or remove the 'Mirage Microphone' virtual microphone (Linux)"),
+    "serve": ("mirage_desktop.commands.serve",
+              "serve the engine to remote clients over WebRTC (secured; needs the serve extra)"),
 }
 
 

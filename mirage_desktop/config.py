@@ -531,7 +531,8 @@ OTHER_VARIABLES: dict[str, str] = {
     "MIRAGE_MODELS_TOML": "another models.toml (models/registry.py)",
     "MIRAGE_GPU": "which onnxruntime scripts/setup-env.sh installs (cuda)",
     "MIRAGE_VENV": "where scripts/setup-env.sh creates the virtualenv",
-    "MIRAGE_SERVE_SECRET": "the shared secret of the control server",
+    "MIRAGE_SERVE_SECRET": "the shared secret `mirage serve` signs its tokens with (and `mirage run "
+                           "--metrics-port` checks them with); --secret-file instead",
 }
 #: Per-model overrides read by models/registry.py: ``MIRAGE_<NAME>_URL`` / ``_SHA256`` / ``_SIZE``.
 MODEL_VARIABLE_SUFFIXES = ("_URL", "_SHA256", "_SIZE")

@@ -144,6 +144,31 @@ class Engine:
             self._refresh_passthrough()
         return self.status()
 
+    def use_shared_models(self, other: "Engine") -> None:
+        """Run on the face models ``other`` loaded (``mirage serve``: one copy for every session);
+        this engine keeps its own identity, options, stream and metrics. The models must be safe
+        to call from several threads at once (onnxruntime sessions are)."""
+        with other._lock:
+            analyzer, swapper, st, found = other.analyzer, other.swapper, other._status, other.problems.all()
+            shared_enhancer = getattr(other.enhance_stage, "enhancer", None)
+        with self._lock:
+            self.analyzer, self.swapper = analyzer, swapper
+            for k in ("provider", "detector", "recognizer", "swapper", "enhancer"):
+                setattr(self._status, k, getattr(st, k))
+            for pr in found:
+                if pr.source in ("detector", "recognizer", "swapper", "enhancer"):
+                    self.problems.set(pr)
+            if shared_enhancer is not None and self.settings.enable_enhancer:
+                from .vision.enhancer import EnhanceStage
+
+                s = self.settings  # the model is shared; its per-face cache and thread are this engine's
+                self.enhance_stage = EnhanceStage(shared_enhancer, interval=s.enhancer_interval,
+                                                  blend=s.enhancer_blend, metrics=self.metrics,
+                                                  background=s.enhancer_async)
+            if self.identity is not None:
+                self._update_latent()
+            self._refresh_passthrough()
+
     def _load_enhancer(self) -> None:
         from .models.loader import load_enhance_stage
 

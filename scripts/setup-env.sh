@@ -21,6 +21,8 @@ system_libraries=(libportaudio.so.2=libportaudio2)
 system_programs=()
 if [ "$mode" = test ]; then
   system_programs+=(pulseaudio=pulseaudio pactl=pulseaudio-utils Xvfb=xvfb espeak-ng=espeak-ng sox=sox)
+  # `mirage serve`: the browser client's test (headless Chromium) and the scrape config's (Prometheus)
+  system_programs+=(chromium=chromium prometheus=prometheus)
 fi
 
 install_system_packages() {
@@ -71,7 +73,7 @@ setup_venv() {
     # torch is optional for users (CodeFormer); the tests need it. Ask for the CPU build explicitly:
     # a plain `torch` requirement pulls a multi-GB CUDA build.
     "$VENV/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
-    "${pip[@]}" -e "$ROOT[dev]"
+    "${pip[@]}" -e "$ROOT[dev,serve]"
     # insightface ships the six-face test photo t1.jpg; its own dependencies are not needed
     "${pip[@]}" --no-deps "insightface==2.1"
   else

@@ -27,6 +27,12 @@ def add_arguments(p) -> None:
     add_setting_flags(p.add_argument_group("voice and lip sync"), ["enable_voice", "voice_pitch", "voice_formant",
                                                                    "lipsync_mic", "av_trim_ms"])
     add_setting_flags(p.add_argument_group("under load"), ["adapt_video"])
+    r = p.add_argument_group("remote engine and monitoring (the serve extra)")
+    r.add_argument("--remote", metavar="URL", help="use a `mirage serve` engine, e.g. https://gpu-host:8443")
+    r.add_argument("--token-file", metavar="FILE", help="the token for --remote / --metrics-port")
+    r.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve /health and /metrics on 127.0.0.1:PORT (token required; MIRAGE_SERVE_SECRET)")
+    r.add_argument("--secret-file", metavar="FILE", help="the secret tokens for --metrics-port are checked with")
     add_engine_arguments(p)
 
 
@@ -109,6 +115,10 @@ def run(args) -> int:
 
     first = FirstSwap()  # time to the first swapped frame, shown in the summary
     settings = settings_from_args(args)
+    if args.remote:
+        from ..serve.remote import run_remote
+
+        return run_remote(args, settings, outputs)
     camera = None if args.input else parse_camera(settings.camera)
     engine = Engine(settings, model_overrides=model_overrides(args))
     st = engine.load_models()
@@ -139,6 +149,11 @@ def run(args) -> int:
     voice_status = None
     av_mode = None
     metrics_warned: list[str] = []
+    endpoints = None
+    if args.metrics_port is not None:
+        from ..serve.app import start_endpoints
+
+        endpoints = start_endpoints(engine, args.metrics_port, args.secret_file)
     try:
         engine.start(src, outputs, lossless=lossless, max_frames=args.frames)
         print(f"mirage: running {engine.status().source} -> {', '.join(engine.status().outputs)} "
@@ -166,6 +181,8 @@ def run(args) -> int:
             voice_status = engine.voice.status()
     finally:
         engine.stop()
+        if endpoints is not None:
+            endpoints.stop()
         for sig, old in handlers.items():
             signal.signal(sig, old)
     snap = engine.snapshot()

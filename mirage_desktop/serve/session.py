@@ -1,0 +1,298 @@
+"""One client of `mirage serve`: its peer connection, its own engine (on the server's shared
+models) with its own identity, and the rules it is held to (frame guard, anomaly window,
+control-message limits, idle timeout, maximum length). A session's failure closes that session
+only: every step that can raise is caught here and becomes its close reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..metrics import Metrics
+from .auth import RateLimiter
+from .guard import FrameGuard
+from .tracks import FrameQueueTrack, TrackSink, TrackSource, fps_of
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger(__name__)
+
+# settings a client may change on its own session (never the visible "AI" mark, never a model)
+CLIENT_OPTIONS = ("enable_swap", "max_faces", "enable_color_transfer", "enable_mouth_mask", "enable_smoothing")
+
+
+class Session:
+    def __init__(self, server: "Server", remote: str):
+        from aiortc import RTCPeerConnection
+
+        self.server = server
+        self.cfg = server.config
+        self.id = uuid.uuid4().hex[:16]
+        self.remote = remote
+        self.created = time.monotonic()
+        self.created_wall = time.time()
+        self.last_frame = self.created
+        self.loop = asyncio.get_running_loop()
+        self.pc = RTCPeerConnection()
+        self.metrics = Metrics()
+        self.engine = server.session_engine(self.metrics)
+        self.guard = FrameGuard(self.cfg.max_width, self.cfg.max_height)
+        self.control_limiter = RateLimiter(self.cfg.control_rate, 1.0)
+        self.source = TrackSource(f"webrtc:{self.id}", on_drop=lambda: self.metrics.incr("dropped.network_ahead"))
+        self.out_track = FrameQueueTrack(self.loop)
+        self.sink = TrackSink(self.out_track)
+        self.in_times: list[float] = []
+        self.close_reason: str | None = None
+        self.closed = asyncio.Event()
+        self.control: Any = None
+        self.control_closed: str | None = None
+        self.identity_name = ""
+        self._tasks: list[asyncio.Task] = []
+        self._stats_prev: dict[str, tuple[float, int]] = {}
+        self._rtt: float | None = None
+        self._rates: dict[str, float] = {}
+        self.started = False
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    # ---- identity (with consent) -------------------------------------------------------------
+    async def set_identity(self, photo: bytes, consent: bool, name: str = "remote") -> dict:
+        """Build this session's identity from an uploaded photo. Refused without the consent
+        confirmation: no face is used that the user did not confirm the right to use."""
+        if consent is not True:
+            raise PermissionError("the consent confirmation is required before a face is used")
+        import cv2
+
+        img = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError("the photo could not be decoded (send a JPEG or PNG)")
+        h, w = img.shape[:2]
+        if max(h, w) > 4096:
+            raise ValueError(f"the photo is {w}x{h}; 4096 pixels a side at most")
+        from ..errors import MirageError
+
+        try:
+            ident = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.engine.set_source_photos([img], name))
+        except MirageError as exc:  # no usable face: the client's photo, not the server's failure
+            raise ValueError(str(exc)) from None
+        if ident.embedding is None:
+            self.engine.set_identity(None)
+            raise ValueError("no usable face in the photo: " + "; ".join(r.summary() for r in ident.reports))
+        ident.consent = True
+        self.identity_name = name
+        self.metrics.incr("identity.set")
+        return {"identity": name, "faces": len(ident.reports)}
+
+    # ---- WebRTC --------------------------------------------------------------------------------
+    async def answer(self, sdp: str, kind: str) -> dict:
+        from aiortc import RTCSessionDescription
+
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._tasks.append(asyncio.ensure_future(self._watchdog()))
+        d = self.pc.localDescription
+        return {"sdp": d.sdp, "type": d.type, "session": self.id}
+
+    def _on_track(self, track) -> None:
+        if track.kind == "video":
+            self.pc.addTrack(self.out_track)
+            self._tasks.append(asyncio.ensure_future(self._video_in(track)))
+        elif track.kind == "audio":
+            # the voice comes back as it was sent (server-side voice conversion is not wired yet)
+            from aiortc.contrib.media import MediaRelay
+
+            self.pc.addTrack(MediaRelay().subscribe(track))  # the session's own relay: freed with it
+
+    def _on_datachannel(self, channel) -> None:
+        if channel.label != "control":
+            channel.close()
+            return
+        self.control = channel
+        channel.on("message", lambda msg: self._on_control(channel, msg))
+
+    async def _on_state(self) -> None:
+        st = self.pc.connectionState
+        if st in ("failed", "closed"):
+            await self.close(f"connection {st}")
+
+    async def _video_in(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while not self.closed.is_set():
+                frame = await track.recv()
+                now = time.monotonic()
+                self.last_frame = now
+                self.metrics.incr("frames.received")
+                reason = self.guard.check_size(frame.width, frame.height)
+                img = None
+                if reason is None:
+                    try:
+                        img = frame.to_ndarray(format="bgr24")
+                    except Exception:  # a frame that does not convert is as invalid as an oversized one
+                        reason = "malformed"
+                self.guard.note(reason)
+                if reason is not None:
+                    self.metrics.incr(f"frames.rejected.{reason}")
+                    self.server.metrics.incr(f"frames.rejected.{reason}")
+                    why = self.guard.anomaly()
+                    if why is not None:
+                        await self.close(why)
+                        return
+                    continue
+                self.in_times.append(now)
+                while self.in_times and now - self.in_times[0] > 2.0:
+                    self.in_times.pop(0)
+                if not self.started:
+                    await self._start_engine()
+                self.source.push(img)
+        except MediaStreamError:
+            await self.close("the client's video ended")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # this session's failure, never the server's
+            log.exception("session %s: video input failed", self.id)
+            await self.close(f"error: {type(exc).__name__}: {exc}")
+
+    async def _start_engine(self) -> None:
+        self.started = True
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.engine.start(self.source, [self.sink]))
+
+    def _on_control(self, channel, msg) -> None:
+        size = len(msg.encode() if isinstance(msg, str) else msg)
+        if not self.control_limiter.allow("control"):
+            self.metrics.incr("control.rate_limited")
+            self.server.metrics.incr("control.rate_limited")
+            self.control_closed = "too many control messages"
+            channel.close()
+            return
+        if size > self.cfg.max_control_bytes:
+            self.metrics.incr("control.rejected.oversize")
+            self.server.metrics.incr("control.rejected.oversize")
+            self._reply(channel, {"type": "error", "error": f"message of {size} bytes over the "
+                                  f"{self.cfg.max_control_bytes}-byte limit"})
+            return
+        try:
+            m = json.loads(msg)
+            kind = m.get("type") if isinstance(m, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            kind = None
+        if kind == "ping":
+            self._reply(channel, {"type": "pong", "t": m.get("t"), "server": self.processing_summary()})
+        elif kind == "option" and m.get("name") in CLIENT_OPTIONS:
+            try:
+                self.engine.set_option(m["name"], m.get("value"))
+                self._reply(channel, {"type": "option", "name": m["name"], "ok": True})
+            except Exception as exc:
+                self._reply(channel, {"type": "error", "error": str(exc)})
+        else:
+            self.metrics.incr("control.rejected.unknown")
+            self._reply(channel, {"type": "error", "error": "unknown message"})
+
+    @staticmethod
+    def _reply(channel, obj: dict) -> None:
+        try:
+            if channel.readyState == "open":
+                channel.send(json.dumps(obj))
+        except Exception:
+            pass
+
+    def processing_summary(self) -> dict:
+        snap = self.metrics.snapshot()
+        tot = snap["stages"].get("total", {})
+        return {"frames_out": snap["counters"].get("frames.out", 0),
+                "swapped": snap["counters"].get("faces.swapped", 0),
+                "total_p50_ms": tot.get("p50"), "total_p95_ms": tot.get("p95"),
+                "fps_out": round(fps_of(self.out_track.times), 1)}
+
+    # ---- lifetime ----------------------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        cfg = self.cfg
+        while not self.closed.is_set():
+            try:
+                await asyncio.wait_for(self.closed.wait(), 0.25)
+                return
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            if now - self.last_frame > cfg.idle_timeout_s:
+                await self.close(f"idle: no video for {cfg.idle_timeout_s:g} s")
+            elif now - self.created > cfg.max_session_s:
+                await self.close(f"maximum session length ({cfg.max_session_s:g} s) reached")
+
+    async def close(self, reason: str) -> None:
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        log.info("session %s closed: %s", self.id, reason)
+        try:
+            if self.control is not None and self.control.readyState == "open":
+                self._reply(self.control, {"type": "closed", "reason": reason})
+        except Exception:
+            pass
+        current = asyncio.current_task()
+        for t in self._tasks:
+            if t is not current:
+                t.cancel()
+        self.source.close()
+        self.out_track.stop()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
+        except Exception:
+            log.exception("session %s: stopping its engine failed", self.id)
+        try:
+            await self.pc.close()
+        except Exception:
+            log.exception("session %s: closing its connection failed", self.id)
+        self.closed.set()
+        self.server.session_closed(self)
+
+    async def refresh_stats(self) -> dict:
+        """State, age, RTT, bitrate and fps for /webrtc/connections (asks the connection)."""
+        now = time.monotonic()
+        if self.close_reason is None:
+            try:
+                report = await self.pc.getStats()
+            except Exception:
+                report = {}
+            for s in report.values():
+                t = getattr(s, "type", "")
+                if t == "remote-inbound-rtp" and getattr(s, "roundTripTime", None) is not None:
+                    self._rtt = float(s.roundTripTime)
+                for field_name, key in (("bytesReceived", "in"), ("bytesSent", "out")):
+                    if t in ("inbound-rtp", "outbound-rtp") and getattr(s, "kind", "") == "video" and \
+                            hasattr(s, field_name):
+                        b = int(getattr(s, field_name))
+                        prev = self._stats_prev.get(key)
+                        if prev is not None and now > prev[0]:
+                            self._rates[key] = (b - prev[1]) * 8 / (now - prev[0])
+                        self._stats_prev[key] = (now, b)
+        return self.describe()
+
+    def describe(self) -> dict:
+        """The same, from what is known now (no I/O): kept for a closed session."""
+        now = time.monotonic()
+        rtt, rates = self._rtt, self._rates
+        return {
+            "id": self.id, "remote": self.remote,
+            "state": self.pc.connectionState if self.close_reason is None else "closed",
+            "age_s": round(now - self.created, 1),
+            "rtt_ms": round(rtt * 1000, 1) if rtt is not None else None,
+            "bitrate_in_bps": round(rates["in"]) if "in" in rates else None,
+            "bitrate_out_bps": round(rates["out"]) if "out" in rates else None,
+            "fps_in": round(fps_of(self.in_times), 1), "fps_out": round(fps_of(self.out_track.times), 1),
+            "frames_in": self.metrics.counter("frames.received"), "frames_out": self.metrics.counter("frames.out"),
+            "invalid_frames": self.guard.invalid, "invalid_by_reason": dict(self.guard.by_reason),
+            "identity": self.identity_name, "control": self.control_closed or "open",
+            "close_reason": self.close_reason,
+        }
