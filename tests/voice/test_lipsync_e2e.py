@@ -10,7 +10,8 @@ source with the same stream-clock methods the pipeline uses. Both directions are
 ``time.perf_counter``, the clock the engine uses.
 
 The 40 ms bound is the issue's requirement (a tenth of the unsynchronised offset); a take in
-which the sound server lost audio (an overflow or underrun, seen on loaded machines) says
+which the sound server lost audio (an overflow or underrun, seen on loaded machines), or in which
+the camera thread was held up past a flash's instant (the flash is then shown late, not skipped), says
 nothing about sync and is played again, up to MAX_TAKES times, unless it was in sync all the same;
 a take without a disturbance is judged as it is. Hang guards only otherwise."""
 
@@ -38,6 +39,7 @@ FLASHES = 6
 GAP_S = 0.7  # between flashes
 LEAD_S = 0.6  # silence before the first click (the source learns the instants meanwhile)
 TOLERANCE_S = 0.040
+LATE_FLASH_S = 0.005  # a flash shown later than this after its instant disturbs the take
 W, H = 320, 240
 
 
@@ -51,15 +53,15 @@ class FlashSource:
         self.fps = fps
         self.size = (W, H)
         self.flashes: list[float] = []  # perf_counter instants, set by the test
+        self.late = 0  # flashes shown more than LATE_FLASH_S after their instant
         self.lock = threading.Lock()
         self._next = time.perf_counter()
         self._dark = np.full((H, W, 3), 30, np.uint8)
         self._white = np.full((H, W, 3), 255, np.uint8)
 
     def read(self):
-        now = time.perf_counter()
-        with self.lock:
-            pending = [f for f in self.flashes if f > now - 0.001]
+        with self.lock:  # a flash whose instant has passed is shown now (and counted late), never skipped
+            pending = sorted(self.flashes)
         nxt = self._next
         flash = pending[0] if pending and pending[0] <= nxt else None
         due = flash if flash is not None else nxt
@@ -70,6 +72,7 @@ class FlashSource:
         if flash is not None:
             with self.lock:
                 self.flashes.remove(flash)
+                self.late += time.perf_counter() - flash > LATE_FLASH_S  # the camera thread was held up
             return self._white.copy()
         return self._dark.copy()
 
@@ -222,6 +225,7 @@ def _take(engine, source, metrics):
     instants = [player.t0 + a / SR for a in at]
     with source.lock:
         source.flashes = list(instants)
+        source.late = 0
     t_start = time.perf_counter()
     player.wait_samples(sig.size)
     rec.wait_samples(rec_from + int((LEAD_S + FLASHES * GAP_S + 0.9) * SR))
@@ -233,6 +237,7 @@ def _take(engine, source, metrics):
     lost = {k: metrics.counter(k) - v for k, v in before.items() if metrics.counter(k) != v}
     lost.update({"recorder": rec.status} if rec.status else {})
     lost.update({"player": player.status} if player.status else {})
+    lost.update({"camera late": source.late} if source.late else {})
     return instants, flashes, clicks, lost
 
 
