@@ -150,6 +150,8 @@ def _link_class():
             self._pongs_read = 0
             self.server: dict = {}  # the server's processing summary, from its last pong
             self.sessions_seen = 0
+            self._photo_pending = False  # a photo chosen while no session was there to take it
+            self._on_photo_error = None
 
         def _got(self, img, t) -> None:
             super()._got(img, t)
@@ -168,6 +170,10 @@ def _link_class():
             self._pongs_read = 0
             self.sessions_seen += 1
             self._when_open(rs, lambda: self._send_options(rs))
+            if self._photo_pending and self.photo is not None:
+                # chosen while this session was being opened: it may have started with the old one
+                self._photo_pending = False
+                self._post_photo(rs, self.photo)
 
         @staticmethod
         def _when_open(rs, fn) -> None:
@@ -223,22 +229,34 @@ def _link_class():
                     self.server = dict(p["server"])
 
         def send_photo(self, photo: bytes | None, on_error) -> None:
-            """The identity for the next sessions, and for the current one at once."""
+            """The identity for the next sessions, and for the current one at once. (None: the
+            next sessions get no photo; the server has no way to drop a session's identity, so
+            the current one keeps it until it reconnects.)"""
             self.photo, self.consent = photo, photo is not None
-            rs, loop = self.session, self._loop
-            if photo is None or rs is None or rs.ended.is_set() or loop is None or loop.is_closed():
+            self._on_photo_error = on_error
+            rs = self.session
+            if photo is None:
+                self._photo_pending = False
                 return
+            if rs is None or rs.ended.is_set() or not self._post_photo(rs, photo):
+                self._photo_pending = True  # for the session being opened, if it started without it
+
+        def _post_photo(self, rs, photo: bytes) -> bool:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                return False
             try:
                 fut = asyncio.run_coroutine_threadsafe(rs.set_identity(photo, True), loop)
             except RuntimeError:
-                return
+                return False
 
             def done(f):
                 exc = f.exception() if not f.cancelled() else None
-                if exc is not None:
-                    on_error(exc)
+                if exc is not None and self._on_photo_error is not None:
+                    self._on_photo_error(exc)
 
             fut.add_done_callback(done)
+            return True
 
     return WindowLink
 

@@ -343,12 +343,103 @@ def test_a_bad_token_is_one_line_401_and_the_app_keeps_running(qtbot, make_windo
     qtbot.waitUntil(lambda: not _remote_threads())
 
 
-def test_closing_the_window_while_remote_stops_everything(qtbot, make_window, server, token_file, frame):
+def test_a_face_chosen_while_remote_goes_to_the_server_and_closing_stops_everything(
+        qtbot, make_window, server, token_file, frame, astronaut, tmp_path):
+    photo = tmp_path / "face.jpg"
+    cv2.imwrite(str(photo), astronaut[:, ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    want = _expected_swap(server.models, frame, cv2.imread(str(photo)))
+    mask = _mask(want, frame)
     server.start()
     win = make_window(image=frame)
     _choose_remote(win, server.url, token_file)
-    win.start()
-    qtbot.waitUntil(lambda: win.controller.remote is not None and win.controller.remote.counts["remote"] >= 3)
+    win.start()  # no face yet: the server sends the camera back unswapped
+    qtbot.waitUntil(lambda: win.controller.remote is not None)
+    run = win.controller.remote
+    seen = Seen(run)
+    qtbot.waitUntil(lambda: run.counts["remote"] >= 3 and "remote" in seen.last)
+    assert _diff(seen.last["remote"], frame, mask) < 0.5 * _diff(seen.last["remote"], want, mask)
+    assert win.latency_plot.title.startswith("Remote server")
+    _add_face(qtbot, win, photo)  # consent confirmed: the running session gets the photo
+    qtbot.waitUntil(lambda: _diff(seen.last["remote"], want, mask) < 0.5 * _diff(seen.last["remote"], frame, mask))
     win.close()  # no Stop first
     assert win.controller.remote is None
     qtbot.waitUntil(lambda: not _remote_threads())
+
+
+def test_no_server_at_the_address_is_pass_through_and_reconnecting(qtbot, make_window, token_file, frame):
+    win = make_window(image=frame)
+    _choose_remote(win, f"http://127.0.0.1:{_free_port()}", token_file)  # nothing listens there
+    win.start()
+    qtbot.waitUntil(lambda: win.controller.remote is not None)
+    run = win.controller.remote
+    qtbot.waitUntil(lambda: run.link.metrics.counter("remote.lost") >= 1 and run.counts["local"] >= 5)
+    assert run.counts["remote"] == 0
+    qtbot.waitUntil(lambda: "server lost" in win.sb_engine.text() and "reconnecting" in win.sb_engine.text())
+    assert win.banner.level == "red" and win.controller.running
+    win.stop()
+    qtbot.waitUntil(lambda: not win.controller.running and not win.controller.run_pending)
+    assert not _remote_threads() and not win.sb_engine.isVisibleTo(win)
+
+
+# ---- the opt-in monitoring endpoints (`mirage run --metrics-port` as a window setting) -------------------
+def _get(url: str, token: str | None) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=HANG_GUARD_S) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_monitoring_endpoints_need_the_token_are_kept_and_stop_with_the_window(qtbot, make_window, tmp_path,
+                                                                                 settle):
+    from mirage_desktop import config
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    port = _free_port()
+    win = make_window()
+    win.monitor_secret._set(str(secret))
+    win.monitor_port.setValue(port)
+    win.monitor.setChecked(True)
+    qtbot.waitUntil(lambda: win.controller.endpoints is not None and "/health" in win.monitor_state.text())
+    url = win.controller.endpoints.url
+    assert url == f"http://127.0.0.1:{port}"
+    assert _get(url + "/health", None) == 401 and _get(url + "/metrics", _token(b"x" * 40)) == 401
+    assert _get(url + "/health", _token()) in (200, 503)  # the verdict, with the token
+    assert _get(url + "/metrics", _token()) == 200
+    settle(win)
+    win.close()
+    assert win.controller.endpoints is None and not [t for t in threading.enumerate() if t.name == "mirage-serve"]
+    prefs = config.load().settings.extra["gui"]
+    assert prefs["monitor"] is True and prefs["monitor_port"] == port and prefs["monitor_secret"] == str(secret)
+    win2 = make_window()  # on again at the next start, from the saved choice
+    qtbot.waitUntil(lambda: win2.controller.endpoints is not None)
+    assert _get(win2.controller.endpoints.url + "/metrics", _token()) == 200
+    win2.monitor.setChecked(False)
+    qtbot.waitUntil(lambda: win2.controller.endpoints is None and win2.monitor_state.text() == "Off")
+
+
+@pytest.mark.parametrize("problem, words", [("no secret", "no shared secret"), ("port taken", "choose another port"),
+                                            ("short secret", "too short")])
+def test_monitoring_that_cannot_start_is_one_line(qtbot, make_window, tmp_path, monkeypatch, problem, words):
+    monkeypatch.delenv("MIRAGE_SERVE_SECRET", raising=False)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"short" if problem == "short secret" else SECRET)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        win = make_window()
+        if problem != "no secret":
+            win.monitor_secret._set(str(secret))
+        win.monitor_port.setValue(busy.getsockname()[1] if problem == "port taken" else _free_port())
+        win.monitor.setChecked(True)
+        qtbot.waitUntil(lambda: words in win.last_error)
+        assert "\n" not in win.last_error and win.controller.endpoints is None
+        assert words in win.monitor_state.text()
+    finally:
+        busy.close()
