@@ -55,6 +55,7 @@ class EngineController(QObject):
     reference_changed = Signal(str)  # the photo whose person alone is swapped; "" = any face
     models_loaded = Signal(object)  # EngineStatus
     remote_changed = Signal(object)  # the remote stream's health ({"level", "reasons"}) or None: not remote
+    endpoints_changed = Signal(str, str)  # the monitoring endpoints' address ("" = off), and why not (or "")
     error = Signal(str)
     notice = Signal(str)
 
@@ -80,6 +81,7 @@ class EngineController(QObject):
         self._remote_identity = None  # the consented identity whose photo the server gets
         self._remote_prev: dict = {}
         self._remote_said: str | None = None  # the refusal already said (once per cause)
+        self.endpoints = None  # the opt-in /health and /metrics (serve/app.py start_endpoints) while on
         self.timer = QTimer(self)
         self.timer.setInterval(metrics_interval_ms)
         self.timer.timeout.connect(self.poll_metrics)
@@ -484,6 +486,41 @@ class EngineController(QObject):
         emit(self.snapshot_ready, snap)
         emit(self.remote_changed, snap["health"])
 
+    # ---- monitoring endpoints (`mirage run --metrics-port` from the window) ---------------------
+    def set_endpoints(self, port: int | None, secret_file: str = ""):
+        """Serve this computer's engine's /health and /metrics on 127.0.0.1:``port`` (the
+        tokens of ``secret_file`` or MIRAGE_SERVE_SECRET), or stop them (None). Off the Qt thread;
+        ``endpoints_changed(url, why)`` says what came of it."""
+
+        def job():
+            self._stop_endpoints()
+            if port is None:
+                return ""
+            from ..serve.app import start_endpoints
+
+            try:
+                self.endpoints = start_endpoints(self.engine, int(port), secret_file or None)
+            except OSError as exc:
+                raise MirageError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})",
+                                  "choose another port") from None
+            return self.endpoints.url
+
+        def done(url):
+            emit(self.endpoints_changed, url, "")
+
+        def failed(exc):
+            log.warning("monitoring endpoints: %s", exc)
+            emit(self.endpoints_changed, "", _words(exc))
+
+        if self._closed:
+            return None
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=failed)
+
+    def _stop_endpoints(self) -> None:
+        ep, self.endpoints = self.endpoints, None
+        if ep is not None:
+            ep.stop()
+
     # ---- errors and shutdown -----------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         log.warning("engine call failed: %s", exc)
@@ -507,6 +544,10 @@ class EngineController(QObject):
             self._stop_remote()
         except Exception as exc:
             log.warning("stopping the remote engine failed: %s", exc)
+        try:
+            self._stop_endpoints()
+        except Exception as exc:
+            log.warning("stopping the monitoring endpoints failed: %s", exc)
         try:
             self.engine.stop()
         except Exception as exc:

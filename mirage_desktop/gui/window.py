@@ -10,6 +10,7 @@ from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QRadioButton,
     QScrollArea,
+    QSpinBox,
     QSplitter,
     QStatusBar,
     QTabWidget,
@@ -50,6 +52,10 @@ BACKENDS = [("Automatic", ""), ("v4l2loopback (Linux)", "v4l2loopback"), ("OBS V
             ("Unity Capture (Windows)", "unitycapture")]
 DESTINATIONS = [("Virtual camera", "virtualcam"), ("Preview only", "null")]
 GUI_DEFAULTS = {"output": "virtualcam", "view": "output"}
+#: the latency plot's title while the engine is a remote server (the stages of its snapshots,
+#: gui/remote.py RemoteRun.snapshot)
+REMOTE_LATENCY_TITLE = ("Remote server — round trip (control channel), server processing, gap between frames "
+                        "back; P50 solid, P95 dashed")
 
 
 class NoticeBar(QFrame):
@@ -391,8 +397,61 @@ class MainWindow(QMainWindow):
         dl = QVBoxLayout(dev)
         dl.addWidget(self.device_label)
         lay.addWidget(dev)
+        lay.addWidget(self._monitor_panel())
         lay.addStretch(1)
         return w
+
+    def _monitor_panel(self) -> QGroupBox:
+        """The opt-in /health and /metrics of this computer's engine (`mirage run --metrics-port`):
+        loopback only, the same tokens as `mirage serve`."""
+        box = QGroupBox("Monitoring")
+        fl = QFormLayout(box)
+        fl.setHorizontalSpacing(14)
+        fl.setVerticalSpacing(9)
+        p = self.gui_prefs
+        self.monitor = QCheckBox("Serve /health and /metrics on 127.0.0.1")
+        self.monitor.setToolTip("For Prometheus or a health check on this computer; every request needs a token "
+                                "(`mirage serve token`) signed with the secret below")
+        fl.addRow(self.monitor)
+        self.monitor_port = QSpinBox()
+        self.monitor_port.setRange(1024, 65535)
+        self.monitor_port.setValue(int(p.get("monitor_port") or 9464))
+        self.monitor_port.setKeyboardTracking(False)
+        fl.addRow("Port", self.monitor_port)
+        self.monitor_secret = FileChooser("The secret file the tokens are checked with", "All files (*)")
+        self.monitor_secret.set_path(str(p.get("monitor_secret") or ""))
+        self.monitor_secret.setToolTip("The secret `mirage serve token` signs with (none: MIRAGE_SERVE_SECRET)")
+        fl.addRow("Secret file", self.monitor_secret)
+        self.monitor_state = QLabel("Off")
+        self.monitor_state.setWordWrap(True)
+        self.monitor_state.setObjectName("Muted")
+        fl.addRow(self.monitor_state)
+        self.monitor.setChecked(bool(p.get("monitor")))
+        self.monitor.toggled.connect(lambda _on: self._monitor_changed())
+        self.monitor_port.valueChanged.connect(lambda _v: self._monitor_changed())
+        self.monitor_secret.path_changed.connect(lambda _p: self._monitor_changed())
+        self.controller.endpoints_changed.connect(self._on_endpoints)
+        if self.monitor.isChecked():
+            self.controller.set_endpoints(self.monitor_port.value(), self.monitor_secret.path())
+        return box
+
+    def _monitor_changed(self) -> None:
+        on = self.monitor.isChecked()
+        self.gui_prefs.update(monitor=on, monitor_port=self.monitor_port.value(),
+                              monitor_secret=self.monitor_secret.path())
+        self._remember_gui()
+        if on or self.controller.endpoints is not None:
+            self.monitor_state.setText("Starting…" if on else "Stopping…")
+            self.controller.set_endpoints(self.monitor_port.value() if on else None, self.monitor_secret.path())
+
+    def _on_endpoints(self, url: str, why: str) -> None:
+        if why:
+            self.monitor_state.setText(why)
+            self.monitor_state.setStyleSheet(f"color: {theme.RED};")
+            self._on_error(f"Monitoring: {why}")
+        else:
+            self.monitor_state.setText(f"{url}/health and /metrics (token required)" if url else "Off")
+            self.monitor_state.setStyleSheet("")
 
     def _status_bar(self) -> None:
         sb = QStatusBar()
@@ -502,6 +561,7 @@ class MainWindow(QMainWindow):
         if self.engine_remote.isChecked() and not self._check_remote(start=True):
             return
         self.history.clear()  # the plots show this run's figures (local and remote ones differ)
+        self.latency_plot.title = REMOTE_LATENCY_TITLE if self.engine_remote.isChecked() else LatencyPlot.title
         self.start_btn.setEnabled(False)
         self.preview.set_message("Starting…")
         self.controller.start(src, self.current_outputs())
