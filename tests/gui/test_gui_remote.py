@@ -443,3 +443,57 @@ def test_monitoring_that_cannot_start_is_one_line(qtbot, make_window, tmp_path, 
         assert words in win.monitor_state.text()
     finally:
         busy.close()
+
+
+# ---- the devices on this computer, with a remote engine --------------------------------------------------
+def _remote_controller(make_engine, token_file, url):
+    from mirage_desktop.gui.app import create_app
+    from mirage_desktop.gui.controller import EngineController
+
+    create_app()
+    eng = make_engine()
+    for name, value in (("engine_mode", "remote"), ("remote_url", url), ("remote_token_file", str(token_file))):
+        eng.set_option(name, value)
+    c = EngineController(eng)
+    notes, errors, running = [], [], []
+    c.notice.connect(notes.append)
+    c.error.connect(errors.append)
+    c.running_changed.connect(running.append)
+    return c, notes, errors, running
+
+
+def test_remote_without_a_virtual_camera_keeps_the_preview_and_says_why(qtbot, make_engine, token_file, frame,
+                                                                       monkeypatch):
+    from mirage_desktop.errors import VirtualCameraError
+    from mirage_desktop.outputs import sinks
+    from mirage_desktop.vision.capture import ImageSource
+
+    def no_vcam(self, width, height, fps):
+        raise VirtualCameraError("no virtual camera could be started (no loopback device)", "load v4l2loopback")
+
+    monkeypatch.setattr(sinks.VirtualCameraSink, "open", no_vcam)
+    c, notes, errors, running = _remote_controller(make_engine, token_file, f"http://127.0.0.1:{_free_port()}")
+    try:
+        c.start(ImageSource(frame, fps=15, realtime=True), ["virtualcam"])
+        qtbot.waitUntil(lambda: bool(running))
+        assert running == [True] and errors == [] and c.remote is not None
+        assert len(notes) == 1 and notes[0].startswith("Virtual camera unavailable") and "no loopback" in notes[0]
+        n = c.feed.frames_in
+        qtbot.waitUntil(lambda: c.feed.frames_in >= n + 5)  # the preview goes on (local pass-through here)
+    finally:
+        c.shutdown()
+    assert c.remote is None and not _remote_threads()
+
+
+def test_remote_with_a_busy_camera_is_an_error_and_nothing_runs(qtbot, make_engine, token_file, frame):
+    from test_gui_controller import BusyCamera
+
+    c, notes, errors, running = _remote_controller(make_engine, token_file, f"http://127.0.0.1:{_free_port()}")
+    try:
+        cam = BusyCamera(frame, fail_times=1)
+        c.start(cam, ["null"])
+        qtbot.waitUntil(lambda: bool(running))
+        assert running == [False] and errors and "camera 0 cannot be opened" in errors[0]
+        assert c.remote is None and cam.cap is None and not _remote_threads()
+    finally:
+        c.shutdown()
