@@ -333,7 +333,7 @@ class MainWindow(QMainWindow):
         self.remote_state.setWordWrap(True)
         self.remote_state.hide()
         fl.addRow(self.remote_state)
-        hint = QLabel("With a remote server the Live tab's Face swap, Max faces, Colour transfer, Mouth mask "
+        hint = QLabel("With a remote server the Live tab's Face swap, Max faces, Colour match, Mouth mask "
                       "and Smoothing go to the server; the others apply on this computer only and are off "
                       "meanwhile. While the server is away your camera goes out unswapped (local pass-through).")
         hint.setWordWrap(True)
