@@ -117,6 +117,10 @@ class Settings:
     voice_bypass: bool = False  # pass the voice through (the window's voice switch)
     voice_samplerate: int = 0  # 0: the devices' own rates
     voice_device_block_ms: float = 10.0  # PortAudio output callback size (the input's is half)
+    # --- engine: this computer or a `mirage serve` server (the window's "Engine" choice) ---
+    engine_mode: str = "local"  # local | remote
+    remote_url: str = ""  # the server's address, https://host:8443
+    remote_token_file: str = ""  # a file holding the token (`mirage serve token`); the token is never a setting
     extra: dict = field(default_factory=dict)  # forward-compatible bag for other modules (the window's layout)
 
     def replace(self, **changes: Any) -> "Settings":
@@ -134,6 +138,7 @@ _DEFAULTS = Settings()
 DET_SIZES = (160, 224, 256, 320, 384, 416, 480, 512, 576, 640, 736, 800, 960, 1024)
 ENHANCER_KINDS = ("codeformer", "gfpgan")
 VOICE_CONVERTERS = ("world", "rvc", "passthrough")
+ENGINE_MODES = ("local", "remote")
 VOICE_PRESETS = ("neutral", "deeper", "higher", "feminine", "masculine", "chipmunk", "giant", "robot", "whisper")
 F0_METHODS = ("dio", "harvest", "rmvpe")
 PITCH_RANGE = (-24.0, 24.0)  # semitones
@@ -388,6 +393,9 @@ RULES: dict[str, Rule] = {
     "voice_bypass": _B,
     "voice_samplerate": Rule("int", 8000, 192_000, zero_ok=True, zero_means="the devices' own rates"),
     "voice_device_block_ms": Rule("float", 1.0, 100.0),
+    "engine_mode": Rule("choice", choices=ENGINE_MODES),
+    "remote_url": Rule("text"),
+    "remote_token_file": Rule("text"),
     "extra": Rule("dict"),
 }
 # what applies to a running stream without a restart (the engine routes each in Engine.set_option)

@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 _OPTIONAL_STAGES = {"enable_enhancer": "enhancer:", "enable_voice": "voice:"}
 
 
+class _Packet:
+    """A frame for the preview (what :meth:`FrameFeed.on_packet` reads of an engine packet)."""
+
+    __slots__ = ("frame", "original")
+
+    def __init__(self, frame, original=None):
+        self.frame, self.original = frame, original
+
+
 def _words(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, MirageError) else f"{type(exc).__name__}: {exc}"
 
@@ -45,6 +54,8 @@ class EngineController(QObject):
     identity_changed = Signal(str)
     reference_changed = Signal(str)  # the photo whose person alone is swapped; "" = any face
     models_loaded = Signal(object)  # EngineStatus
+    remote_changed = Signal(object)  # the remote stream's health ({"level", "reasons"}) or None: not remote
+    endpoints_changed = Signal(str, str)  # the monitoring endpoints' address ("" = off), and why not (or "")
     error = Signal(str)
     notice = Signal(str)
 
@@ -66,6 +77,11 @@ class EngineController(QObject):
         self._unapplied: dict = {}  # changes queued for the engine: name -> (number, value)
         self._change_no = 0
         self.reference_photo = ""  # the photo of the person alone swapped ("" = any face)
+        self.remote = None  # the running RemoteRun while the engine is a remote server (gui/remote.py)
+        self._remote_identity = None  # the consented identity whose photo the server gets
+        self._remote_prev: dict = {}
+        self._remote_said: str | None = None  # the refusal already said (once per cause)
+        self.endpoints = None  # the opt-in /health and /metrics (serve/app.py start_endpoints) while on
         self.timer = QTimer(self)
         self.timer.setInterval(metrics_interval_ms)
         self.timer.timeout.connect(self.poll_metrics)
@@ -116,8 +132,9 @@ class EngineController(QObject):
 
         def report():
             emit(self.status_changed, self.engine.status())
+            emit(self.remote_changed, self.remote.health() if self.remote is not None else None)
             if not self._run_pending:
-                emit(self.running_changed, self.engine.running)
+                emit(self.running_changed, self.running)
 
         def done(res):
             self._run_pending = max(0, self._run_pending - 1)
@@ -154,24 +171,117 @@ class EngineController(QObject):
             note = f"Virtual camera unavailable — preview only. {exc}"
         return note
 
+    @property
+    def running(self) -> bool:
+        """A stream runs: the local engine's, or the remote server's."""
+        return self.engine.running or self.remote is not None
+
+    @property
+    def remote_mode(self) -> bool:
+        return self.engine.settings.engine_mode == "remote"
+
+    def _start_any(self, source, outputs: list) -> str | None:
+        return self._start_remote(source, outputs) if self.remote_mode else self._start_now(source, outputs)
+
+    def _stop_any(self) -> None:
+        self._stop_remote()
+        self.engine.stop()
+
     def start(self, source, outputs: list):
         self.last_start = (source, list(outputs))
-        return self._run_job(self._start_now, source, list(outputs))
+        return self._run_job(self._start_any, source, list(outputs))
 
     def stop(self):
-        return self._run_job(self.engine.stop)
+        return self._run_job(self._stop_any)
 
     def restart(self):
         """Stop and start again with the last source (for settings that are read at start)."""
-        if self.last_start is None or not self.engine.running:
+        if self.last_start is None or not self.running:
             return None
         src, outs = self.last_start
 
         def job():
-            self.engine.stop()
-            return self._start_now(src, outs)
+            self._stop_any()
+            return self._start_any(src, outs)
 
         return self._run_job(job)
+
+    # ---- the remote server (`mirage run --remote` from the window) ---------------------------
+    def _start_remote(self, source, outputs: list) -> str | None:
+        """Camera -> `mirage serve` -> virtual camera and preview (gui/remote.py), with local
+        pass-through while the server is away. The address and token are checked first (a bad one
+        fails the start with its fix); the photo goes only with a consented identity."""
+        from ..outputs.sinks import check_sink, make_sink
+        from ..serve import require_serve_extra
+        from ..serve.remote import RemoteRunner, open_audio
+        from ..vision.capture import check_source, open_source
+        from .remote import OpenedSink, RemoteRun, check_remote, identity_photo, make_link
+
+        if self.remote is not None:
+            raise MirageError("the remote engine is already running", "stop it first")
+        s = self.engine.settings
+        url, token = check_remote(s.remote_url, s.remote_token_file)
+        require_serve_extra()
+        src = check_source(source) if not isinstance(source, (str, int)) else open_source(
+            source, width=s.capture_width, height=s.capture_height, fps=s.capture_fps)
+        opened, note = [], None
+        try:
+            if hasattr(src, "open") and getattr(src, "cap", "n/a") is None:
+                src.open()  # a missing camera now, with its fix
+            size = getattr(src, "size", None) or (s.capture_width, s.capture_height)
+            fps = getattr(src, "fps", None) or s.capture_fps or 30
+            for o in outputs or ["virtualcam"]:
+                sink = check_sink(o) if not isinstance(o, str) else make_sink(
+                    o, backend=s.vcam_backend, width=s.output_width, height=s.output_height, fps=s.output_fps)
+                try:
+                    sink.open(*size, fps)
+                except VirtualCameraError as exc:
+                    if not (isinstance(o, str) and o in ("virtualcam", "vcam", "")):
+                        raise
+                    note = f"Virtual camera unavailable — preview only. {exc}"
+                    continue
+                opened.append(OpenedSink(sink))
+            ident = self._remote_identity
+            photo = identity_photo(ident) if ident is not None and getattr(ident, "consent", False) else None
+            link = make_link(url, token, photo, fps, {n: getattr(s, n) for n in self.forwarded_options()})
+            runner = RemoteRunner(src, opened, link)
+            try:
+                streams = open_audio(link, s)
+            except Exception as exc:  # a sound device that cannot open: the video still goes
+                log.warning("remote engine: no audio: %s", exc)
+                streams = []
+            run = RemoteRun(link, runner, streams, opened, on_frame=self._remote_frame)
+        except BaseException:
+            for sk in opened:
+                try:
+                    sk.close()
+                except Exception:
+                    pass
+            try:
+                src.close()
+            except Exception:
+                pass
+            raise
+        self._remote_prev, self._remote_said = {}, None
+        self.remote = run.start()
+        log.warning("remote engine: %s -> %s", url, ", ".join(sk.describe() for sk in opened) or "preview")
+        return note
+
+    def _stop_remote(self) -> None:
+        run, self.remote = self.remote, None
+        if run is not None:
+            run.stop()
+
+    def _remote_frame(self, kind: str, frame) -> None:
+        self.feed.on_packet(_Packet(frame))  # side by side shows the output alone: the runner keeps no original
+
+    @staticmethod
+    def forwarded_options() -> tuple:
+        """The live options a remote server takes on its control channel; the others apply on
+        this computer only."""
+        from .remote import FORWARDED
+
+        return FORWARDED
 
     # ---- preview -----------------------------------------------------------------------------
     def set_view(self, mode: str) -> None:
@@ -214,6 +324,9 @@ class EngineController(QObject):
 
         def done(res):
             settings, st, why = res
+            run = self.remote
+            if run is not None and name in self.forwarded_options():
+                run.link.set_options({name: getattr(settings, name, value)})
             emit(self.option_applied, name, getattr(settings, name, value))
             emit(self.status_changed, st)
             if why:
@@ -286,12 +399,21 @@ class EngineController(QObject):
             emit(self.error, f"“{identity.name}” has no consent confirmation, so it is not used")
             return None
 
+        def job():
+            self.engine.set_identity(identity)
+            self._remote_identity = identity  # its photo goes to a remote server (consent checked above)
+            run = self.remote
+            if run is not None:
+                from .remote import identity_photo
+
+                run.link.send_photo(identity_photo(identity) if identity is not None else None,
+                                    lambda exc: emit(self.error, f"The remote server did not take the face: {exc}"))
+
         def done(_):
             emit(self.identity_changed, identity.name if identity is not None else "")
             emit(self.status_changed, self.engine.status())
 
-        return self.jobs.submit(self.engine.set_identity, identity, serial=True, on_done=done,
-                                on_error=self._fail)
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
 
     def analyse_photos(self, sources: list, name: str | None, on_done, on_error=None):
         """Check photos and build an identity off the Qt thread → on_done((reports, identity|None, why))."""
@@ -326,6 +448,9 @@ class EngineController(QObject):
     def poll_metrics(self) -> None:
         if self._snap_inflight or self._closed:
             return
+        if self.remote is not None:
+            self._poll_remote(self.remote)
+            return
         self._snap_inflight = True
 
         def done(snap):
@@ -338,6 +463,63 @@ class EngineController(QObject):
             log.debug("snapshot failed: %s", exc)
 
         self.jobs.submit(self.engine.snapshot, on_done=done, on_error=failed, track=False)
+
+    def _poll_remote(self, run) -> None:
+        """The remote stream's figures and health (on the Qt thread: they are counters and the
+        link's state, nothing that blocks). A refusal (a bad token: 401) is said once as an error;
+        a runner that ended (the camera failed) stops the stream."""
+        if not run.alive and not self.run_pending:
+            err = run.error
+            if err is not None:
+                emit(self.error, f"The remote stream stopped: {_words(err)}")
+            self.stop()
+            return
+        snap = run.snapshot(self._remote_prev)
+        self._remote_prev = snap
+        self.last_snapshot = snap
+        link = run.link
+        if link.state == "refused" and link.error and link.error != self._remote_said:
+            self._remote_said = link.error
+            fix = ("print a new token on the server (`mirage serve token --ttl 8h`) and choose its file"
+                   if link.error.startswith("401") else "check the photo's consent and the server's log")
+            emit(self.error, f"The remote server refused the session ({link.error}): {fix}")
+        emit(self.snapshot_ready, snap)
+        emit(self.remote_changed, snap["health"])
+
+    # ---- monitoring endpoints (`mirage run --metrics-port` from the window) ---------------------
+    def set_endpoints(self, port: int | None, secret_file: str = ""):
+        """Serve this computer's engine's /health and /metrics on 127.0.0.1:``port`` (the
+        tokens of ``secret_file`` or MIRAGE_SERVE_SECRET), or stop them (None). Off the Qt thread;
+        ``endpoints_changed(url, why)`` says what came of it."""
+
+        def job():
+            self._stop_endpoints()
+            if port is None:
+                return ""
+            from ..serve.app import start_endpoints
+
+            try:
+                self.endpoints = start_endpoints(self.engine, int(port), secret_file or None)
+            except OSError as exc:
+                raise MirageError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})",
+                                  "choose another port") from None
+            return self.endpoints.url
+
+        def done(url):
+            emit(self.endpoints_changed, url, "")
+
+        def failed(exc):
+            log.warning("monitoring endpoints: %s", exc)
+            emit(self.endpoints_changed, "", _words(exc))
+
+        if self._closed:
+            return None
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=failed)
+
+    def _stop_endpoints(self) -> None:
+        ep, self.endpoints = self.endpoints, None
+        if ep is not None:
+            ep.stop()
 
     # ---- errors and shutdown -----------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
@@ -358,6 +540,14 @@ class EngineController(QObject):
         except Exception:
             pass
         self.jobs.shutdown(wait=True, wait_pool=False)
+        try:
+            self._stop_remote()
+        except Exception as exc:
+            log.warning("stopping the remote engine failed: %s", exc)
+        try:
+            self._stop_endpoints()
+        except Exception as exc:
+            log.warning("stopping the monitoring endpoints failed: %s", exc)
         try:
             self.engine.stop()
         except Exception as exc:

@@ -185,6 +185,12 @@ class LiveControls(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(10)
+        self.remote_note = QLabel()  # with a remote server: which controls go to it
+        self.remote_note.setWordWrap(True)
+        self.remote_note.setStyleSheet(f"color: {theme.YELLOW};")
+        self.remote_note.hide()
+        lay.addWidget(self.remote_note)
+        self.forwarded: tuple | None = None  # set_remote
 
         face = QGroupBox("Face")
         fl = _form(face)
@@ -352,10 +358,31 @@ class LiveControls(QWidget):
         for w in widgets:
             w.blockSignals(False)
         self.fidelity.set_value(s.codeformer_fidelity)
-        self.fidelity.setEnabled(s.enable_enhancer)
+        self.fidelity.setEnabled(s.enable_enhancer and self.forwarded is None)
         self.match_threshold.set_value(s.match_threshold)
         self.voice.load(s)
         self.show_adapt(self._adapt_shown)
+
+    def set_remote(self, forwarded: tuple | None) -> None:
+        """With a remote server (``forwarded``: the settings it takes on its control channel) only
+        those controls stay enabled — the server applies them — and the rest, which apply on this
+        computer only, are disabled, the note at the top saying which is which. None: all local."""
+        self.forwarded = tuple(forwarded) if forwarded is not None else None
+        for name, w in self.controls.items():
+            w.setEnabled(forwarded is None or name in forwarded)
+        self.reference.setEnabled(forwarded is None)  # a local embedding: the server matches no person
+        self.voice.setEnabled(forwarded is None)
+        if forwarded is None:
+            self.fidelity.setEnabled(self.enhancer.isChecked())
+            self.remote_note.hide()
+            return
+        labels = {"enable_swap": "Face swap", "max_faces": "Max faces", "enable_color_transfer": "Colour match",
+                  "enable_mouth_mask": "Mouth mask", "enable_smoothing": "Smoothing"}
+        sent = ", ".join(labels.get(n, n) for n in forwarded)
+        self.remote_note.setText(f"Engine: remote server. {sent} go to the server; the other controls apply on "
+                                 "this computer only and are off meanwhile (the server keeps its “AI” mark, "
+                                 "enhancer and detection settings).")
+        self.remote_note.show()
 
     def show_setting(self, name: str, value: Any) -> None:
         """Show ``value`` in the control of setting ``name`` without emitting anything (the value
@@ -377,7 +404,7 @@ class LiveControls(QWidget):
                 w.setCurrentIndex(max(0, w.findData(value)))
             w.blockSignals(False)
         if name == "enable_enhancer":
-            self.fidelity.setEnabled(bool(value))
+            self.fidelity.setEnabled(bool(value) and self.forwarded is None)
         elif name == "voice_converter":
             self.voice._show_rvc(value == "rvc")
 

@@ -10,6 +10,7 @@ from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -17,10 +18,13 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QProgressBar,
     QPushButton,
+    QRadioButton,
     QScrollArea,
+    QSpinBox,
     QSplitter,
     QStatusBar,
     QTabWidget,
@@ -36,7 +40,8 @@ from .models_panel import ModelsPanel
 from .picker import SourcePicker
 from .plots import AvOffsetPlot, HealthBanner, LatencyPlot, MetricsHistory, RatePlot, SPANS, SpanSwitch
 from .preview import PreviewWidget
-from .toggles import LiveControls
+from .remote import FORWARDED, check_url, read_token, save_pasted_token
+from .toggles import FileChooser, LiveControls
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,10 @@ BACKENDS = [("Automatic", ""), ("v4l2loopback (Linux)", "v4l2loopback"), ("OBS V
             ("Unity Capture (Windows)", "unitycapture")]
 DESTINATIONS = [("Virtual camera", "virtualcam"), ("Preview only", "null")]
 GUI_DEFAULTS = {"output": "virtualcam", "view": "output"}
+#: the latency plot's title while the engine is a remote server (the stages of its snapshots,
+#: gui/remote.py RemoteRun.snapshot)
+REMOTE_LATENCY_TITLE = ("Remote server — round trip (control channel), server processing, gap between frames "
+                        "back; P50 solid, P95 dashed")
 
 
 class NoticeBar(QFrame):
@@ -117,6 +126,7 @@ class MainWindow(QMainWindow):
         c.models_loaded.connect(self._on_models_loaded)
         c.reference_changed.connect(self._on_reference)
         c.option_refused.connect(self.toggles.show_setting)
+        c.remote_changed.connect(self._on_remote)
         c.jobs.busy_changed.connect(lambda n: self.busy.setVisible(n > 0))
         for n in notices or []:
             self.notice_bar.add(n)
@@ -269,10 +279,75 @@ class MainWindow(QMainWindow):
         lay.addWidget(self.start_btn)
         return bar
 
+    def _engine_panel(self) -> QGroupBox:
+        """"Engine: this computer / remote server" with the server's address and token."""
+        s = self.settings
+        box = QGroupBox("Engine")
+        fl = QFormLayout(box)
+        fl.setHorizontalSpacing(14)
+        fl.setVerticalSpacing(9)
+        self.engine_local = QRadioButton("This computer")
+        self.engine_remote = QRadioButton("Remote server")
+        self.engine_local.setToolTip("The models run here, on this computer's CPU or GPU")
+        self.engine_remote.setToolTip("The camera goes to a `mirage serve` server; its swapped video comes back "
+                                      "to the virtual camera and the preview")
+        self.engine_group = QButtonGroup(self)
+        row = QHBoxLayout()
+        for b in (self.engine_local, self.engine_remote):
+            self.engine_group.addButton(b)
+            row.addWidget(b)
+        row.addStretch(1)
+        (self.engine_remote if s.engine_mode == "remote" else self.engine_local).setChecked(True)
+        self.engine_group.buttonClicked.connect(lambda b: self._engine_mode_chosen(
+            "remote" if b is self.engine_remote else "local"))
+        fl.addRow(row)
+        self.remote_url = QLineEdit(s.remote_url)
+        self.remote_url.setPlaceholderText("https://host:8443")
+        self.remote_url.setToolTip("The address of the `mirage serve` server")
+        self.remote_url.editingFinished.connect(self._remote_url_edited)
+        fl.addRow("Server", self.remote_url)
+        self.token_file = FileChooser("The token file (from `mirage serve token`)", "All files (*)")
+        self.token_file.set_path(s.remote_token_file)
+        self.token_file.setToolTip("A file holding the token that `mirage serve token` printed")
+        self.token_file.path_changed.connect(self._token_file_chosen)
+        fl.addRow("Token file", self.token_file)
+        paste = QHBoxLayout()
+        self.token_paste = QLineEdit()
+        self.token_paste.setEchoMode(QLineEdit.Password)
+        self.token_paste.setPlaceholderText("or paste a token here")
+        self.token_paste.setToolTip("Saved to a file only you can read, in Mirage's config folder; never in the "
+                                    "settings file")
+        self.token_paste.returnPressed.connect(self._save_pasted_token)
+        paste.addWidget(self.token_paste, 1)
+        self.token_save = QPushButton("Save")
+        self.token_save.setObjectName("Small")
+        self.token_save.clicked.connect(self._save_pasted_token)
+        paste.addWidget(self.token_save)
+        fl.addRow("", paste)
+        self.remote_check = QLabel()  # one line: what is wrong with the address or the token, and the fix
+        self.remote_check.setWordWrap(True)
+        self.remote_check.setStyleSheet(f"color: {theme.RED};")
+        self.remote_check.hide()
+        fl.addRow(self.remote_check)
+        self.remote_state = QLabel()
+        self.remote_state.setWordWrap(True)
+        self.remote_state.hide()
+        fl.addRow(self.remote_state)
+        hint = QLabel("With a remote server the Live tab's Face swap, Max faces, Colour match, Mouth mask "
+                      "and Smoothing go to the server; the others apply on this computer only and are off "
+                      "meanwhile. While the server is away your camera goes out unswapped (local pass-through).")
+        hint.setWordWrap(True)
+        hint.setObjectName("Muted")
+        fl.addRow(hint)
+        self._engine_mode = s.engine_mode
+        self._show_engine_mode(s.engine_mode)
+        return box
+
     def _output_panel(self) -> QWidget:
         w = QWidget()
         lay = QVBoxLayout(w)
         lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self._engine_panel())
         box = QGroupBox("Virtual camera")
         fl = QFormLayout(box)
         fl.setHorizontalSpacing(14)
@@ -322,8 +397,61 @@ class MainWindow(QMainWindow):
         dl = QVBoxLayout(dev)
         dl.addWidget(self.device_label)
         lay.addWidget(dev)
+        lay.addWidget(self._monitor_panel())
         lay.addStretch(1)
         return w
+
+    def _monitor_panel(self) -> QGroupBox:
+        """The opt-in /health and /metrics of this computer's engine (`mirage run --metrics-port`):
+        loopback only, the same tokens as `mirage serve`."""
+        box = QGroupBox("Monitoring")
+        fl = QFormLayout(box)
+        fl.setHorizontalSpacing(14)
+        fl.setVerticalSpacing(9)
+        p = self.gui_prefs
+        self.monitor = QCheckBox("Serve /health and /metrics on 127.0.0.1")
+        self.monitor.setToolTip("For Prometheus or a health check on this computer; every request needs a token "
+                                "(`mirage serve token`) signed with the secret below")
+        fl.addRow(self.monitor)
+        self.monitor_port = QSpinBox()
+        self.monitor_port.setRange(1024, 65535)
+        self.monitor_port.setValue(int(p.get("monitor_port") or 9464))
+        self.monitor_port.setKeyboardTracking(False)
+        fl.addRow("Port", self.monitor_port)
+        self.monitor_secret = FileChooser("The secret file the tokens are checked with", "All files (*)")
+        self.monitor_secret.set_path(str(p.get("monitor_secret") or ""))
+        self.monitor_secret.setToolTip("The secret `mirage serve token` signs with (none: MIRAGE_SERVE_SECRET)")
+        fl.addRow("Secret file", self.monitor_secret)
+        self.monitor_state = QLabel("Off")
+        self.monitor_state.setWordWrap(True)
+        self.monitor_state.setObjectName("Muted")
+        fl.addRow(self.monitor_state)
+        self.monitor.setChecked(bool(p.get("monitor")))
+        self.monitor.toggled.connect(lambda _on: self._monitor_changed())
+        self.monitor_port.valueChanged.connect(lambda _v: self._monitor_changed())
+        self.monitor_secret.path_changed.connect(lambda _p: self._monitor_changed())
+        self.controller.endpoints_changed.connect(self._on_endpoints)
+        if self.monitor.isChecked():
+            self.controller.set_endpoints(self.monitor_port.value(), self.monitor_secret.path())
+        return box
+
+    def _monitor_changed(self) -> None:
+        on = self.monitor.isChecked()
+        self.gui_prefs.update(monitor=on, monitor_port=self.monitor_port.value(),
+                              monitor_secret=self.monitor_secret.path())
+        self._remember_gui()
+        if on or self.controller.endpoints is not None:
+            self.monitor_state.setText("Starting…" if on else "Stopping…")
+            self.controller.set_endpoints(self.monitor_port.value() if on else None, self.monitor_secret.path())
+
+    def _on_endpoints(self, url: str, why: str) -> None:
+        if why:
+            self.monitor_state.setText(why)
+            self.monitor_state.setStyleSheet(f"color: {theme.RED};")
+            self._on_error(f"Monitoring: {why}")
+        else:
+            self.monitor_state.setText(f"{url}/health and /metrics (token required)" if url else "Off")
+            self.monitor_state.setStyleSheet("")
 
     def _status_bar(self) -> None:
         sb = QStatusBar()
@@ -332,6 +460,8 @@ class MainWindow(QMainWindow):
         self.sb_fps = QLabel("– FPS")
         self.sb_output = QLabel("Output: –")
         self.sb_models = QLabel("")
+        self.sb_engine = QLabel("")  # the remote link's state while the engine is a remote server
+        self.sb_engine.hide()
         self.sb_adapt = QLabel("")  # the degrade ladder's level while it holds a step (yellow)
         self.sb_adapt.setStyleSheet(f"color: {theme.YELLOW};")
         self.sb_adapt.hide()
@@ -340,7 +470,7 @@ class MainWindow(QMainWindow):
         self.busy.setMaximumWidth(90)
         self.busy.setTextVisible(False)
         self.busy.hide()
-        for w in (self.sb_adapt, self.sb_provider, self.sb_fps, self.sb_output, self.sb_models):
+        for w in (self.sb_engine, self.sb_adapt, self.sb_provider, self.sb_fps, self.sb_output, self.sb_models):
             sb.addPermanentWidget(w)
         sb.addWidget(self.busy)
 
@@ -394,7 +524,7 @@ class MainWindow(QMainWindow):
         elif kind == "camera" and value is not None:
             self.set_option("camera", str(value))
         self._camera_index = self.camera.currentIndex()
-        if self.engine.running:
+        if self.controller.running:
             self.controller.stop()
             self.start()
 
@@ -418,7 +548,7 @@ class MainWindow(QMainWindow):
     def toggle_running(self) -> None:
         if self.controller.run_pending:  # a start or stop is still under way: wait for it
             return
-        if self.engine.running:
+        if self.controller.running:
             self.stop()
         else:
             self.start()
@@ -428,6 +558,10 @@ class MainWindow(QMainWindow):
         if src is None:
             self._on_error("No camera to start: connect one, or choose “Image or video file…”.")
             return
+        if self.engine_remote.isChecked() and not self._check_remote(start=True):
+            return
+        self.history.clear()  # the plots show this run's figures (local and remote ones differ)
+        self.latency_plot.title = REMOTE_LATENCY_TITLE if self.engine_remote.isChecked() else LatencyPlot.title
         self.start_btn.setEnabled(False)
         self.preview.set_message("Starting…")
         self.controller.start(src, self.current_outputs())
@@ -445,11 +579,12 @@ class MainWindow(QMainWindow):
         if not running:
             self.preview.clear()
             self.preview.set_message("Stopped", "Press Start to begin")
+            self._on_remote(None)
 
     def _destination_changed(self, _i: int) -> None:
         self.gui_prefs["output"] = self.destination.currentData()
         self._remember_gui()
-        if self.engine.running:
+        if self.controller.running:
             self.controller.stop()
             self.start()
 
@@ -520,7 +655,7 @@ class MainWindow(QMainWindow):
 
     # ---- engine → window ------------------------------------------------------------------------
     def _on_models_loaded(self, st) -> None:
-        if not self.engine.running and not self.controller.run_pending:
+        if not self.controller.running and not self.controller.run_pending:
             self.preview.set_message("Press Start to begin",
                                      "Pick a source face on the left, then start the camera.")
         name = self.settings.source_identity
@@ -529,9 +664,11 @@ class MainWindow(QMainWindow):
             self.picker.activate(name, ask=False)
 
     def _on_status(self, st) -> None:
+        self.sb_models.setText(f"Detector: {st.detector} · Swapper: {st.swapper}")
+        if self.controller.remote is not None:  # the remote stream's outputs come with its snapshots
+            return
         self.sb_provider.setText(f"Provider: {_provider(st.provider)}")
         self.sb_output.setText("Output: " + (", ".join(st.outputs) if st.running and st.outputs else "–"))
-        self.sb_models.setText(f"Detector: {st.detector} · Swapper: {st.swapper}")
         self.device_label.setText("\n".join(st.outputs) if st.running and st.outputs else "Not running")
         missing = any("missing" in p or "corrupt" in p for p in st.passthrough)
         self.banner.set_action("Download models" if missing else None)
@@ -552,6 +689,8 @@ class MainWindow(QMainWindow):
         self.sb_fps.setText(f"{fps:.1f} FPS" if st.get("running") and isinstance(fps, (int, float)) else "– FPS")
         self.sb_provider.setText(f"Provider: {_provider(st.get('provider', '–'))}")
         self.sb_output.setText("Output: " + (", ".join(st.get("outputs", [])) if st.get("running") else "–"))
+        if st.get("provider") == "remote":
+            self.device_label.setText("\n".join(st.get("outputs", [])) or "Preview only")
 
     def _show_adapt(self, status: dict, level) -> None:
         """The degrade ladder's step (the status' "adapt" issue) and level, beside "Adapt to load"
@@ -568,8 +707,85 @@ class MainWindow(QMainWindow):
         self.last_error = text
         self.statusBar().showMessage(text, 15000)
         self.notice_bar.add(text)
-        if not self.engine.running and not self.controller.run_pending:
+        if not self.controller.running and not self.controller.run_pending:
             self.start_btn.setEnabled(True)
+
+    # ---- the engine: this computer or a remote server --------------------------------------------
+    def _show_engine_mode(self, mode: str) -> None:
+        remote = mode == "remote"
+        for w in (self.remote_url, self.token_file, self.token_paste, self.token_save):
+            w.setEnabled(remote)
+        self.toggles.set_remote(FORWARDED if remote else None)
+        if not remote:
+            self.remote_check.hide()
+            self.remote_state.hide()
+
+    def _engine_mode_chosen(self, mode: str) -> None:
+        if mode == self._engine_mode:
+            return
+        self._engine_mode = mode
+        self.set_option("engine_mode", mode)
+        self._show_engine_mode(mode)
+        if mode == "remote":
+            self._check_remote()
+        if self.controller.running:  # the stream moves to the chosen engine
+            self.controller.stop()
+            self.start()
+
+    def _remote_url_edited(self) -> None:
+        url = self.remote_url.text().strip()
+        if url != self.settings.remote_url:
+            self.set_option("remote_url", url)
+        self._check_remote(url=url)
+
+    def _token_file_chosen(self, path: str) -> None:
+        self.set_option("remote_token_file", path)
+        self._check_remote(token_file=path)
+
+    def _save_pasted_token(self) -> None:
+        text = self.token_paste.text()
+        self.token_paste.clear()  # never kept in the widget either
+        try:
+            path = save_pasted_token(text)
+        except Exception as exc:
+            self._say_remote(str(exc))
+            return
+        self.token_file.set_path(str(path))
+        self._token_file_chosen(str(path))
+
+    def _check_remote(self, url: str | None = None, token_file: str | None = None, start: bool = False) -> bool:
+        """The address and token file as one line naming the fix (shown under them, and as the
+        window's error when a start is refused for it); True when both are usable."""
+        url = self.remote_url.text().strip() if url is None else url
+        token_file = self.token_file.path() if token_file is None else token_file
+        try:
+            check_url(url)
+            read_token(token_file)
+        except Exception as exc:
+            self._say_remote(str(exc), start)
+            return False
+        self._say_remote("")
+        return True
+
+    def _say_remote(self, text: str, as_error: bool = False) -> None:
+        self.remote_check.setText(text)
+        self.remote_check.setVisible(bool(text))
+        if text and as_error:
+            self._on_error(f"Remote server: {text}")
+
+    def _on_remote(self, health) -> None:
+        """The remote link's state (connected / connecting / server away — local pass-through /
+        reconnecting in N s) beside the controls and in the status bar, in its colour."""
+        if not health:
+            self.sb_engine.hide()
+            self.remote_state.hide()
+            return
+        color = theme.LEVEL_COLORS.get(health.get("level"), theme.MUTED)
+        text = "; ".join(health.get("reasons") or [])
+        for lab in (self.sb_engine, self.remote_state):
+            lab.setText(text)
+            lab.setStyleSheet(f"color: {color};")
+            lab.show()
 
     def show_models(self) -> None:
         self.tabs.setCurrentWidget(self.models)
