@@ -92,8 +92,16 @@ def test_a_change_made_just_before_closing_is_saved(qtbot, make_window):
 
     win = make_window()
     jobs = win.controller.jobs
-    gate = threading.Event()
-    jobs.submit(gate.wait, 60, serial=True)  # the engine thread is busy (a model load, say)
+    gate, busy = threading.Event(), threading.Event()
+
+    def engine_call():  # the engine thread is busy (a model load, say)
+        busy.set()
+        gate.wait(120)
+
+    jobs.submit(engine_call, serial=True)
+    # running before the change is queued: else the engine thread, starting late on a loaded machine,
+    # can take the change off the queue while shutdown is cancelling the queued jobs
+    assert busy.wait(120)
     win.toggles.max_faces.setValue(5)
     fut = win.controller.set_option("det_size", 320)  # queued behind it
     real = jobs.shutdown
