@@ -180,6 +180,16 @@ def test_without_the_hook_it_says_so_once_and_syncs_on_arrival(caplog, monkeypat
     assert all("remote A/V sync" in s for s in said)
 
 
+def test_a_frame_without_a_timestamp_is_timed_by_its_arrival():
+    lc = LinkClock(Clock(5.0))
+    rx = FakeReceiver()
+    lc.attach("video", rx)
+    rx._RTCRtpReceiver__timestamp_mapper.map(1000)
+    _feed(rx, _sr(77.0, 1000))
+    assert lc.mode == "rtp"
+    assert lc.local_time("video", None, None, 6.5) == (6.5, "arrival")
+
+
 def test_a_malformed_report_is_passed_on_and_ignored():
     lc = LinkClock(Clock())
     rx = FakeReceiver()
@@ -299,6 +309,11 @@ def test_each_returned_frame_leaves_at_its_server_time_plus_the_audio_path():
     off = m.snapshot()["stages"]["av.offset_ms"]
     assert abs(off["p50"]) < 1.0 and abs(off["p95"]) < 1.0
     assert m.counter("dropped.av_late") == 0
+    from mirage_desktop.serve.remote import sync_summary
+
+    runner.metrics.set_gauge("av.mode", "remote rtp")
+    (line,) = sync_summary(m.snapshot())
+    assert line.startswith("A/V (remote engine, RTP timestamps)") and "offset (video - voice) P50 0" in line
 
 
 def test_without_audio_coming_back_there_is_no_hold():
@@ -310,6 +325,9 @@ def test_without_audio_coming_back_there_is_no_hold():
         runner.step(clock.t)
     assert [round(t - (100.0 + n / 30.0), 6) for t, n in sink.sent] == [0.04] * 10  # on arrival
     assert m.snapshot()["stages"].get("av.offset_ms", {}).get("count", 0) == 0
+    from mirage_desktop.serve.remote import sync_summary
+
+    assert sync_summary(m.snapshot()) == ["A/V (remote engine): no audio came back, the video was not held"]
 
 
 def test_a_longer_audio_path_is_eased_in_and_late_video_is_dropped_not_frozen():
@@ -454,6 +472,9 @@ class ClickTrack(_track_base()):
     async def recv(self):
         import av
 
+        now = time.monotonic()
+        if self.n == 0 or self.marks.t0 + self.n * 960 / SR < now - 0.06:
+            self.n = int((now - self.marks.t0) * SR / 960)  # start (or behind): from now, no burst
         due = self.marks.t0 + self.n * 960 / SR
         if due > time.monotonic():
             await asyncio.sleep(due - time.monotonic())  # a microphone's pace
@@ -708,7 +729,7 @@ def test_the_returned_video_leaves_with_the_audio_played_to_the_virtual_micropho
     assert all(f is not None for _, f, _, _ in pairs), "a flash did not reach the virtual camera"
     assert all(c is not None for _, _, c, _ in pairs), "a click did not reach the virtual microphone"
     for inst, f, c, r in pairs:
-        assert f > inst and c > inst  # nothing leaves before it happened
+        assert r is not None and f > inst and c > inst  # nothing leaves before it happened
         assert r - c < -2 * TOLERANCE_S  # unheld, the video would lead the audio by far more than the tolerance
         assert abs(f - c) <= TOLERANCE_S, f"flash {(f - inst) * 1000:.0f} ms, click {(c - inst) * 1000:.0f} ms"
     assert snap["gauges"].get("av.mode") == "remote rtp"
