@@ -404,8 +404,9 @@ class RemoteRunner:
     The camera loop (the caller's thread) sends each local frame to the link, and passes it to the
     sinks itself while nothing comes back. An output thread takes the returned frames, holds each
     in :attr:`avsync` until its server time + the returned audio's path latency (no hold without
-    audio coming back) and sends it. Until the first held frame has left (a resumed link), the
-    local frames keep going out: the picture never stops."""
+    audio coming back) and sends it. Until the first held frame has left (a link gained or
+    regained), the local frames keep going out: the picture never stops. On ``on_frame``: it is
+    called from either thread (one at a time, under the sinks' lock)."""
 
     def __init__(self, source, sinks: list, link: RemoteLink, metrics: Metrics | None = None,
                  clock=time.monotonic):
@@ -420,6 +421,10 @@ class RemoteRunner:
         self.last_kind = ""
         self.last_remote_t = 0.0  # when a returned frame last left
         self.send_late_s = 0.0  # how much later than its due time the frame being sent leaves
+        # no returned frame has left since the link was (re)gained: the camera loop passes the local
+        # frames through meanwhile; once one has left, only a stale link brings them back (the local
+        # picture never alternates with swapped frames the hold drops as late)
+        self._awaiting_remote = True
         self.on_frame = None  # (kind, frame) after each send: tests, the window's preview
 
     def stop(self) -> None:
@@ -445,12 +450,7 @@ class RemoteRunner:
                     if getattr(self.source, "kind", "") == "camera":
                         continue
                     break
-                self.link.submit(frame)
-                if self.link.stale(self.link.stale_s):
-                    self.avsync.clear()  # nothing held from before the loss comes out after the local frames
-                    self._send(frame, "local")  # never a frozen camera: the local picture, unswapped
-                elif self.clock() - self.last_remote_t > self.link.stale_s:
-                    self._send(frame, "local")  # frames are back but still held: the camera keeps moving
+                self.camera_frame(frame)
         finally:
             self._stop.set()
             if out_thread is not None:
@@ -464,6 +464,17 @@ class RemoteRunner:
                 self.source.close()
             except Exception:
                 pass
+
+    def camera_frame(self, frame: np.ndarray) -> None:
+        """One local camera frame (the camera loop): to the link, and to the sinks while nothing
+        comes back."""
+        self.link.submit(frame)
+        if self.link.stale(self.link.stale_s):
+            self._awaiting_remote = True
+            self.avsync.clear()  # nothing held from before the loss comes out after the local frames
+            self._send(frame, "local")  # never a frozen camera: the local picture, unswapped
+        elif self._awaiting_remote:
+            self._send(frame, "local")  # frames are back but the first is still held: keep moving
 
     def _audio_latency(self, mode: str) -> float | None:
         bridge = self.link.audio
@@ -510,6 +521,7 @@ class RemoteRunner:
             if kind == "remote":
                 self.sent_remote += 1
                 self.last_remote_t = self.clock()
+                self._awaiting_remote = False
             else:
                 self.sent_local += 1
             if kind != self.last_kind:

@@ -370,6 +370,34 @@ def test_a_longer_audio_path_is_eased_in_and_late_video_is_dropped_not_frozen():
     assert runner.avsync.behind
 
 
+def test_the_local_picture_runs_until_the_first_held_frame_leaves_and_never_alternates():
+    clock = Clock(100.0)
+    m, link, sink, runner = _runner(clock, 0.300)
+    for _ in range(3):
+        runner.play(clock.t)
+    local = np.full((4, 4, 3), 200, np.uint8)
+    runner.camera_frame(local)  # nothing back yet: the local frame
+    assert [v for _, v in sink.sent] == [200]
+    for n in range(12):  # frames come back (held 300 ms): the local picture keeps going meanwhile
+        clock.t = 100.0 + n / 30.0 + 0.02
+        runner.play(clock.t)
+        _hand_in(link, n, clock.t - 0.02)
+        runner.camera_frame(local)
+        runner.step(clock.t)
+    kinds = [v for _, v in sink.sent]
+    first = kinds.index(0)  # the first returned frame left 300 ms after its server time
+    assert first >= 9 and set(kinds[:first]) == {200} and 200 not in kinds[first:]
+    link.stale_s = 0.3  # shorter than a run of late frames the hold drops (14 frames, 0.47 s)
+    for n in range(12, 50):  # then returned frames only, also while the hold drops late ones
+        clock.t = 100.0 + n / 30.0 + (0.02 if n < 20 else 0.5)
+        runner.play(clock.t)
+        _hand_in(link, n, 100.0 + n / 30.0)
+        runner.camera_frame(local)
+        runner.step(clock.t)
+    after = [v for _, v in sink.sent][len(kinds):]
+    assert 200 not in after and m.counter("dropped.av_late") >= 14 and m.counter("av.late_sent") >= 1
+
+
 def test_a_stale_link_empties_the_hold():
     clock = Clock(100.0)
     m, link, sink, runner = _runner(clock, 0.300)
