@@ -165,6 +165,7 @@ class LinkClock:
             track.reason = "the track's receiver was not found"
         elif track.attach(receiver):
             return True
+        track.reason = track.reason or "the receiver could not be hooked"
         _say_once(f"hook:{track.reason}", f"remote A/V sync: {track.reason}; the returned video and audio are "
                   "synced on their arrival times instead of their RTP timestamps")
         return False
