@@ -476,15 +476,22 @@ class RemoteRunner:
         elif self._awaiting_remote:
             self._send(frame, "local")  # frames are back but the first is still held: keep moving
 
-    def _audio_latency(self, mode: str) -> float | None:
+    def _update_master(self, mode: str) -> None:
+        """The hold's master latency: the returned audio's path measured on ``mode``'s clock; none
+        when no server audio plays. While audio plays but has no measurement on this clock yet (the
+        first callbacks after the link's clock went from arrival to RTP times) the last one stays:
+        the hold must not collapse and ease in again."""
         bridge = self.link.audio
-        return None if bridge is None else bridge.audio_latency_s(mode)
+        lat = None if bridge is None else bridge.audio_latency_s(mode)
+        playing = bridge is not None and bridge.clock() - bridge.last_back_t <= bridge.stale_s
+        if lat is not None or not playing:
+            self.avsync.set_audio_latency(lat)
 
     def step(self, now: float | None = None) -> float | None:
         """One turn of the output thread: take the returned frames into the hold, send those due.
         Returns when the next held frame is due (None: nothing held)."""
         for img, t_ref, mode in self.link.take_timed():
-            self.avsync.set_audio_latency(self._audio_latency(mode))
+            self._update_master(mode)
             pkt = _Held(img, t_ref, mode)
             if self.avsync.push(pkt, now):
                 pkt.due = t_ref + self.avsync.delay_s  # what the hold gave it (AVSync's own due)

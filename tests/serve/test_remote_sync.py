@@ -398,6 +398,28 @@ def test_the_local_picture_runs_until_the_first_held_frame_leaves_and_never_alte
     assert 200 not in after and m.counter("dropped.av_late") >= 14 and m.counter("av.late_sent") >= 1
 
 
+def test_the_hold_does_not_collapse_when_the_clock_goes_from_arrival_to_rtp_times():
+    clock = Clock(100.0)
+    m, link, sink, runner = _runner(clock, 0.250)
+    bridge = link.audio
+
+    def play(now, mode, lat):
+        bridge.on_back(np.zeros(960, np.float32), 48_000, now, now + 0.01 - lat, mode)
+        bridge.fill(960, TimeInfo(0.01))
+    for _ in range(3):
+        play(clock.t, "arrival", 0.200)
+    holds = []
+    for n in range(40):
+        clock.t = 100.0 + n / 30.0 + 0.02
+        mode = "arrival" if n < 20 else "rtp"  # both reports came: frames and blocks on RTP times now
+        play(clock.t, mode, 0.200 if mode == "arrival" else 0.230)
+        link._got_timed(_frame(n), time.monotonic(), clock.t - 0.02, mode)
+        runner.step(clock.t)
+        holds.append(runner.avsync.delay_s)
+    assert min(holds[20:]) >= 0.200 - 1e-9  # kept while the RTP measurements came in, then slewed
+    assert holds[-1] == pytest.approx(0.230, abs=1e-6)
+
+
 def test_a_stale_link_empties_the_hold():
     clock = Clock(100.0)
     m, link, sink, runner = _runner(clock, 0.300)
