@@ -606,7 +606,7 @@ def sync_summary(snap: dict) -> list[str]:
             "remote arrival": "remote engine, arrival times"}.get(mode, mode)
     lines = av_summary(snap, what)
     if not lines and snap["counters"].get("remote.sent_remote"):
-        lines.append("A/V (remote engine): no audio came back, the video was not held")
+        lines.append("A/V (remote engine): no server audio played to a virtual microphone, the video was not held")
     return lines
 
 

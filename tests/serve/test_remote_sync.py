@@ -327,7 +327,8 @@ def test_without_audio_coming_back_there_is_no_hold():
     assert m.snapshot()["stages"].get("av.offset_ms", {}).get("count", 0) == 0
     from mirage_desktop.serve.remote import sync_summary
 
-    assert sync_summary(m.snapshot()) == ["A/V (remote engine): no audio came back, the video was not held"]
+    assert sync_summary(m.snapshot()) == [
+        "A/V (remote engine): no server audio played to a virtual microphone, the video was not held"]
 
 
 def test_a_longer_audio_path_is_eased_in_and_late_video_is_dropped_not_frozen():
