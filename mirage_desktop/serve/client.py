@@ -94,8 +94,16 @@ class RemoteSession:
     processed frame received."""
 
     def __init__(self, url: str, token: str, on_frame: Callable[[np.ndarray, float], None] | None = None,
-                 ssl_verify: bool | object = True, on_audio: Callable[[np.ndarray, int, float], None] | None = None):
+                 ssl_verify: bool | object = True, on_audio: Callable[[np.ndarray, int, float], None] | None = None,
+                 on_timed_frame: Callable[[np.ndarray, float, float, str], None] | None = None,
+                 on_timed_audio: Callable[[np.ndarray, int, float, float, str], None] | None = None):
+        from .rtpclock import LinkClock
+
         self.on_audio = on_audio  # (float32 mono samples, sample rate, arrival time) per received block
+        # the same with the time each stands for on the server's clock (serve/rtpclock.py):
+        # (image, arrival, local time, mode) and (samples, rate, arrival, local time, mode)
+        self.on_timed_frame, self.on_timed_audio = on_timed_frame, on_timed_audio
+        self.clock = LinkClock()
         self.audio_received = 0
         self._audio_task: asyncio.Task | None = None
         self.url = url.rstrip("/")
@@ -136,6 +144,10 @@ class RemoteSession:
 
         @pc.on("track")
         def on_track(track):
+            if track.kind in ("video", "audio"):  # the server's clock for this track (RTCP sender reports)
+                receiver = next((t.receiver for t in pc.getTransceivers()
+                                 if getattr(t.receiver, "track", None) is track), None)
+                self.clock.attach(track.kind, receiver)
             if track.kind == "video":
                 self._recv_task = asyncio.ensure_future(self._receive(track))
             elif track.kind == "audio":
@@ -173,8 +185,12 @@ class RemoteSession:
                 f = await track.recv()
                 img = f.to_ndarray(format="bgr24")
                 self.frames_received += 1
+                now = time.monotonic()
                 if self.on_frame is not None:
-                    self.on_frame(img, time.monotonic())
+                    self.on_frame(img, now)
+                if self.on_timed_frame is not None:
+                    t, mode = self.clock.local_time("video", f.pts, f.time_base, now)
+                    self.on_timed_frame(img, now, t, mode)
         except MediaStreamError:
             self.closed_reason = self.closed_reason or "the server's video ended"
         finally:
@@ -187,8 +203,13 @@ class RemoteSession:
             while True:
                 f = await track.recv()
                 self.audio_received += 1
+                now = time.monotonic()
+                x = audio_samples(f) if self.on_audio is not None or self.on_timed_audio is not None else None
                 if self.on_audio is not None:
-                    self.on_audio(audio_samples(f), f.sample_rate, time.monotonic())
+                    self.on_audio(x, f.sample_rate, now)
+                if self.on_timed_audio is not None:
+                    t, mode = self.clock.local_time("audio", f.pts, f.time_base, now)
+                    self.on_timed_audio(x, f.sample_rate, now, t, mode)
         except MediaStreamError:
             pass
 

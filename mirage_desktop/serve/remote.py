@@ -3,17 +3,28 @@ local camera goes to the server, the swapped video comes back to the local virtu
 
 The output never freezes: whenever no processed frame has come back for ``stale_s`` the local
 camera frame goes out as it is (pass-through, said in the status), and the link reconnects with
-a back-off (0.5 s, 1 s, 2 s ... 10 s) until the server is back."""
+a back-off (0.5 s, 1 s, 2 s ... 10 s) until the server is back.
+
+A/V sync (docs/serving-sync.md): every returned video frame and audio block is mapped onto the
+server's clock from its RTP timestamp and the RTCP sender reports (``serve/rtpclock.py``); the
+audio bridge measures the audio's path from that time to the moment it plays (the virtual
+microphone's reported DAC time, in its output callback), and the runner's output thread holds
+each returned frame until its server time + that latency, with the local engine's
+``control/avsync.py`` rules (audio is the master and never stretched; slew; late frames dropped
+past 150 ms; ``av.offset_ms`` and the other ``av.*`` metrics). Without audio coming back there is
+no hold."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
 
 import numpy as np
 
+from ..control.avsync import AVSync
 from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,6 +49,9 @@ class RemoteLink:
         self._local_cond = threading.Condition()
         self._processed: tuple[np.ndarray, float] | None = None
         self._taken_t = 0.0
+        self._timed: collections.deque = collections.deque(maxlen=8)  # (image, local time, mode): the hold's
+        self._timed_cond = threading.Condition()
+        self.session = None  # the current RemoteSession (its clock says rtp / arrival)
         self.last_processed_t = 0.0
         self._lock = threading.Lock()
         self.audio: "AudioBridge | None" = None  # the microphone's way, when there is one
@@ -72,6 +86,26 @@ class RemoteLink:
                 return None
             self._taken_t = p[1]
             return p[0]
+
+    def take_timed(self) -> list:
+        """The processed frames come back since the last call, oldest first, as (image, local time it
+        stands for on the server's clock, mode "rtp" / "arrival"): what the A/V hold takes."""
+        with self._timed_cond:
+            out = list(self._timed)
+            self._timed.clear()
+            return out
+
+    def wait_timed(self, timeout: float) -> None:
+        """Until a processed frame is there for :meth:`take_timed`, or ``timeout`` s."""
+        with self._timed_cond:
+            if not self._timed:
+                self._timed_cond.wait(max(0.0, timeout))
+
+    @property
+    def clock_mode(self) -> str:
+        """How the current connection's returned tracks are timed: ``rtp`` or ``arrival``."""
+        rs = self.session
+        return rs.clock.mode if rs is not None else "arrival"
 
     def stale(self, stale_s: float) -> bool:
         """True when nothing has come back for ``stale_s``: the caller sends the local frame."""
@@ -113,10 +147,17 @@ class RemoteLink:
             self._processed = (img, t)
             self.last_processed_t = t
         self.metrics.incr("remote.frames_back")
+        self.metrics.set_gauge("av.clock", self.clock_mode)
         if self.state != "connected":
             self.state, self.error, self.attempt, self.retry_at = "connected", None, 0, None
             self.metrics.incr("remote.connected")
             log.warning("remote engine: connected to %s", self.url)
+
+    def _got_timed(self, img: np.ndarray, t: float, t_ref: float, mode: str) -> None:
+        self._got(img, t)
+        with self._timed_cond:
+            self._timed.append((img, t_ref, mode))
+            self._timed_cond.notify_all()
 
     async def _keep_connected(self) -> None:
         from .client import FeedAudioTrack, FeedTrack, RemoteSession, ServeError
@@ -124,8 +165,9 @@ class RemoteLink:
         assert self._stop is not None
         while not self._stop.is_set():
             bridge = self.audio
-            rs = RemoteSession(self.url, self.token, on_frame=self._got, ssl_verify=self.ssl_verify,
-                               on_audio=bridge.on_back if bridge is not None else None)
+            rs = RemoteSession(self.url, self.token, ssl_verify=self.ssl_verify, on_timed_frame=self._got_timed,
+                               on_timed_audio=bridge.on_back if bridge is not None else None)
+            self.session = rs
             t_start = time.monotonic()
             try:
                 audio = FeedAudioTrack(bridge.next_mic_block) if bridge is not None else None
@@ -179,27 +221,39 @@ class RemoteLink:
             self.retry_at = None
 
 
+LATENCY_WINDOW = 9  # output callbacks the audio path's latency is the median of (~0.2 s at 20 ms)
+
+
 class AudioBridge:
     """The microphone's way: the local microphone to the link, the audio that comes back to the
     virtual microphone, and the local microphone itself whenever nothing has come back for
     ``stale_s`` (the same pass-through as the video). Mono float32 at 48 kHz, 20 ms blocks.
 
     ``on_mic`` and ``fill`` are made for sound-device callbacks (never block, never allocate much);
-    the returned audio is kept to ``max_back_s`` so a stall never turns into lasting delay."""
+    the returned audio is kept to ``max_back_s`` so a stall never turns into lasting delay.
 
-    def __init__(self, stale_s: float = 0.5, max_back_s: float = 0.2, rate: int = 48_000, metrics=None):
-        import collections
+    Each returned block keeps the local time it stands for on the server's clock (``on_back``'s
+    ``t_ref``; its arrival without one). ``fill`` measures, for its first returned sample, the
+    path from that time to the moment it plays: the callback's time plus the delay to the DAC
+    (PortAudio's ``outputBufferDacTime - currentTime``, as the voice pipeline reads it), or plus
+    ``out_latency_s`` when the host API reports no times. :meth:`audio_latency_s` is the median
+    of the last few: what the returned video is held by."""
 
+    def __init__(self, stale_s: float = 0.5, max_back_s: float = 0.2, rate: int = 48_000, metrics=None,
+                 clock=time.monotonic):
         self.stale_s, self.rate = stale_s, rate
         self.max_back = int(max_back_s * rate)
         self.metrics = metrics or Metrics()
+        self.clock = clock
         self._mic: collections.deque = collections.deque()  # samples for the link
         self._local: collections.deque = collections.deque()  # the same, for pass-through
-        self._back: collections.deque = collections.deque()
+        self._back: collections.deque = collections.deque()  # [samples, local time of the first, mode]
         self._mic_n = self._local_n = self._back_n = 0
         self._lock = threading.Lock()
         self.last_back_t = 0.0
         self.last_kind = ""
+        self.out_latency_s = 0.0  # the output stream's static latency: used when no DAC time is reported
+        self._lat: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # (mode, seconds)
 
     @staticmethod
     def _push(q, n: int, x: np.ndarray, limit: int) -> int:
@@ -238,45 +292,139 @@ class AudioBridge:
             out, self._mic_n = self._pull(self._mic, self._mic_n, n)
             return out
 
-    def on_back(self, x: np.ndarray, sr: int, t: float) -> None:
+    def on_back(self, x: np.ndarray, sr: int, t: float, t_ref: float | None = None, mode: str = "arrival") -> None:
+        """A block from the server: arrived at ``t``, standing for local time ``t_ref`` (its first
+        sample) on the server's clock (``mode`` "rtp"), or for its arrival (``mode`` "arrival")."""
         if sr != self.rate:
             from ..voice.resample import resample_block
 
             x = resample_block(x, sr, self.rate)
+        x = np.asarray(x, np.float32).reshape(-1)
         with self._lock:
-            self._back_n = self._push(self._back, self._back_n, np.asarray(x, np.float32), self.max_back)
+            self._back.append([x, t if t_ref is None else t_ref, mode if t_ref is not None else "arrival"])
+            self._back_n += x.size
+            while self._back_n - self._back[0][0].size >= self.max_back:
+                self._back_n -= self._back.popleft()[0].size
+                self.metrics.incr("remote.audio_trimmed")  # a burst past max_back: the oldest goes
             self.last_back_t = t
         self.metrics.incr("remote.audio_back")
 
-    def fill(self, n: int) -> np.ndarray:
-        """``n`` samples for the virtual microphone: the server's audio, or the local microphone."""
+    def _pull_back(self, n: int) -> tuple[np.ndarray, float | None, str]:
+        """``n`` returned samples (zeros past the end), the local time of the first, its mode."""
+        out = np.zeros(n, np.float32)
+        t0, mode = None, "arrival"
+        got = 0
+        had = self._back_n
+        while self._back and got < n:
+            e = self._back[0]
+            a = e[0]
+            if t0 is None:
+                t0, mode = e[1], e[2]
+            k = min(a.size, n - got)
+            out[got:got + k] = a[:k]
+            got += k
+            if k == a.size:
+                self._back.popleft()
+            else:
+                e[0] = a[k:]
+                e[1] += k / self.rate
+            self._back_n -= k
+        if had and got < n:
+            self.metrics.incr("remote.audio_underruns")  # ran dry while playing: the rest plays later
+        return out, t0, mode
+
+    def fill(self, n: int, time_info=None) -> np.ndarray:
+        """``n`` samples for the virtual microphone: the server's audio, or the local microphone.
+        ``time_info``: the output callback's (its DAC time is when these samples play)."""
+        now = self.clock()
+        t0 = None
         with self._lock:
-            if time.monotonic() - self.last_back_t <= self.stale_s:
-                out, self._back_n = self._pull(self._back, self._back_n, n)
+            if now - self.last_back_t <= self.stale_s:
+                out, t0, mode = self._pull_back(n)
                 kind = "remote"
             else:
                 self._back.clear()
                 self._back_n = 0
+                self._lat.clear()
                 out, self._local_n = self._pull(self._local, self._local_n, n)
                 kind = "local"
             # the pass-through copy stays current either way
             if kind == "remote":
                 _, self._local_n = self._pull(self._local, self._local_n, min(n, self._local_n))
+            if t0 is not None:
+                from ..voice.pipeline import _dac_delay_s
+
+                delay = _dac_delay_s(time_info)
+                played = now + (self.out_latency_s if delay is None else delay)
+                self._lat.append((mode, played - t0))
+        if t0 is not None:
+            self.metrics.record("remote.audio_path", (played - t0) * 1000.0)
         self.last_kind = kind
         self.metrics.incr(f"remote.audio_{kind}_blocks")
         return out
 
+    def audio_latency_s(self, mode: str | None = None) -> float | None:
+        """The returned audio's path (server time -> played), the median of the last few output
+        callbacks measured in ``mode`` (any when None); None when no server audio plays now."""
+        if self.clock() - self.last_back_t > self.stale_s:
+            return None
+        with self._lock:
+            vals = sorted(v for m, v in self._lat if mode is None or m == mode)
+        if len(vals) < 3:
+            return None
+        return vals[len(vals) // 2]
+
+
+class _Held:
+    """A returned frame in the hold: ``t_capture`` is the local time it stands for on the server's
+    clock (what AVSync holds it from)."""
+
+    __slots__ = ("frame", "t_capture", "mode", "due")
+
+    def __init__(self, frame: np.ndarray, t: float, mode: str):
+        self.frame, self.t_capture, self.mode = frame, t, mode
+        self.due = t
+
+
+class RemoteAVSync(AVSync):
+    """control/avsync.py's hold, with :meth:`clear` for a link gone stale (frames from before the
+    loss must not come out after the local pass-through started)."""
+
+    def clear(self) -> int:
+        n = len(self._held)
+        self._held.clear()
+        if n:
+            self._count("dropped.av_stale", n)
+        return n
+
 
 class RemoteRunner:
-    """Camera -> link -> sinks, with local pass-through whenever the link has nothing fresh."""
+    """Camera -> link -> sinks, with local pass-through whenever the link has nothing fresh.
 
-    def __init__(self, source, sinks: list, link: RemoteLink, metrics: Metrics | None = None):
+    The camera loop (the caller's thread) sends each local frame to the link, and passes it to the
+    sinks itself while nothing comes back. An output thread takes the returned frames, holds each
+    in :attr:`avsync` until its server time + the returned audio's path latency (no hold without
+    audio coming back) and sends it. Until the first held frame has left (a link gained or
+    regained), the local frames keep going out: the picture never stops. On ``on_frame``: it is
+    called from either thread (one at a time, under the sinks' lock)."""
+
+    def __init__(self, source, sinks: list, link: RemoteLink, metrics: Metrics | None = None,
+                 clock=time.monotonic):
         self.source, self.sinks, self.link = source, sinks, link
         self.metrics = metrics or link.metrics
+        self.clock = clock
+        self.avsync = RemoteAVSync(self.metrics, clock=clock)
         self._stop = threading.Event()
+        self._send_lock = threading.Lock()
         self.sent_remote = 0
         self.sent_local = 0
         self.last_kind = ""
+        self.last_remote_t = 0.0  # when a returned frame last left
+        self.send_late_s = 0.0  # how much later than its due time the frame being sent leaves
+        # no returned frame has left since the link was (re)gained: the camera loop passes the local
+        # frames through meanwhile; once one has left, only a stale link brings them back (the local
+        # picture never alternates with swapped frames the hold drops as late)
+        self._awaiting_remote = True
         self.on_frame = None  # (kind, frame) after each send: tests, the window's preview
 
     def stop(self) -> None:
@@ -285,10 +433,13 @@ class RemoteRunner:
     def run(self, max_frames: int | None = None, seconds: float | None = None) -> None:
         t0 = time.monotonic()
         opened = []
+        out_thread = None
         try:
             for s in self.sinks:
                 s.open(*(getattr(self.source, "size", None) or (0, 0)), getattr(self.source, "fps", 30) or 30)
                 opened.append(s)
+            out_thread = threading.Thread(target=self._output_loop, name="mirage-remote-out", daemon=True)
+            out_thread.start()
             while not self._stop.is_set():
                 if max_frames is not None and self.sent_remote + self.sent_local >= max_frames:
                     break
@@ -299,16 +450,11 @@ class RemoteRunner:
                     if getattr(self.source, "kind", "") == "camera":
                         continue
                     break
-                self.link.submit(frame)
-                out = self.link.take_processed()
-                if out is not None:
-                    kind = "remote"
-                elif self.link.stale(self.link.stale_s):
-                    out, kind = frame, "local"  # never a frozen camera: the local picture, unswapped
-                else:
-                    continue  # a processed frame is on its way
-                self._send(out, kind)
+                self.camera_frame(frame)
         finally:
+            self._stop.set()
+            if out_thread is not None:
+                out_thread.join(10.0)
             for s in opened:
                 try:
                     s.close()
@@ -319,24 +465,79 @@ class RemoteRunner:
             except Exception:
                 pass
 
-    def _send(self, frame: np.ndarray, kind: str) -> None:
-        for s in self.sinks:
+    def camera_frame(self, frame: np.ndarray) -> None:
+        """One local camera frame (the camera loop): to the link, and to the sinks while nothing
+        comes back."""
+        self.link.submit(frame)
+        if self.link.stale(self.link.stale_s):
+            self._awaiting_remote = True
+            self.avsync.clear()  # nothing held from before the loss comes out after the local frames
+            self._send(frame, "local")  # never a frozen camera: the local picture, unswapped
+        elif self._awaiting_remote:
+            self._send(frame, "local")  # frames are back but the first is still held: keep moving
+
+    def _update_master(self, mode: str) -> None:
+        """The hold's master latency: the returned audio's path measured on ``mode``'s clock; none
+        when no server audio plays. While audio plays but has no measurement on this clock yet (the
+        first callbacks after the link's clock went from arrival to RTP times) the last one stays:
+        the hold must not collapse and ease in again."""
+        bridge = self.link.audio
+        lat = None if bridge is None else bridge.audio_latency_s(mode)
+        playing = bridge is not None and bridge.clock() - bridge.last_back_t <= bridge.stale_s
+        if lat is not None or not playing:
+            self.avsync.set_audio_latency(lat)
+
+    def step(self, now: float | None = None) -> float | None:
+        """One turn of the output thread: take the returned frames into the hold, send those due.
+        Returns when the next held frame is due (None: nothing held)."""
+        for img, t_ref, mode in self.link.take_timed():
+            self._update_master(mode)
+            pkt = _Held(img, t_ref, mode)
+            if self.avsync.push(pkt, now):
+                pkt.due = t_ref + self.avsync.delay_s  # what the hold gave it (AVSync's own due)
+            self.metrics.set_gauge("av.mode", "remote " + mode)
+        for pkt in self.avsync.pop_due(now):
+            if self.link.stale(self.link.stale_s):
+                self.metrics.incr("dropped.av_stale")  # the local pass-through has taken over
+                continue
+            t_out = self.clock() if now is None else now
+            self.send_late_s = max(0.0, t_out - pkt.due)  # this thread woke late (a loaded machine)
+            self._send(pkt.frame, "remote")
+            self.avsync.sent(pkt, t_out)
+        return self.avsync.next_due()
+
+    def _output_loop(self) -> None:
+        while not self._stop.is_set():
             try:
-                s.send(frame)
-            except Exception as exc:
-                self.metrics.incr(f"errors.output:{s.name}")
-                log.warning("%s failed: %s", s.describe(), exc)
-        if kind == "remote":
-            self.sent_remote += 1
-        else:
-            self.sent_local += 1
-        if kind != self.last_kind:
-            log.warning("%s", "remote engine: swapped video from the server" if kind == "remote"
-                        else self.link.status_text())
-        self.last_kind = kind
-        self.metrics.incr(f"remote.sent_{kind}")
-        if self.on_frame is not None:
-            self.on_frame(kind, frame)
+                due = self.step()
+            except Exception:  # a bug here must not end the stream: the camera loop passes through
+                log.exception("remote engine: the output thread failed a step")
+                due = None
+            wait = 0.1 if due is None else min(0.1, due - self.clock())
+            if wait > 0:
+                self.link.wait_timed(wait)
+
+    def _send(self, frame: np.ndarray, kind: str) -> None:
+        with self._send_lock:
+            for s in self.sinks:
+                try:
+                    s.send(frame)
+                except Exception as exc:
+                    self.metrics.incr(f"errors.output:{s.name}")
+                    log.warning("%s failed: %s", s.describe(), exc)
+            if kind == "remote":
+                self.sent_remote += 1
+                self.last_remote_t = self.clock()
+                self._awaiting_remote = False
+            else:
+                self.sent_local += 1
+            if kind != self.last_kind:
+                log.warning("%s", "remote engine: swapped video from the server" if kind == "remote"
+                            else self.link.status_text())
+            self.last_kind = kind
+            self.metrics.incr(f"remote.sent_{kind}")
+            if self.on_frame is not None:
+                self.on_frame(kind, frame)
 
 
 def run_remote(args, settings, outputs: list[str]) -> int:
@@ -390,12 +591,30 @@ def run_remote(args, settings, outputs: list[str]) -> int:
         link.stop()
     print(f"mirage: {runner.sent_remote} frames from the server, {runner.sent_local} passed through locally "
           f"({link.metrics.counter('remote.lost')} reconnects)", file=sys.stderr)
+    for line in sync_summary(link.metrics.snapshot()):
+        print(f"mirage: {line}", file=sys.stderr)
     return 0
 
 
-def open_audio(link: RemoteLink, settings) -> list:
+def sync_summary(snap: dict) -> list[str]:
+    """The remote A/V lines of the run summary (the local engine's, with the remote's clock)."""
+    from ..commands.run import av_summary
+
+    g = snap["gauges"]
+    mode = str(g.get("av.mode", "remote"))
+    what = {"remote rtp": "remote engine, RTP timestamps",
+            "remote arrival": "remote engine, arrival times"}.get(mode, mode)
+    lines = av_summary(snap, what)
+    if not lines and snap["counters"].get("remote.sent_remote"):
+        lines.append("A/V (remote engine): no server audio played to a virtual microphone, the video was not held")
+    return lines
+
+
+def open_audio(link: RemoteLink, settings, output_latency: float | str = "low") -> list:
     """The microphone to the server and its audio to the virtual microphone, when there is one
-    (else the remote mode is video only, said once). Returns the started streams."""
+    (else the remote mode is video only, said once). Returns the started streams.
+    ``output_latency``: the virtual microphone stream's suggested latency (PortAudio's; its
+    reported DAC times say what it really is, and the video is held by that)."""
     import sys
 
     from ..engine import virtual_microphone
@@ -417,14 +636,19 @@ def open_audio(link: RemoteLink, settings) -> list:
         return []
 
     def play(outdata, frames, t, status):
-        outdata[:, 0] = bridge.fill(frames)
+        outdata[:, 0] = bridge.fill(frames, t)  # t: PortAudio's time_info, the DAC time of these samples
 
     try:
-        out = open_stream(resolve_device(out_name, "output"), bridge.rate, 960, play, channels=1)
+        out = open_stream(resolve_device(out_name, "output"), bridge.rate, 960, play, channels=1,
+                          latency=output_latency)
     except MirageError as exc:
         mic.close()
         print(f"mirage: cannot open {out_name} for the remote engine: {exc}; video only", file=sys.stderr)
         return []
+    try:
+        bridge.out_latency_s = float(out.latency)  # when the host API reports no DAC times
+    except (AttributeError, TypeError, ValueError):
+        pass
     link.audio = bridge
     mic.start()
     out.start()

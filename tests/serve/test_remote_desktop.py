@@ -141,7 +141,7 @@ def test_the_microphone_goes_through_the_server_and_falls_back_to_the_local_one(
     link.audio = bridge
     back = []
     on_back = bridge.on_back
-    bridge.on_back = lambda x, sr, tt: (back.append(x.copy()), on_back(x, sr, tt))
+    bridge.on_back = lambda x, *rest: (back.append(x.copy()), on_back(x, *rest))
     i = np.arange(int(0.45 * AUDIO_RATE))
     bridge.on_mic(0.5 * np.sin(2 * np.pi * 440.0 * i / AUDIO_RATE))  # 0.45 s said into the microphone
     runner = RemoteRunner(ImageSource(frame, fps=15), [NullSink()], link)  # the camera keeps it alive
