@@ -4,9 +4,9 @@
   is one line naming the fix.
 * :func:`save_pasted_token` — a pasted token goes to a 0600 file under the config dir (never into
   the settings file, never into a log); the settings keep only that file's path.
-* :class:`WindowLink` — a thin adapter over :class:`~mirage_desktop.serve.remote.RemoteLink` for
-  what the window needs and the link does not expose (yet): the session of the current attempt,
-  for the control channel (live options, pings for the round trip, a new photo while connected).
+* :class:`WindowLink` — :class:`~mirage_desktop.serve.remote.RemoteLink` with the window's use of
+  each connected session (its ``on_connected`` hook): live options on the control channel, pings
+  for the round trip, a new photo while connected.
 * :class:`RemoteRun` — one remote stream: link, runner thread, audio streams; stopped as one.
 
 Nothing here imports the serving libraries at import time (they are an optional extra)."""
@@ -134,39 +134,22 @@ def _link_class():
     from ..serve.remote import RemoteLink
 
     class WindowLink(RemoteLink):
-        """RemoteLink plus the session of the current attempt.
-
-        The link keeps its :class:`~mirage_desktop.serve.client.RemoteSession` to itself; the window
-        needs it for the control channel. The link's ``_got`` runs for each returned frame inside
-        that session's receive task, so the task tells which session it is (only read when the
-        task changes, i.e. once per connection). Options set with :meth:`set_options` are sent to
-        every new session once its control channel is open, and again on each change."""
+        """RemoteLink plus what the window does with a connected session (:meth:`on_connected`):
+        options set with :meth:`set_options` are sent to every new session once its control
+        channel is open, and again on each change; pings; a photo chosen while connected."""
 
         def __init__(self, *args, options: dict | None = None, **kw):
             super().__init__(*args, **kw)
-            self.session = None
+            self.live = None  # the last session that connected (its ``ended`` says when it is gone)
             self.options: dict = dict(options or {})
-            self._task = None
             self._pongs_read = 0
             self.server: dict = {}  # the server's processing summary, from its last pong
             self.sessions_seen = 0
             self._photo_pending = False  # a photo chosen while no session was there to take it
             self._on_photo_error = None
 
-        def _got(self, img, t) -> None:
-            super()._got(img, t)
-            try:
-                task = asyncio.current_task()
-            except RuntimeError:  # not on the link's loop
-                task = None
-            if task is None or task is self._task:
-                return
-            self._task = task
-            rs = _session_of(task)
-            if rs is None:
-                log.warning("remote engine: the link's session is not reachable: options stay the server's")
-                return
-            self.session = rs
+        def on_connected(self, rs) -> None:
+            self.live = rs
             self._pongs_read = 0
             self.sessions_seen += 1
             self._when_open(rs, lambda: self._send_options(rs))
@@ -190,33 +173,23 @@ def _link_class():
                 rs.send_control({"type": "option", "name": name, "value": self.options[name]})
             self.metrics.incr("remote.options_sent", len(names or self.options))
 
-        def _call(self, fn, *args) -> bool:
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                return False
-            try:
-                loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # the loop closed meanwhile
-                return False
-            return True
-
         # ---- the window's side (any thread) ------------------------------------------------
         def set_options(self, values: dict) -> None:
             """Forward ``values`` (names of :data:`FORWARDED`) now and to every later session."""
             values = {k: v for k, v in values.items() if k in FORWARDED}
             self.options.update(values)
-            rs = self.session
+            rs = self.live
             if rs is not None and values:
-                self._call(self._send_options, rs, list(values))
+                self.call_soon(self._send_options, rs, list(values))
 
         def ping(self) -> None:
-            rs = self.session
+            rs = self.live
             if rs is not None and not rs.ended.is_set():
-                self._call(rs.ping)
+                self.call_soon(rs.ping)
 
         def read_pongs(self) -> None:
             """Round trips of the pings answered since the last call -> ``remote.rtt`` (ms)."""
-            rs = self.session
+            rs = self.live
             if rs is None:
                 return
             pongs = list(rs.pongs)
@@ -234,7 +207,7 @@ def _link_class():
             the current one keeps it until it reconnects.)"""
             self.photo, self.consent = photo, photo is not None
             self._on_photo_error = on_error
-            rs = self.session
+            rs = self.live
             if photo is None:
                 self._photo_pending = False
                 return
@@ -259,16 +232,6 @@ def _link_class():
             return True
 
     return WindowLink
-
-
-def _session_of(task):
-    """The RemoteSession whose coroutine ``task`` runs, or None."""
-    from ..serve.client import RemoteSession
-
-    coro = task.get_coro()
-    frame = getattr(coro, "cr_frame", None)
-    rs = frame.f_locals.get("self") if frame is not None else None
-    return rs if isinstance(rs, RemoteSession) else None
 
 
 def make_link(url: str, token: str, photo: bytes | None, fps: float, options: dict, metrics=None):

@@ -153,6 +153,22 @@ class RemoteLink:
             self.metrics.incr("remote.connected")
             log.warning("remote engine: connected to %s", self.url)
 
+    def on_connected(self, rs) -> None:
+        """Runs on the link's event loop once ``rs`` (a :class:`~.client.RemoteSession`) is connected;
+        its control channel may still be opening. For subclasses: the window forwards its options
+        and a photo chosen meanwhile from here."""
+
+    def call_soon(self, fn, *args) -> bool:
+        """Run ``fn(*args)`` on the link's event loop (from any thread); False when it is gone."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop closed meanwhile
+            return False
+        return True
+
     def _got_timed(self, img: np.ndarray, t: float, t_ref: float, mode: str) -> None:
         self._got(img, t)
         with self._timed_cond:
@@ -173,6 +189,10 @@ class RemoteLink:
                 audio = FeedAudioTrack(bridge.next_mic_block) if bridge is not None else None
                 await asyncio.wait_for(rs.connect(FeedTrack(self._next_local, self.fps), audio=audio,
                                                   photo=self.photo, consent=self.consent), self.connect_timeout_s)
+                try:
+                    self.on_connected(rs)
+                except Exception:  # a subclass's hook must not end the attempt
+                    log.exception("remote engine: the on_connected hook failed")
                 while not self._stop.is_set() and not rs.ended.is_set():
                     try:
                         await asyncio.wait_for(self._stop.wait(), 0.25)
