@@ -189,19 +189,29 @@ class Session:
 
         from .client import audio_samples
 
+        from ..voice.resample import StreamResampler
+
+        rs = None  # a codec at another rate (G.711: 8 kHz) is resampled to the stream's 48 kHz
         try:
             while not self.closed.is_set():
                 frame = await track.recv()
                 t = time.perf_counter()  # the voice's arrival: the clock the video's t_capture is on
-                if frame.sample_rate != self.voice.sr_in:
-                    self.metrics.incr("voice.rejected_rate")
+                try:
+                    x = audio_samples(frame)
+                    if frame.sample_rate != self.voice.sr_in:
+                        if rs is None or rs.sr_in != frame.sample_rate:
+                            rs = StreamResampler(int(frame.sample_rate), self.voice.sr_in)
+                        x = rs.process(x)
+                except Exception as exc:  # a frame that does not convert: counted, the next one may
+                    self.metrics.incr("voice.rejected_frames")
+                    log.debug("session %s: audio frame refused: %s", self.id, exc)
                     continue
-                self.voice.push(audio_samples(frame), t)
+                self.voice.push(x, t)
         except MediaStreamError:
             pass  # the microphone ended; the video goes on (the outgoing voice is silence)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a broken audio frame: this session's voice stops, nothing else
+        except Exception as exc:  # this session's voice input stops, nothing else
             log.exception("session %s: audio input failed", self.id)
             self.metrics.set_gauge("voice.input_error", f"{type(exc).__name__}: {exc}")
 

@@ -386,6 +386,7 @@ class VoiceStream:
             self._write(x, self._in_frames - x.size, 0.0, self._margin_s, silent=quiet)
         else:
             self._convert(x)
+        self.metrics.incr("voice.in_chunks")
         self._notify()
 
     def _switch(self, path: str, first_frame: int) -> None:

@@ -20,6 +20,9 @@ from tests_support import HANG_GUARD_S
 
 from mirage_desktop.serve.client import AUDIO_RATE, FeedAudioTrack, FeedTrack, RemoteSession
 from mirage_desktop.serve.tracks import REANCHOR_S
+from mirage_desktop.voice.converters import make_converter
+from mirage_desktop.voice.f0 import harmonic_signal
+from mirage_desktop.voice.stream import MAX_QUEUED_S, VoiceStream
 from mirage_desktop.voice.f0 import median_f0
 from mirage_desktop.voice.resample import resample_block
 
@@ -191,13 +194,18 @@ def test_voice_off_comes_back_unchanged_and_the_video_is_not_held(serve, token, 
 
 
 class Broken:
-    """A converter whose model fails on every block (the probe's timing swallows it, as it does for
-    a real model that fails)."""
+    """A converter whose model fails on every block — it raises, or returns NaNs (the probe's timing
+    swallows it, as it does for a real model that fails)."""
 
     name = "world"
     context = 0
 
+    def __init__(self, how: str):
+        self.how = how
+
     def convert(self, window, tail, timings):
+        if self.how == "nan":
+            return np.full(tail, np.nan, np.float32)
         raise RuntimeError("model exploded")
 
     def set_option(self, name, value):
@@ -207,9 +215,10 @@ class Broken:
         return {}
 
 
-@pytest.mark.parametrize("failure", ["raises", "cannot_load"])
+@pytest.mark.parametrize("failure,says", [("raises", "model exploded"), ("nan", "returned bad audio"),
+                                          ("cannot_load", "could not be loaded: model exploded while loading")])
 def test_a_failing_converter_passes_its_session_through_and_the_other_keeps_converting(
-        serve, token, client_loop, frame, failure):
+        serve, token, client_loop, frame, failure, says):
     t, server = serve()
     real = server.voice_converter
     calls = []
@@ -219,7 +228,7 @@ def test_a_failing_converter_passes_its_session_through_and_the_other_keeps_conv
         if len(calls) == 1:
             if failure == "cannot_load":
                 raise RuntimeError("model exploded while loading")
-            return Broken()
+            return Broken(failure)
         return real()
 
     server.voice_converter = factory
@@ -230,11 +239,11 @@ def test_a_failing_converter_passes_its_session_through_and_the_other_keeps_conv
         ctl.ask("enable_voice", True)
     rs, ctl, s, heard = bad
     told = ctl.wait(lambda m: m.get("type") == "voice" and not m["converting"] and m["enabled"]
-                    and "model exploded" in (m["passthrough_reason"] or ""))
+                    and says in (m["passthrough_reason"] or ""))
     assert "\n" not in told["passthrough_reason"]
     assert abs(pitch_of(heard) - F0) / F0 < 0.01  # passed through: the voice as it came
     v = s.describe()["voice"]
-    assert not v["converting"] and "model exploded" in v["passthrough_reason"]
+    assert not v["converting"] and says in v["passthrough_reason"]
     assert not s.engine.pipeline.av.master  # passed through: no hold
     got = pitch_of(good[3])
     assert abs(got - shifted(4)) / shifted(4) < 0.03, got
@@ -369,3 +378,80 @@ def _get(client_loop, url, token):
                 return await r.text()
 
     return client_loop.run(go())
+
+
+# ---- the device-free core on its own (no WebRTC): exact, on scripted times ---------------------
+
+def _lockstep(stream: VoiceStream, x: np.ndarray, t0: float = 100.0, block: int = 960) -> np.ndarray:
+    """Feed ``x`` in 20 ms chunks arriving on a scripted clock, reading 20 ms back after each one
+    the worker has taken (a reader that keeps pace: nothing is dropped as stalled output); then
+    what is left."""
+    out = []
+    for n, i in enumerate(range(0, x.size, block), start=1):
+        stream.push(x[i:i + block], t0 + (i + block) / 48000)
+        assert stream.metrics.wait_for("voice.in_chunks", n, HANG_GUARD_S)
+        out.append(stream.read(block, t0 + (i + block) / 48000))
+    while stream._fifo.level:
+        out.append(stream.read(block, t0))
+    return np.concatenate(out)
+
+
+def test_stream_voice_off_is_the_input_sample_for_sample():
+    x = harmonic_signal(F0, 1.0, sr=48000)
+    s = VoiceStream(make_converter("world"), name="t-off", enabled=False)
+    s.start()
+    try:
+        assert s.ready.wait(HANG_GUARD_S)
+        y = _lockstep(s, x)
+    finally:
+        s.stop()
+    first = int(np.flatnonzero(y)[0])
+    assert first > 0  # the margin in front (an empty FIFO: room for the next chunks' jitter)
+    assert np.array_equal(y[first:first + x.size], x)  # full band, no resampling, nothing changed
+    assert not s.running
+
+
+def test_stream_converts_to_the_pitch_asked():
+    x = harmonic_signal(F0, 2.0, sr=48000)
+    s = VoiceStream(make_converter("world"), name="t-on")
+    s.set_option("pitch", 5)  # before the worker built anything: applied all the same
+    s.start()
+    try:
+        assert s.ready.wait(HANG_GUARD_S)
+        y = _lockstep(s, x)
+    finally:
+        s.stop()
+    got = median_f0(resample_block(y[9600:], 48000, 16000), sr=16000)
+    assert abs(got - shifted(5)) / shifted(5) < 0.02, got
+    assert s.metrics.counter("voice.switch_convert") == 1 and s.metrics.histogram("voice.converter_ms").count > 0
+
+
+def test_stream_latency_is_arrival_to_hand_over():
+    s = VoiceStream(make_converter("world"), name="t-lat", enabled=False)
+    s.start()
+    try:
+        assert s.ready.wait(HANG_GUARD_S)
+        s.push(np.full(960, 0.25, np.float32), 10.0)  # arrived at 10.0 s: its first sample at 9.98 s
+        assert s.metrics.wait_for("voice.in_chunks", 1, HANG_GUARD_S)
+        pad = s._fifo.level - 960
+        s.read(960, 10.5)  # handed over at 10.5 s, after ``pad`` samples of margin
+    finally:
+        s.stop()
+    (ms,) = s.metrics.histogram("voice.latency_e2e").values()
+    assert ms == pytest.approx((10.5 + pad / 48000 - 9.98) * 1000, abs=1e-6)
+
+
+def test_stream_input_beyond_the_bound_is_dropped_and_still_counted_by_the_clock():
+    s = VoiceStream(make_converter("world"), name="t-flood", enabled=False)
+    x = np.full(960, 0.1, np.float32)
+    n = int(3 * MAX_QUEUED_S * 48000 / 960)  # three times what may wait (the worker is not started yet)
+    for i in range(n):
+        s.push(x, 1.0 + i * 0.02)
+    dropped = s.metrics.counter("voice.dropped_input_samples")
+    assert dropped >= (n * 960 - MAX_QUEUED_S * 48000) and s._queued <= MAX_QUEUED_S * 48000
+    s.start()
+    try:
+        assert s.metrics.wait_for("voice.in_chunks", n - dropped // 960, HANG_GUARD_S)
+    finally:
+        s.stop()
+    assert s._in_frames == n * 960  # the samples that were dropped still moved the input clock on
