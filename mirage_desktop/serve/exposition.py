@@ -29,8 +29,10 @@ QUANTILES = ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
 SERIES = ("mirage_stage_latency_seconds", "mirage_frames_in_total", "mirage_frames_out_total",
           "mirage_frames_dropped_total", "mirage_frames_rejected_total", "mirage_control_rejected_total",
           "mirage_requests_rejected_total", "mirage_av_offset_seconds", "mirage_sessions", "mirage_sessions_max",
-          "mirage_sessions_closed_total", "mirage_gpu_memory_used_bytes", "mirage_voice_latency_seconds",
-          "mirage_voice_converter_seconds")
+          "mirage_sessions_closed_total", "mirage_gpu_memory_used_bytes")
+# per session, present while a session with a microphone is open (no sample, no series: Prometheus
+# stores none before the first voice session)
+SESSION_SERIES = ("mirage_voice_latency_seconds", "mirage_voice_converter_seconds")
 
 
 # the reasons each labelled counter always shows (at 0 until it happens), so a rate() or an alert

@@ -19,6 +19,7 @@ from serve_support import Received
 from tests_support import HANG_GUARD_S
 
 from mirage_desktop.serve.client import AUDIO_RATE, FeedAudioTrack, FeedTrack, RemoteSession
+from mirage_desktop.serve.exposition import SESSION_SERIES
 from mirage_desktop.serve.tracks import REANCHOR_S
 from mirage_desktop.voice.converters import make_converter
 from mirage_desktop.voice.f0 import harmonic_signal
@@ -161,7 +162,7 @@ def test_two_sessions_each_get_their_own_pitch_and_the_metrics_say_so(serve, tok
     # /metrics: per-session voice latency and converter time, as summaries
     text = _get(client_loop, t.url + "/metrics", token)
     fams = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("mirage_voice_latency_seconds", "mirage_voice_converter_seconds"):
+    for name in SESSION_SERIES:
         fam = fams[name]
         assert fam.type == "summary"
         sessions = {x.labels["session"] for x in fam.samples if x.labels.get("quantile") == "0.5"}
