@@ -132,6 +132,8 @@ class Session:
             self.pc.addTrack(self.audio_out)
             self.engine.set_audio_master(self.voice.master_latency_s)  # video held while it converts
             self._tasks.append(asyncio.ensure_future(self._audio_in(track)))
+        elif track.kind == "audio":  # a second microphone: read and dropped (its frames would pile up)
+            self._tasks.append(asyncio.ensure_future(self._discard(track)))
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "control":
@@ -214,6 +216,16 @@ class Session:
         except Exception as exc:  # this session's voice input stops, nothing else
             log.exception("session %s: audio input failed", self.id)
             self.metrics.set_gauge("voice.input_error", f"{type(exc).__name__}: {exc}")
+
+    async def _discard(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while not self.closed.is_set():
+                await track.recv()
+                self.metrics.incr("voice.extra_track_frames")
+        except MediaStreamError:
+            pass
 
     def _voice_changed_threadsafe(self, status: dict) -> None:
         try:

@@ -281,7 +281,8 @@ class VoiceStream:
         measured, or the estimate before 3 are. None when the stream is not running."""
         if not self.running:
             return None
-        recent = sorted(self._recent)
+        with self._marker_lock:  # appended by the reader's thread
+            recent = sorted(self._recent)
         if len(recent) < LATENCY_MIN_MARKERS:
             return self.estimated_latency_s()
         n = len(recent)
@@ -302,7 +303,8 @@ class VoiceStream:
         return eng.algorithmic_latency_ms() / 1000.0 + rs + allow + READ_BLOCK_S
 
     def _proc_ref(self) -> float:
-        return max(self._proc) if self._proc else self._proc_guess
+        with self._marker_lock:  # appended by the worker, read by the video's output thread
+            return max(self._proc) if self._proc else self._proc_guess
 
     def status(self) -> dict:
         m = self.metrics
@@ -404,7 +406,8 @@ class VoiceStream:
             self.metrics.incr("voice.dropped_output_samples", self._fifo.drop(self._fifo.level))
             self._levels.clear()
         self._path = path
-        self._recent.clear()  # the other path's latencies say nothing about this one
+        with self._marker_lock:
+            self._recent.clear()  # the other path's latencies say nothing about this one
         self.metrics.incr(f"voice.switch_{path}")
         log.info("voice stream %s: %s", self.name, "converting" if path == "convert" else
                  f"passing through ({self.passthrough_reason})")
@@ -421,7 +424,8 @@ class VoiceStream:
             proc = time.perf_counter() - t_ready
             used = not eng.last_silent and eng.active_converter != "passthrough"
             if used:
-                self._proc.append(proc)
+                with self._marker_lock:
+                    self._proc.append(proc)
                 m.record("voice.converter_ms", proc * 1000.0)
             start16 = eng.produced - out16.size
             y = self._rs_out.process(out16)
