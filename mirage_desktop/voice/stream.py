@@ -119,7 +119,8 @@ class VoiceStream:
 
     def __init__(self, converter, metrics: Metrics | None = None, *, name: str = "voice", sr_in: int = 48000,
                  sr_out: int = 48000, enabled: bool = True, block_ms: float = 0.0, silence_db: float = -50.0,
-                 adapt: bool = True, on_change: Callable[[dict], None] | None = None):
+                 adapt: bool = True, on_change: Callable[[dict], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         from .converters import check_converter
 
         # a converter, or a function that builds one (called on the worker: a model may take a while)
@@ -133,6 +134,7 @@ class VoiceStream:
         self.enabled = bool(enabled)
         self.block_ms, self.silence_db, self.adapt = float(block_ms), float(silence_db), bool(adapt)
         self.on_change = on_change
+        self.clock = clock  # what the engine's real-time control times conversions with (tests script it)
         self.engine = None  # VoiceEngine, built by the worker (after the start-block probe)
         self.start_probe: dict[float, float] = {}
         self.error: str | None = None
@@ -356,7 +358,7 @@ class VoiceStream:
             block_ms, self._proc_guess, self.start_probe = pick_start_block(
                 self.converter, CROSSFADE_MS, SEARCH_MS, self.block_ms)
             self.engine = VoiceEngine(self.converter, self.metrics, block_ms=block_ms, silence_db=self.silence_db,
-                                      adapt=self.adapt)
+                                      adapt=self.adapt, clock=self.clock)
             self.metrics.set_gauge("voice.block_ms", block_ms)
             self.ready.set()
             self._notify()
@@ -398,7 +400,7 @@ class VoiceStream:
         if path == "convert":  # afresh: the engine, both resamplers, from this chunk on
             old = self.engine
             self.engine = VoiceEngine(self.converter, self.metrics, block_ms=old.block * 1000.0 / SAMPLE_RATE,
-                                      silence_db=self.silence_db, adapt=self.adapt)
+                                      silence_db=self.silence_db, adapt=self.adapt, clock=self.clock)
             self._rs_in = StreamResampler(self.sr_in, SAMPLE_RATE)
             self._rs_out = StreamResampler(SAMPLE_RATE, self.sr_out)
             self._seg_origin = first_frame  # input frame of the segment's 16 kHz sample 0

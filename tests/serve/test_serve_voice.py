@@ -456,3 +456,43 @@ def test_stream_input_beyond_the_bound_is_dropped_and_still_counted_by_the_clock
     finally:
         s.stop()
     assert s._in_frames == n * 960  # the samples that were dropped still moved the input clock on
+
+
+class Slow:
+    """A converter twice as slow as real time, on a scripted clock (each block "takes" 2 x its length)."""
+
+    name = "slow"
+    context = 0
+
+    def __init__(self):
+        self.t = 0.0
+
+    def clock(self) -> float:
+        return self.t
+
+    def convert(self, window, tail, timings):
+        self.t += 2.0 * tail / 16000
+        return np.asarray(window[-tail:], np.float32)
+
+    def set_option(self, name, value):
+        pass
+
+    def options(self):
+        return {}
+
+
+def test_stream_a_converter_that_cannot_keep_up_falls_back_with_its_reason():
+    conv = Slow()
+    told = []
+    s = VoiceStream(conv, name="t-slow", clock=conv.clock, on_change=told.append)
+    s.start()
+    try:
+        assert s.ready.wait(HANG_GUARD_S)
+        y = _lockstep(s, harmonic_signal(F0, 3.0, sr=48000))
+    finally:
+        s.stop()
+    reason = s.passthrough_reason
+    assert not s.converting and "too slow" in reason and "40 consecutive" in reason, reason
+    assert told[-1]["converting"] is False and told[-1]["passthrough_reason"] == reason  # the session is told
+    assert s.metrics.counter("voice.switch_direct") >= 1  # and the voice goes on, as it came
+    assert np.sqrt(np.mean(y[-48000:] ** 2)) > 0.1
