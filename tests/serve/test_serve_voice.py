@@ -307,6 +307,7 @@ def test_bad_voice_options_are_refused_with_one_line(serve, token, client_loop, 
     rs, ctl, s, heard = open_session(t, token, client_loop, frame, server)
     reply = ctl.ask(name, value)
     assert reply["type"] == "error" and says in reply["error"] and "\n" not in reply["error"], reply
+    assert "use " in reply["error"]  # the line names the fix
     assert not s.voice.enabled and s.voice.converter.options()["pitch"] == 0.0  # nothing was applied
     assert ctl.ask("voice_pitch", 2)["ok"]  # the session goes on taking good values
     assert s.close_reason is None
