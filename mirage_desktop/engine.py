@@ -107,6 +107,7 @@ class Engine:
         self.pipeline: Any = None  # vision.pipeline.VideoPipeline while running
         self.voice: Any = None  # voice.pipeline.VoicePipeline while the voice runs
         self.voice_mode: str | None = None  # "convert" | "lipsync" while a voice path runs
+        self._audio_master: Callable[[], float | None] | None = None  # an audio path outside (set_audio_master)
         self._gpu_monitor: Any = None
         self._lock = threading.RLock()
         self._status = EngineStatus()
@@ -328,6 +329,8 @@ class Engine:
             self._status.source = src.name
             self._status.outputs = [x.describe() for x in sinks]
             self._sync_voice()
+            if self.voice is None and self._audio_master is not None:
+                p.audio_latency = self._audio_master
 
     def _make_smoother(self):
         try:
@@ -405,8 +408,8 @@ class Engine:
 
     def _stop_voice(self) -> None:
         p = self.pipeline
-        if p is not None:  # the video leaves as it comes again
-            p.audio_latency = None
+        if p is not None:  # the video leaves as it comes again (or held to an outside master)
+            p.audio_latency = self._audio_master
             p.on_video_latency = None
         if self.voice is not None:
             try:
@@ -415,6 +418,17 @@ class Engine:
                 self.voice = None
         self.voice_mode = None
         self.metrics.set_gauge("av.mode", "none")
+
+    def set_audio_master(self, latency: Callable[[], float | None] | None) -> None:
+        """An audio path this engine does not run (``mirage serve``: a session's voice stream) as
+        the A/V master: the output holds each frame until its capture time + ``latency()`` s (by
+        AVSync's rules; ``latency()`` None: no hold). None: no outside master. The engine's own
+        voice path, while one runs, comes first."""
+        with self._lock:
+            self._audio_master = latency
+            p = self.pipeline
+            if p is not None and self.voice is None:
+                p.audio_latency = latency
 
     def stop(self) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import MirageError
 from ..metrics import Metrics
 from .auth import AuthError, RateLimiter, bearer, verify_token
 from .exposition import merged_view, render
@@ -142,6 +143,31 @@ class Server:
         self.connect_limiter = RateLimiter(config.connect_limit, config.connect_window_s)
         self.changed = threading.Condition()  # notified when a session opens or closes
         self.opened_total = 0
+        self._voice_lock = threading.Lock()
+        self._voice_model: Any = None  # an RVC converter, loaded once (voice_converter)
+        self._voice_model_error: str | None = None
+
+    def voice_converter(self):
+        """A converter for one session's voice (called on its voice worker): the server's
+        ``voice_converter`` setting (WORLD by default: nothing to load, each session its own); RVC
+        models are loaded once per server and shared (``stream.shared_copy``: each session its own
+        pitch and noise). A model that does not load fails every session's voice with its reason
+        (they pass the voice through); it is not retried per session."""
+        from ..voice.converters import make_converter
+        from ..voice.stream import shared_copy
+
+        s = self.engine.settings
+        if s.voice_converter != "rvc":
+            return make_converter(s.voice_converter, s)
+        with self._voice_lock:
+            if self._voice_model is None and self._voice_model_error is None:
+                try:
+                    self._voice_model = make_converter("rvc", s)
+                except Exception as exc:
+                    self._voice_model_error = " ".join(str(exc).split())
+            if self._voice_model_error is not None:
+                raise MirageError(self._voice_model_error)
+            return shared_copy(self._voice_model)
 
     # ---- sessions ----------------------------------------------------------------------------
     def session_engine(self, metrics: Metrics):
@@ -175,6 +201,9 @@ class Server:
             closed[k] = closed.get(k, 0) + n
         v = merged_view([s.metrics for s in live] + [self.engine.metrics], closed, len(live),
                         self.config.max_sessions)
+        v["voice"] = {s.id: {k: _hist(s.metrics.histogram(name)) for k, name in
+                             (("latency", "voice.latency_e2e"), ("converter", "voice.converter_ms"))}
+                      for s in live if s.voice is not None}
         return v
 
     def health(self) -> dict:
@@ -327,6 +356,11 @@ class Server:
 
         app.on_shutdown.append(on_shutdown)
         return app
+
+
+def _hist(h) -> tuple[list, int, float]:
+    """A histogram's recent values, lifetime count and sum (ms), for a summary."""
+    return h.values().tolist(), h.count, h.total
 
 
 def client_address(request, trusted_proxies=()) -> str:

@@ -16,6 +16,8 @@ sessions                               gauge    open sessions
 sessions_max                           gauge    the session cap
 sessions_closed_total{reason}          counter  closed sessions by kind of reason
 gpu_memory_used_bytes                  gauge    GPU memory in use (NaN without a GPU monitor)
+voice_latency_seconds{session,q..}     summary  per session with a voice: arrival -> hand-over
+voice_converter_seconds{session,q..}   summary  per session: processing time of a converted block
 =====================================  =======  ==========================================
 """
 
@@ -28,6 +30,9 @@ SERIES = ("mirage_stage_latency_seconds", "mirage_frames_in_total", "mirage_fram
           "mirage_frames_dropped_total", "mirage_frames_rejected_total", "mirage_control_rejected_total",
           "mirage_requests_rejected_total", "mirage_av_offset_seconds", "mirage_sessions", "mirage_sessions_max",
           "mirage_sessions_closed_total", "mirage_gpu_memory_used_bytes")
+# per session, present while a session with a microphone is open (no sample, no series: Prometheus
+# stores none before the first voice session)
+SESSION_SERIES = ("mirage_voice_latency_seconds", "mirage_voice_converter_seconds")
 
 
 # the reasons each labelled counter always shows (at 0 until it happens), so a rate() or an alert
@@ -91,6 +96,21 @@ class SnapshotCollector:
                                 value=(off / 1000.0) if isinstance(off, (int, float)) else 0.0)
         yield GaugeMetricFamily("mirage_sessions", "Open sessions", value=v.get("sessions", 0))
         yield GaugeMetricFamily("mirage_sessions_max", "The session cap", value=v.get("sessions_max", 0))
+        for key, name, help_text in (
+                ("latency", "mirage_voice_latency_seconds",
+                 "Per session: voice arrival -> hand-over of the converted (or passed-through) voice"),
+                ("converter", "mirage_voice_converter_seconds",
+                 "Per session: processing time of a block that went through the voice converter")):
+            fam = Metric(name, help_text, "summary")
+            for sid, hists in sorted(v.get("voice", {}).items()):
+                values, count, total = hists[key]
+                if values:
+                    qs = np.percentile(np.asarray(values, float), [q * 100 for q, _ in QUANTILES])
+                    for (q, _), x in zip(QUANTILES, qs):
+                        fam.add_sample(name, {"session": sid, "quantile": str(q)}, x / 1000.0)
+                fam.add_sample(name + "_count", {"session": sid}, count)
+                fam.add_sample(name + "_sum", {"session": sid}, total / 1000.0)
+            yield fam
         mem = g.get("gpu.memory_used_mb")
         yield GaugeMetricFamily("mirage_gpu_memory_used_bytes", "GPU memory in use (NaN: no GPU monitor)",
                                 value=float(mem) * 2 ** 20 if isinstance(mem, (int, float)) else math.nan)

@@ -1,7 +1,16 @@
 """One client of `mirage serve`: its peer connection, its own engine (on the server's shared
 models) with its own identity, and the rules it is held to (frame guard, anomaly window,
 control-message limits, idle timeout, maximum length). A session's failure closes that session
-only: every step that can raise is caught here and becomes its close reason."""
+only: every step that can raise is caught here and becomes its close reason.
+
+Voice: the client's microphone track goes through the session's own
+:class:`~mirage_desktop.voice.stream.VoiceStream` (a worker thread; the converter the server is
+configured with, WORLD by default, an RVC model loaded once per server and shared) and leaves on
+:class:`~.tracks.VoiceOutTrack`. While it converts, the session's video is held to it
+(``Engine.set_audio_master``: AVSync in the video pipeline, as on the desktop), so a video frame and
+the converted audio that arrived with it are handed to their tracks at the same moment. With
+voice off (or a converter that failed: the reason in ``describe()["voice"]`` and a ``voice`` message
+on the control channel) the voice goes back as it came, and the video is not held."""
 
 from __future__ import annotations
 
@@ -14,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import MirageError
 from ..metrics import Metrics
 from .auth import RateLimiter
 from .guard import FrameGuard
-from .tracks import FrameQueueTrack, TrackSink, TrackSource, fps_of
+from .tracks import FrameQueueTrack, TrackSink, TrackSource, VoiceOutTrack, fps_of
 
 if TYPE_CHECKING:
     from .app import Server
@@ -26,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # settings a client may change on its own session (never the visible "AI" mark, never a model)
 CLIENT_OPTIONS = ("enable_swap", "max_faces", "enable_color_transfer", "enable_mouth_mask", "enable_smoothing")
+# the session's voice (its own stream, not the engine's settings): on/off and the converter's options
+VOICE_OPTIONS = ("enable_voice", "voice_pitch", "voice_formant", "voice_preset")
 
 
 class Session:
@@ -46,7 +58,10 @@ class Session:
         self.guard = FrameGuard(self.cfg.max_width, self.cfg.max_height)
         self.control_limiter = RateLimiter(self.cfg.control_rate, 1.0)
         self.source = TrackSource(f"webrtc:{self.id}", on_drop=lambda: self.metrics.incr("dropped.network_ahead"))
-        self.out_track = FrameQueueTrack(self.loop)
+        self.origin = time.perf_counter()  # pts 0 of both outgoing tracks (see tracks.py)
+        self.out_track = FrameQueueTrack(self.loop, origin=self.origin)
+        self.voice: Any = None  # VoiceStream once the client's audio track is there
+        self.audio_out: VoiceOutTrack | None = None
         self.sink = TrackSink(self.out_track)
         self.in_times: list[float] = []
         self.close_reason: str | None = None
@@ -106,11 +121,19 @@ class Session:
         if track.kind == "video":
             self.pc.addTrack(self.out_track)
             self._tasks.append(asyncio.ensure_future(self._video_in(track)))
-        elif track.kind == "audio":
-            # the voice comes back as it was sent (server-side voice conversion is not wired yet)
-            from aiortc.contrib.media import MediaRelay
+        elif track.kind == "audio" and self.voice is None:
+            from ..voice.stream import VoiceStream
 
-            self.pc.addTrack(MediaRelay().subscribe(track))  # the session's own relay: freed with it
+            self.voice = VoiceStream(self.server.voice_converter, self.metrics, name=self.id,
+                                     enabled=bool(self.server.engine.settings.enable_voice),
+                                     on_change=self._voice_changed_threadsafe)
+            self.voice.start()  # its worker picks the block size (off the event loop), then converts
+            self.audio_out = VoiceOutTrack(self.voice.read, self.origin)
+            self.pc.addTrack(self.audio_out)
+            self.engine.set_audio_master(self.voice.master_latency_s)  # video held while it converts
+            self._tasks.append(asyncio.ensure_future(self._audio_in(track)))
+        elif track.kind == "audio":  # a second microphone: read and dropped (its frames would pile up)
+            self._tasks.append(asyncio.ensure_future(self._discard(track)))
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "control":
@@ -163,6 +186,69 @@ class Session:
             log.exception("session %s: video input failed", self.id)
             await self.close(f"error: {type(exc).__name__}: {exc}")
 
+    async def _audio_in(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        from .client import audio_samples
+
+        from ..voice.resample import StreamResampler
+
+        rs = None  # a codec at another rate (G.711: 8 kHz) is resampled to the stream's 48 kHz
+        try:
+            while not self.closed.is_set():
+                frame = await track.recv()
+                t = time.perf_counter()  # the voice's arrival: the clock the video's t_capture is on
+                try:
+                    x = audio_samples(frame)
+                    if frame.sample_rate != self.voice.sr_in:
+                        if rs is None or rs.sr_in != frame.sample_rate:
+                            rs = StreamResampler(int(frame.sample_rate), self.voice.sr_in)
+                        x = rs.process(x)
+                except Exception as exc:  # a frame that does not convert: counted, the next one may
+                    self.metrics.incr("voice.rejected_frames")
+                    log.debug("session %s: audio frame refused: %s", self.id, exc)
+                    continue
+                self.voice.push(x, t)
+        except MediaStreamError:
+            pass  # the microphone ended; the video goes on (the outgoing voice is silence)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # this session's voice input stops, nothing else
+            log.exception("session %s: audio input failed", self.id)
+            self.metrics.set_gauge("voice.input_error", f"{type(exc).__name__}: {exc}")
+
+    async def _discard(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while not self.closed.is_set():
+                await track.recv()
+                self.metrics.incr("voice.extra_track_frames")
+        except MediaStreamError:
+            pass
+
+    def _voice_changed_threadsafe(self, status: dict) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._voice_changed, status)
+        except RuntimeError:  # the loop is gone: so is the session
+            pass
+
+    def _voice_changed(self, status: dict) -> None:
+        if self.control is not None:
+            self._reply(self.control, {"type": "voice", **voice_summary(status)})
+
+    def _voice_option(self, name: str, value) -> dict:
+        from ..config import check
+
+        if self.voice is None:
+            raise MirageError("this session sends no audio track", "add the microphone to the offer")
+        v = check(name, value)
+        if name == "enable_voice":
+            self.voice.set_enabled(v)
+        else:
+            self.voice.set_option(name.removeprefix("voice_"), v)
+        return voice_summary(self.voice.status())
+
     async def _start_engine(self) -> None:
         self.started = True
         await asyncio.get_running_loop().run_in_executor(
@@ -194,7 +280,18 @@ class Session:
                 self.engine.set_option(m["name"], m.get("value"))
                 self._reply(channel, {"type": "option", "name": m["name"], "ok": True})
             except Exception as exc:
-                self._reply(channel, {"type": "error", "error": str(exc)})
+                self._reply(channel, {"type": "error", "error": one_line(exc)})
+        elif kind == "option" and m.get("name") in VOICE_OPTIONS:
+            try:
+                voice = self._voice_option(m["name"], m.get("value"))
+                self._reply(channel, {"type": "option", "name": m["name"], "ok": True, "voice": voice})
+            except Exception as exc:  # a wrong value: one line naming the fix, the session goes on
+                self.metrics.incr("control.rejected.bad_value")
+                self._reply(channel, {"type": "error", "name": m["name"], "error": one_line(exc)})
+        elif kind == "option":
+            self.metrics.incr("control.rejected.unknown")
+            self._reply(channel, {"type": "error", "error": f"unknown option {m.get('name')!r}: use one of "
+                                  f"{', '.join(CLIENT_OPTIONS + VOICE_OPTIONS)}"})
         else:
             self.metrics.incr("control.rejected.unknown")
             self._reply(channel, {"type": "error", "error": "unknown message"})
@@ -213,7 +310,8 @@ class Session:
         return {"frames_out": snap["counters"].get("frames.out", 0),
                 "swapped": snap["counters"].get("faces.swapped", 0),
                 "total_p50_ms": tot.get("p50"), "total_p95_ms": tot.get("p95"),
-                "fps_out": round(fps_of(self.out_track.times), 1)}
+                "fps_out": round(fps_of(self.out_track.times), 1),
+                "voice": voice_summary(self.voice.status()) if self.voice is not None else None}
 
     # ---- lifetime ----------------------------------------------------------------------------
     async def _watchdog(self) -> None:
@@ -246,10 +344,18 @@ class Session:
                 t.cancel()
         self.source.close()
         self.out_track.stop()
+        if self.audio_out is not None:
+            self.audio_out.stop()
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
         except Exception:
             log.exception("session %s: stopping its engine failed", self.id)
+        self.engine.set_audio_master(None)
+        if self.voice is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.voice.stop)
+            except Exception:
+                log.exception("session %s: stopping its voice failed", self.id)
         try:
             await self.pc.close()
         except Exception:
@@ -295,4 +401,29 @@ class Session:
             "invalid_frames": self.guard.invalid, "invalid_by_reason": dict(self.guard.by_reason),
             "identity": self.identity_name, "control": self.control_closed or "open",
             "close_reason": self.close_reason,
+            "voice": self.voice.status() if self.voice is not None else None,
+            "av": self.av_summary(),
         }
+
+    def av_summary(self) -> dict:
+        """The session's A/V sync: the hold applied now, and per frame sent (P50/P95) the video's
+        capture -> hand-over latency, the voice latency it was held to, and their difference."""
+        m = self.metrics
+        out = {"hold_ms": m.gauge("av.delay_ms"), "mode": "voice" if self.voice is not None
+               and self.voice.converting else "none"}
+        for key, name in (("video_latency", "av.video_latency"), ("audio_latency", "av.audio_latency"),
+                          ("offset", "av.offset_ms")):
+            h = m.histogram(name).summary()
+            out[f"{key}_p50_ms"], out[f"{key}_p95_ms"] = h["p50"], h["p95"]
+        out["dropped_late"] = m.counter("dropped.av_late")
+        return out
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def voice_summary(st: dict) -> dict:
+    """What the client is told about its voice (control channel)."""
+    return {k: st.get(k) for k in ("enabled", "converting", "converter", "passthrough_reason", "block_ms",
+                                   "latency_ms", "options")}

@@ -1,6 +1,13 @@
 """The pipeline's two ends over WebRTC: an incoming video track as a FrameSource (frames pushed
 by the event loop, read by the capture thread) and a FrameSink whose frames leave as an
-outgoing video track. Hand-offs keep only the newest frame, like the pipeline's own slots."""
+outgoing video track. Hand-offs keep only the newest frame, like the pipeline's own slots.
+The session's converted voice leaves on :class:`VoiceOutTrack`.
+
+Clocks: both outgoing tracks stamp their frames from ``time.perf_counter`` (the clock of the
+pipeline's ``t_capture`` and of the voice stream) at hand-over, counted from one origin per
+session: video on the 90 kHz clock, audio on the 48 kHz clock. aiortc's RTCP sender reports pair
+each stream's last RTP timestamp with the wall clock of its sending, so both map onto the
+server's wall clock."""
 
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ import time
 import numpy as np
 
 VIDEO_CLOCK = 90_000  # RTP video clock rate
+AUDIO_CLOCK = 48_000  # Opus: 48 kHz, 20 ms frames
+AUDIO_FRAME = 960
+REANCHOR_S = 0.100  # an audio frame asked for this late (a stalled loop): its pts jumps to the clock
 READ_TIMEOUT_S = 0.2  # read() returns None after this: "nothing now", the capture loop asks again
 
 
@@ -62,11 +72,11 @@ class FrameQueueTrack(_track_base()):
 
     kind = "video"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: float | None = None):
         super().__init__()
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=1)
-        self._t0: float | None = None
+        self._t0: float | None = origin  # pts 0 (perf_counter); None: the first frame's hand-over
         self.sent = 0
         self.dropped = 0
         self.times: list[float] = []  # hand-over times of the last ~2 s (fps out)
@@ -74,7 +84,7 @@ class FrameQueueTrack(_track_base()):
     def offer(self, frame: np.ndarray) -> None:
         """Thread-safe."""
         try:
-            self._loop.call_soon_threadsafe(self._put, frame, time.monotonic())
+            self._loop.call_soon_threadsafe(self._put, frame, time.perf_counter())
         except RuntimeError:  # the loop is closed: the session is gone
             pass
 
@@ -101,6 +111,51 @@ class FrameQueueTrack(_track_base()):
         vf.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self.sent += 1
         return vf
+
+
+class VoiceOutTrack(_track_base()):
+    """An outgoing audio track: 20 ms frames of 48 kHz mono taken from ``read(n, t_handover)`` at
+    real-time pace. pts = (hand-over time - ``origin``) x 48 kHz: it advances by 960 per frame while
+    the frames are asked for on time, and jumps to the clock when one is asked for more than
+    :data:`REANCHOR_S` late (a gap, not a burst of stale audio stamped in the past)."""
+
+    kind = "audio"
+
+    def __init__(self, read, origin: float):
+        super().__init__()
+        self.read = read
+        self.origin = origin
+        self._pts: int | None = None
+        self.sent = 0
+        self.reanchored = 0
+
+    async def recv(self):
+        import av
+        from aiortc.mediastreams import MediaStreamError
+
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.perf_counter()
+        if self._pts is None:
+            self._pts = max(0, int(round((now - self.origin) * AUDIO_CLOCK)))
+        else:
+            self._pts += AUDIO_FRAME
+            due = self.origin + self._pts / AUDIO_CLOCK
+            if due > now:
+                await asyncio.sleep(due - now)  # the pace of a sound card, not a wait for data
+                now = time.perf_counter()
+            if now - due > REANCHOR_S:
+                self._pts = int(round((now - self.origin) * AUDIO_CLOCK))
+                self.reanchored += 1
+        t = self.origin + self._pts / AUDIO_CLOCK  # the hand-over time this frame's pts says
+        x = self.read(AUDIO_FRAME, t)
+        pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = AUDIO_CLOCK
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, AUDIO_CLOCK)
+        self.sent += 1
+        return frame
 
 
 class TrackSink:

@@ -110,6 +110,14 @@ def test_the_browser_client_shows_swapped_frames(serve, token, client_loop, fram
                     shot = await dt.js("window.mirage.grab()")
                     stats = await dt.js("({rtt: window.mirage.rtt, text: document.getElementById('proc').textContent,"
                                         " shown: window.mirage.shown})")
+                    # the voice toggle: the fake microphone's voice is converted on the server, said on the page
+                    await dt.js("(() => { const c = document.getElementById('voiceOn'); c.checked = true; "
+                                "c.dispatchEvent(new Event('change')); })()")
+                    await dt.js(_wait_js("window.mirage.voice && window.mirage.voice.enabled && "
+                                         "window.mirage.voice.converting"), True)
+                    stats["voice_text"] = await dt.js("document.getElementById('voiceState').textContent")
+                    (s,) = server.sessions.values()
+                    stats["voice"] = s.voice.status()
                     return shot, stats
 
         shot, stats = client_loop.run(drive(), timeout=HANG_GUARD_S * 2)
@@ -129,3 +137,5 @@ def test_the_browser_client_shows_swapped_frames(serve, token, client_loop, fram
     assert mean_diff(img, want, mask) < 0.5 * mean_diff(img, frame, mask)  # the page shows the swapped face
     assert stats["rtt"] is not None and stats["rtt"] > 0 and "ms" in stats["text"]
     assert server.opened_total == 1
+    assert stats["voice"]["converting"] and stats["voice"]["options"]["pitch"] == 4.0  # the page's pitch field
+    assert stats["voice_text"].startswith("converted (world")

@@ -4,7 +4,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const state = { pc: null, dc: null, session: null, shown: 0, rtt: null, server: null, error: null,
-                  connected: false, closedReason: null };
+                  connected: false, closedReason: null, voice: null, voiceError: null };
   window.mirage = state;  // read by the tests (and handy in the console)
 
   const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
@@ -18,6 +18,21 @@
   function ready() { $("start").disabled = !($("consent").checked && $("photo").files.length && $("token").value); }
   ["consent", "photo", "token"].forEach((id) => $(id).addEventListener("input", ready));
   $("consent").addEventListener("change", ready);
+
+  function showVoice(v) {
+    state.voice = v;
+    if (!v) { $("voiceState").textContent = "–"; return; }
+    const lat = v.latency_ms == null ? "" : `, ${v.latency_ms.toFixed(0)} ms`;
+    $("voiceState").textContent = v.converting ? `converted (${v.converter}${lat})`
+      : `as it came${v.passthrough_reason ? ` (${v.passthrough_reason})` : ""}${lat}`;
+  }
+  function sendOption(name, value) {
+    const dc = state.dc;
+    if (dc && dc.readyState === "open") dc.send(JSON.stringify({ type: "option", name, value }));
+  }
+  $("voiceOn").addEventListener("change", () => sendOption("enable_voice", $("voiceOn").checked));
+  $("pitch").addEventListener("change", () => sendOption("voice_pitch", Number($("pitch").value)));
+  $("listen").addEventListener("change", () => { $("remoteAudio").muted = !$("listen").checked; });
 
   function readPhoto(file) {
     return new Promise((resolve, reject) => {
@@ -73,12 +88,25 @@
           const s = msg.server;
           $("proc").textContent = s.total_p50_ms == null ? "–" : `${s.total_p50_ms.toFixed(0)} / ${s.total_p95_ms.toFixed(0)} ms`;
           $("swapped").textContent = `${s.swapped} (${s.fps_out} fps out)`;
+          if (s.voice) showVoice(s.voice);
+        } else if (msg.type === "voice") {
+          showVoice(msg);
+        } else if (msg.type === "option" && msg.voice) {
+          state.voiceError = null; showVoice(msg.voice);
+        } else if (msg.type === "error") {
+          state.voiceError = msg.error; say(`The server refused: ${msg.error}`, true);
         } else if (msg.type === "closed") {
           state.closedReason = msg.reason; say(`The server closed the session: ${msg.reason}`, true);
         }
       };
-      dc.onopen = () => { state.ping = setInterval(() => { if (dc.readyState === "open") dc.send(JSON.stringify({ type: "ping", t: performance.now() })); }, 1000); };
+      const hasMic = stream.getAudioTracks().length > 0;
+      dc.onopen = () => {
+        $("voiceOn").disabled = $("pitch").disabled = !hasMic;
+        if (hasMic) sendOption("voice_pitch", Number($("pitch").value));
+        state.ping = setInterval(() => { if (dc.readyState === "open") dc.send(JSON.stringify({ type: "ping", t: performance.now() })); }, 1000);
+      };
       pc.ontrack = (e) => {
+        if (e.track.kind === "audio") { $("remoteAudio").srcObject = new MediaStream([e.track]); return; }
         if (e.track.kind !== "video") { return; }
         $("remote").srcObject = new MediaStream([e.track]);
         countFrames($("remote"));
@@ -112,7 +140,8 @@
     if (state.ping) clearInterval(state.ping);
     if (state.pc) state.pc.close();
     const s = $("local").srcObject; if (s) s.getTracks().forEach((t) => t.stop());
-    state.pc = null; $("stop").disabled = true; ready(); say("Stopped.");
+    state.pc = null; $("stop").disabled = true; $("voiceOn").disabled = $("pitch").disabled = true;
+    ready(); say("Stopped.");
   }
 
   // for the tests: the remote video's current picture as a PNG data URL
