@@ -241,6 +241,8 @@ class RemoteLink:
             self.retry_at = None
 
 
+TARGET_BACK_S = 0.04  # the returned audio the bridge keeps queued at least, at most for a window
+STANDING_WINDOW = 25  # output callbacks (~0.5 s at 20 ms) the queue must stay above that to be cut
 LATENCY_WINDOW = 9  # output callbacks the audio path's latency is the median of (~0.2 s at 20 ms)
 
 
@@ -250,7 +252,8 @@ class AudioBridge:
     ``stale_s`` (the same pass-through as the video). Mono float32 at 48 kHz, 20 ms blocks.
 
     ``on_mic`` and ``fill`` are made for sound-device callbacks (never block, never allocate much);
-    the returned audio is kept to ``max_back_s`` so a stall never turns into lasting delay.
+    the returned audio is kept to ``max_back_s`` so a stall never turns into lasting delay, and
+    what stays queued for a whole window above ``TARGET_BACK_S`` is cut (``remote.audio_standing_cut``).
 
     Each returned block keeps the local time it stands for on the server's clock (``on_back``'s
     ``t_ref``; its arrival without one). ``fill`` measures, for its first returned sample, the
@@ -274,6 +277,10 @@ class AudioBridge:
         self.last_kind = ""
         self.out_latency_s = 0.0  # the output stream's static latency: used when no DAC time is reported
         self._lat: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # (mode, seconds)
+        # the queue's standing level: what it never went below in the last STANDING_WINDOW callbacks
+        # (a burst at a (re)connect leaves it near max_back for good, all of it added delay)
+        self.target_back = int(TARGET_BACK_S * rate)
+        self._levels: collections.deque = collections.deque(maxlen=STANDING_WINDOW)
 
     @staticmethod
     def _push(q, n: int, x: np.ndarray, limit: int) -> int:
@@ -353,6 +360,31 @@ class AudioBridge:
             self.metrics.incr("remote.audio_underruns")  # ran dry while playing: the rest plays later
         return out, t0, mode
 
+    def _cut_standing(self) -> None:
+        """Drop the part of the returned audio that has waited in the queue for a whole window:
+        the queue keeps what the network's jitter needs (it went that low lately), not what a
+        burst left behind. Called under the lock, before a callback pulls."""
+        self._levels.append(self._back_n)
+        if len(self._levels) < STANDING_WINDOW:
+            return
+        excess = min(self._levels) - self.target_back
+        if excess <= 0:
+            return
+        self._levels.clear()
+        cut = 0
+        while self._back and cut < excess:
+            e = self._back[0]
+            k = min(e[0].size, excess - cut)
+            if k == e[0].size:
+                self._back.popleft()
+            else:
+                e[0] = e[0][k:]
+                e[1] += k / self.rate
+            cut += k
+        self._back_n -= cut
+        self.metrics.incr("remote.audio_standing_cut")
+        self.metrics.record("remote.audio_cut_ms", cut * 1000.0 / self.rate)
+
     def fill(self, n: int, time_info=None) -> np.ndarray:
         """``n`` samples for the virtual microphone: the server's audio, or the local microphone.
         ``time_info``: the output callback's (its DAC time is when these samples play)."""
@@ -360,6 +392,7 @@ class AudioBridge:
         t0 = None
         with self._lock:
             if now - self.last_back_t <= self.stale_s:
+                self._cut_standing()
                 out, t0, mode = self._pull_back(n)
                 kind = "remote"
             else:

@@ -240,6 +240,48 @@ def test_the_bridge_measures_server_time_to_play():
     assert b.last_kind == "local" and b.audio_latency_s() is None
 
 
+def test_a_burst_left_in_the_bridge_is_cut_to_what_the_jitter_needs():
+    """A (re)connect's burst fills the queue; at a steady rate after it, the queue would stay that
+    full for good — all added delay. What stayed above TARGET_BACK_S for a whole window is cut;
+    a queue that the jitter empties now and then is never cut."""
+    from mirage_desktop.serve.remote import STANDING_WINDOW, TARGET_BACK_S
+
+    clock = Clock(10.0)
+    m = Metrics()
+    b = AudioBridge(stale_s=0.5, metrics=m, clock=clock)
+    n = 0
+
+    def block():
+        nonlocal n
+        b.on_back(np.full(960, n, np.float32), 48_000, clock.t, 9.9 + 0.02 * n, "rtp")
+        n += 1
+
+    for _ in range(8):  # the burst: 160 ms at once
+        block()
+    levels = []
+    for _ in range(3 * STANDING_WINDOW):  # then one block in, one block out, every 20 ms
+        clock.t += 0.02
+        block()
+        b.fill(960, TimeInfo(0.01))
+        levels.append(b._back_n)
+    assert m.counter("remote.audio_standing_cut") == 1  # once, then the queue stays at its new level
+    assert max(levels[-STANDING_WINDOW:]) <= int(TARGET_BACK_S * 48_000) + 960
+    assert max(levels[:STANDING_WINDOW - 1]) >= 7 * 960  # nothing was cut before a whole window
+    # the cut took the oldest samples and kept the rest's server times
+    t_first = b._back[0][1]
+    assert t_first == pytest.approx(9.9 + 0.02 * float(b._back[0][0][0]), abs=1e-6)
+
+    # jitter: the queue runs down to one block now and then -> never cut
+    m2 = Metrics()
+    b2 = AudioBridge(stale_s=0.5, metrics=m2, clock=clock)
+    for i in range(4 * STANDING_WINDOW):
+        clock.t += 0.02
+        for _ in range(3 if i % 10 == 0 else (0 if i % 10 in (1, 2) else 1)):
+            b2.on_back(np.zeros(960, np.float32), 48_000, clock.t, clock.t - 0.1, "rtp")
+        b2.fill(960, TimeInfo(0.01))
+    assert m2.counter("remote.audio_standing_cut") == 0
+
+
 class Sink:
     name = "scripted"
 
@@ -739,7 +781,7 @@ def test_the_returned_video_leaves_with_the_audio_played_to_the_virtual_micropho
             rec.wait_samples(SR // 5)
             rec_from = rec.n
             disturbances = ("remote.audio_local_blocks", "remote.lost", "remote.audio_trimmed",
-                            "remote.audio_underruns")
+                            "remote.audio_standing_cut", "remote.audio_underruns")
             before = {k: m.counter(k) for k in disturbances}
             sink.late_flashes = 0
             instants = server.marks.arm(LEAD_S, GAP_S, FLASHES)
