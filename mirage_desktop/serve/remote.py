@@ -5,7 +5,7 @@ The output never freezes: whenever no processed frame has come back for ``stale_
 camera frame goes out as it is (pass-through, said in the status), and the link reconnects with
 a back-off (0.5 s, 1 s, 2 s ... 10 s) until the server is back.
 
-A/V sync (docs/serving-sync.md): every returned video frame and audio block is mapped onto the
+A/V sync (docs/serving.md, "The desktop client's A/V sync"): every returned video frame and audio block is mapped onto the
 server's clock from its RTP timestamp and the RTCP sender reports (``serve/rtpclock.py``); the
 audio bridge measures the audio's path from that time to the moment it plays (the virtual
 microphone's reported DAC time, in its output callback), and the runner's output thread holds

@@ -1,5 +1,5 @@
-"""The client's audio track goes to the server and comes back (relayed as it came: server-side
-voice conversion is not part of a session yet)."""
+"""The client's audio track goes to the server and comes back (as it came while the session's
+voice is off; conversion is tested in test_serve_voice.py)."""
 
 from __future__ import annotations
 
