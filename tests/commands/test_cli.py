@@ -190,6 +190,9 @@ def test_bench_times_from_the_first_swapped_frame(capsys, monkeypatch, tmp_path,
         assert f"{n}.00 faces swapped/frame (of {n})" in out
         assert f"({first} unswapped before it, not counted)" in out
         assert r["stages"]["detect.interval"]["count"] >= 1 and r["stages"]["detect.lag"]["p50"] > 0
+        # the scripted (fixed-size) detector answers the same whatever it is shown: never run on a region
+        assert r["detect_crop"] == 0 and r["detect_full"] >= 1
+    assert "on the faces' region" in out
 
 
 def test_bench_fails_when_a_face_is_not_swapped(capsys, monkeypatch, t1_path):
