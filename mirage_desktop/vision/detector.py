@@ -108,8 +108,9 @@ class SCRFD:
 
     @property
     def crops(self) -> bool:
-        """Can it run at another input size (a small one, on a face's region)? Not a fixed-size export."""
-        return self.fixed_size is None
+        """Can it run at another input size (a small one, on a face's region)? Not a fixed-size
+        export, and not on TensorRT (an engine is built for every new input size, for minutes)."""
+        return self.fixed_size is None and getattr(self.handle, "provider", "") != "TensorrtExecutionProvider"
 
     def prepare(self, img: np.ndarray, size: int | None = None) -> tuple:
         """Letterbox and normalise ``img`` for the network (cheap; done on the caller's thread).

@@ -141,6 +141,8 @@ def test_the_marker_detector_finds_each_square_where_it_is_at_any_input_size(tmp
     (f,) = det.detect_prepared(det.prepare(crop, 160))
     assert _near(f.bbox + [480, 200, 480, 200], (RED[0] + 37, RED[1] + 21, RED[2] + 37, RED[3] + 21), 5)
     assert not det.detect(_frame({}))  # nothing bright: no face
+    det.handle.provider = "TensorrtExecutionProvider"  # an engine per input size: never on a region
+    assert not det.crops
 
 
 def test_a_fixed_size_detector_never_runs_on_a_region(tmp_path):
