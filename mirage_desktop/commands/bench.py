@@ -400,7 +400,8 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
         "unswapped_before_first": log.unswapped_before,
         "dropped": {k: v for k, v in c.items() if k.startswith("dropped.")},
         "detector_runs": c.get("detect.runs", 0), "detect_crop": c.get("detect.crop", 0),
-        "detect_full": c.get("detect.full", 0), "provider": st.provider,
+        "detect_full": c.get("detect.full", 0), "detect_crop_unmatched": c.get("detect.crop_unmatched", 0),
+        "provider": st.provider,
         "stages": stage_summary(engine.metrics, log.marks),
     }
 
@@ -430,6 +431,11 @@ def failure(r: dict) -> str | None:
     if not r["frames_measured"]:
         return (f"mirage bench: {r['faces']}-face scenario: no frame was swapped within the time allowed; "
                 "check the models (mirage doctor) or give more --timeout")
+    crop, unmatched = r.get("detect_crop", 0), r.get("detect_crop_unmatched", 0)
+    if crop and unmatched * 5 > crop:
+        return (f"mirage bench: {r['faces']}-face scenario: {unmatched} faces found by the {crop} detections on the "
+                "tracked faces' region matched no tracked face: the detector does not follow the image (a scripted "
+                "one?), so the swapped faces may be in the wrong place — give --full-frame-detect")
     if r["frames_short"]:
         return (f"mirage bench: {r['faces']}-face scenario: {r['frames_short']} of {r['frames_measured']} measured "
                 f"frames had fewer than {r['faces_expected']} faces swapped (fewest {r['fewest_swapped']}); the "

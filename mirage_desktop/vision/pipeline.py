@@ -182,12 +182,17 @@ class TrackFaces:
                 p._det_inflight = True
                 p.det_req.put((ctx.index, prep, full, offset))
             else:
-                det = (ctx.index, p._run_detector(prep, frame, offset))
+                det = (ctx.index, p._run_detector(prep, frame, offset), offset is not None)
         p.scheduler.on_frame(requested)
         if det is not None:
-            d_index, d_faces = det
+            d_index, d_faces, on_region = det
             if d_faces is not None:
+                before = {t.id for t in p.tracker.tracks}
                 p.tracker.update(d_faces, d_index)
+                if on_region:  # a face on the region no track matched: rare for a detector that sees the image
+                    new = sum(t.id not in before for t in p.tracker.tracks)
+                    if new:
+                        m.incr("detect.crop_unmatched", new)
                 p.tracker.note_frame(frame, ctx.index)
                 p.scheduler.on_detections([f.score for f in d_faces], stable=p.tracker.all_stable)
                 m.set_gauge("detect.stable_tracks", p.tracker.stable_tracks)
@@ -481,7 +486,7 @@ class VideoPipeline:
             try:
                 faces = self._run_detector(prep, full, offset)
             finally:
-                self.det_res.put((index, faces))  # always answer, or detection would stop for good
+                self.det_res.put((index, faces, offset is not None))  # always answer, or detection stops for good
 
     def _run_detector(self, prep, full: np.ndarray | None = None, offset: tuple | None = None) -> list[Face] | None:
         """Detect on a prepared input; ``offset``: it is the region at (x0, y0) of the frame."""

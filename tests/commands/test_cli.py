@@ -234,3 +234,15 @@ def test_bench_gpu_suite_runs_here_and_says_what_it_skipped(tmp_path, capsys):
         assert "skipped" in e["nvml"] or e["nvml"]["samples"] > 0
     fs = r["first_swapped_frame"]
     assert fs["cold"]["seconds"] > 0 and fs["warm"]["seconds"] > 0
+
+
+def test_bench_refuses_region_detections_that_match_no_tracked_face():
+    """A detector that answers the same whatever it is shown (the side-by-side harness's scripted
+    one) finds "faces" on the region where none is tracked: the run says so and names the flag."""
+    from mirage_desktop.commands.bench import failure
+
+    r = {"faces": 1, "frames_measured": 50, "frames_short": 0, "finished": True, "faces_expected": 1,
+         "fewest_swapped": 1, "detect_crop": 10, "detect_crop_unmatched": 8}
+    assert "--full-frame-detect" in failure(r)
+    r["detect_crop_unmatched"] = 1  # a face walking into the region now and then is not that
+    assert failure(r) is None

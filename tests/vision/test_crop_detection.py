@@ -184,6 +184,7 @@ def test_a_detection_on_the_region_finds_the_face_where_it_now_is(marker_engine,
     _, offset, size, faces = on_region
     assert size in CROP_SIZES and offset != (0, 0)  # a small input, a region inside the frame
     assert len(faces) == 1 and _near(faces[0], moved, 5)  # in frame pixels, where the square now is
+    assert m.counter("detect.crop_unmatched") == 0  # every face found on the region was a tracked one
     # the whole frame is searched at the low rate only (worker frames between two full searches)
     full = m.histogram("detect.full_interval").values()
     # (one may come sooner: a search is due at once when no face is tracked, e.g. after the jump)
