@@ -73,6 +73,8 @@ class Settings:
     redetect_below: float = 0.70
     stable_confidence: float = 0.85
     stable_count: int = 3
+    detect_on_tracks: bool = True  # between full-frame searches, detect on the tracked faces' region only
+    full_detect_interval: int = 30  # with detect_on_tracks: frames between full-frame searches for new faces
     match_threshold: float = 0.35
     swapper_precision: str = "fp16"  # fp16 | fp32
     # --- enhancer ---
@@ -354,6 +356,8 @@ RULES: dict[str, Rule] = {
     "redetect_below": Rule("float", 0.0, 1.0),
     "stable_confidence": Rule("float", 0.0, 1.0),
     "stable_count": Rule("int", 1, 100),
+    "detect_on_tracks": _B,
+    "full_detect_interval": Rule("int", 1, 1000),
     "match_threshold": Rule("float", 0.0, 1.0),
     "swapper_precision": Rule("choice", choices=("fp16", "fp32")),
     "enhancer": Rule("choice", choices=ENHANCER_KINDS),
@@ -401,6 +405,7 @@ RULES: dict[str, Rule] = {
 # what applies to a running stream without a restart (the engine routes each in Engine.set_option)
 LIVE = ("enable_swap", "enable_enhancer", "enable_mouth_mask", "enable_ai_mark", "enable_color_transfer",
         "enable_smoothing", "enable_scrfd", "enable_voice", "max_faces", "detect_interval", "det_size",
+        "detect_on_tracks", "full_detect_interval",
         "match_threshold", "codeformer_fidelity", "enhancer_interval", "enhancer_blend", "voice_pitch",
         "voice_formant", "voice_preset", "voice_f0_method", "voice_speaker", "voice_converter", "voice_bypass",
         "av_trim_ms", "lipsync_mic", "adapt_video")

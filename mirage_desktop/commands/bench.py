@@ -34,7 +34,8 @@ import cv2
 import numpy as np
 
 STAGES = ["worker", "worker.outside_model", "track", "swap", "swap.model", "enhance", "enhance.model",
-          "detect", "detect.interval", "detect.interval_captured", "detect.lag", "output", "total"]
+          "detect", "detect.interval", "detect.interval_captured", "detect.full_interval", "detect.lag", "output",
+          "total"]
 COMPUTE = ("realistic", "light", "tiny")
 
 # insightface's group photo (t1.jpg, 1280x886): the six faces, x1 y1 x2 y2 in its pixels, and the
@@ -71,6 +72,9 @@ def add_arguments(p) -> None:
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--det-size", type=int, default=640)
     p.add_argument("--detect-interval", type=int, default=5)
+    p.add_argument("--full-frame-detect", action="store_true",
+                   help="search the whole frame at every detection (detect_on_tracks off): for a detector that "
+                        "answers the same whatever it is shown, such as the side-by-side harness's scripted one")
     p.add_argument("--enhance", action="store_true", help="include the face enhancer")
     p.add_argument("--enhancer-interval", type=int, default=1)
     p.add_argument("--enhancer", choices=["codeformer", "gfpgan"], default="codeformer",
@@ -351,6 +355,7 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
         if args.enhance:  # the stage's own cost, with a GFPGAN-signature model that costs ~nothing
             overrides["gfpgan_1_4"] = synthetic.build_gfpgan(d / "gfpgan_1_4.onnx")
     settings = Settings(max_faces=n_faces, det_size=args.det_size, detect_interval=args.detect_interval,
+                        detect_on_tracks=not getattr(args, "full_frame_detect", False),
                         enable_enhancer=args.enhance, enhancer_interval=args.enhancer_interval,
                         enhancer="gfpgan" if args.models == "synthetic" else args.enhancer,
                         enhancer_async=not args.enhancer_sync,
@@ -394,7 +399,9 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
         "first_swapped_s": (log.t_first - log.t_start) if log.t_first else None,
         "unswapped_before_first": log.unswapped_before,
         "dropped": {k: v for k, v in c.items() if k.startswith("dropped.")},
-        "detector_runs": c.get("detect.runs", 0), "provider": st.provider,
+        "detector_runs": c.get("detect.runs", 0), "detect_crop": c.get("detect.crop", 0),
+        "detect_full": c.get("detect.full", 0), "detect_crop_unmatched": c.get("detect.crop_unmatched", 0),
+        "provider": st.provider,
         "stages": stage_summary(engine.metrics, log.marks),
     }
 
@@ -404,13 +411,14 @@ def format_result(r: dict) -> str:
              f"unswapped before it, not counted)" if r["first_swapped_s"] is not None else "no frame was swapped")
     lines = [f"--- {r['faces']} face(s), {r['size']} ({r['clip']}) -> {r['frames_measured']} frames in "
              f"{r['seconds']:.1f} s: {r['fps']:.2f} FPS out, {r['faces_swapped_per_frame']:.2f} faces swapped/frame "
-             f"(of {r['faces_expected']}), detector ran {r['detector_runs']}x, dropped "
+             f"(of {r['faces_expected']}), detector ran {r['detector_runs']}x ({r.get('detect_crop', 0)} on the faces' "
+             f"region, {r.get('detect_full', 0)} full-frame asked), dropped "
              f"{sum(r['dropped'].values())} ({r['provider']})", f"    {first}",
              f"{'stage':<26}{'count':>7}{'P50 ms':>9}{'P95 ms':>9}{'P99 ms':>9}"]
     for name in STAGES:
         s = r["stages"].get(name)
         if s and s["count"]:
-            unit = " (frames)" if name.startswith("detect.interval") else ""
+            unit = " (frames)" if name.startswith(("detect.interval", "detect.full_interval")) else ""
             lines.append(f"{name:<26}{s['count']:>7}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{unit}")
     w = r["stages"].get("worker")
     if w and w["count"]:
@@ -423,6 +431,11 @@ def failure(r: dict) -> str | None:
     if not r["frames_measured"]:
         return (f"mirage bench: {r['faces']}-face scenario: no frame was swapped within the time allowed; "
                 "check the models (mirage doctor) or give more --timeout")
+    crop, unmatched = r.get("detect_crop", 0), r.get("detect_crop_unmatched", 0)
+    if crop and unmatched * 5 > crop:
+        return (f"mirage bench: {r['faces']}-face scenario: {unmatched} faces found by the {crop} detections on the "
+                "tracked faces' region matched no tracked face: the detector does not follow the image (a scripted "
+                "one?), so the swapped faces may be in the wrong place — give --full-frame-detect")
     if r["frames_short"]:
         return (f"mirage bench: {r['faces']}-face scenario: {r['frames_short']} of {r['frames_measured']} measured "
                 f"frames had fewer than {r['faces_expected']} faces swapped (fewest {r['fewest_swapped']}); the "

@@ -252,3 +252,114 @@ def build_gfpgan(path: Path, size: int = 512) -> Path:
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, size, size])],
                               [half])
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def build_marker_scrfd(path: Path) -> Path:
+    """A detector with the SCRFD signature (a free input size) whose faces *follow the image*:
+    each pure-colour square on a dark background is a face, its box the square's extent, found
+    wherever it is, at any input size (a crop or the full frame).
+
+    One colour channel per face, so up to three faces: a channel's bright pixels (above ~190)
+    give its box (their min/max coordinates); every stride-32 cell at least 60 % covered by it
+    scores 0.95 with that box, and keypoints at typical proportions inside it. The stride-8 and
+    stride-16 outputs score nothing. For tests of code that must detect where the face *is* (the
+    scripted detector above answers the same whatever it is shown)."""
+    onnx, TensorProto, helper, numpy_helper = _onnx()
+    from ..vision.detector import KPS_LAYOUT
+
+    nodes, inits = [], []
+
+    def const(name, value, dtype=np.float32):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def node(op, ins, out, **kw):
+        nodes.append(helper.make_node(op, ins, [out], **kw))
+        return out
+
+    const("half", 0.5)
+    const("zero", 0.0)
+    const("one", 1.0)
+    const("big", 1e5)
+    const("ax2", 2, np.int64)
+    const("ax3", 3, np.int64)
+    const("ch_axis", [1], np.int64)
+    pos = node("Cast", [node("Greater", ["input.1", "half"], "bright")], "pos", to=TensorProto.FLOAT)
+    node("Mul", ["input.1", "zero"], "z")
+    ones = node("Add", ["z", "one"], "ones")
+    node("CumSum", [ones, "ax3"], "xs1")  # pixel coordinates, whatever the input size
+    xs = node("Sub", ["xs1", "one"], "xs")
+    node("CumSum", [ones, "ax2"], "ys1")
+    ys = node("Sub", ["ys1", "one"], "ys")
+    notpos = node("Sub", ["one", pos], "notpos")
+    far = node("Mul", [notpos, "big"], "far")
+    ext = {}
+    for c, grid in (("x", xs), ("y", ys)):
+        node("Mul", [grid, pos], f"{c}_in")
+        node("Add", [node("ReduceMax", [f"{c}_in"], f"{c}_max0", axes=[2, 3], keepdims=1), "one"], f"{c}_max")
+        node("Add", [grid, far], f"{c}_far")
+        node("ReduceMin", [f"{c}_far"], f"{c}_min", axes=[2, 3], keepdims=1)
+        ext[c] = (f"{c}_min", f"{c}_max")  # [1, 3, 1, 1]: per channel
+    s = 32
+    const("step", [s, s], np.int64)
+    const("starts", [0, 0], np.int64)
+    const("ends", [1 << 30, 1 << 30], np.int64)
+    const("axes23", [2, 3], np.int64)
+    const("inv_s", 1.0 / s)
+    node("Slice", [xs, "starts", "ends", "axes23", "step"], "cx")  # each cell's anchor (its corner)
+    node("Slice", [ys, "starts", "ends", "axes23", "step"], "cy")
+    node("AveragePool", [pos], "cov", kernel_shape=[s, s], strides=[s, s])
+    const("cov_min", 0.6)
+    act = node("Cast", [node("Greater", ["cov", "cov_min"], "act_b")], "act", to=TensorProto.FLOAT)
+    dist = {}
+    for name, a, b in (("dl", "cx", ext["x"][0]), ("dt", "cy", ext["y"][0]),
+                       ("dr", ext["x"][1], "cx"), ("db", ext["y"][1], "cy")):
+        node("Sub", [a, b], f"{name}_px")
+        node("Mul", [f"{name}_px", "inv_s"], f"{name}_all")
+        node("Mul", [f"{name}_all", act], f"{name}_act")
+        dist[name] = node("ReduceSum", [f"{name}_act", "ch_axis"], name, keepdims=1)  # [1, 1, h, w]
+    const("score_max", 0.95)
+    node("ReduceMax", [act], "hit", axes=[1], keepdims=1)
+    score = node("Mul", ["hit", "score_max"], "score_cell")
+    node("Add", [dist["dl"], dist["dr"]], "bw")
+    node("Add", [dist["dt"], dist["db"]], "bh")
+    kp = []
+    for i, (rx, ry) in enumerate(KPS_LAYOUT):
+        const(f"rx{i}", rx)
+        const(f"ry{i}", ry)
+        node("Mul", ["bw", f"rx{i}"], f"kx{i}w")
+        kp.append(node("Sub", [f"kx{i}w", dist["dl"]], f"kx{i}"))
+        node("Mul", ["bh", f"ry{i}"], f"ky{i}h")
+        kp.append(node("Sub", [f"ky{i}h", dist["dt"]], f"ky{i}"))
+    node("Concat", [dist["dl"], dist["dt"], dist["dr"], dist["db"]], "bbox_cell", axis=1)
+    node("Concat", kp, "kps_cell", axis=1)
+
+    def anchors(x: str, c: int, out: str) -> str:
+        """[1, C, h, w] per cell -> [h*w*2, C] per anchor (two anchors a cell, as SCRFD's)."""
+        const(f"{out}_s1", [-1, 1, c], np.int64)
+        const(f"{out}_s2", [-1, c], np.int64)
+        node("Transpose", [x], f"{out}_t", perm=[0, 2, 3, 1])
+        node("Reshape", [f"{out}_t", f"{out}_s1"], f"{out}_r")
+        node("Concat", [f"{out}_r", f"{out}_r"], f"{out}_2", axis=1)
+        return node("Reshape", [f"{out}_2", f"{out}_s2"], out)
+
+    outs = {}
+    for st in SCRFD_STRIDES:
+        if st == s:
+            outs[st] = {1: anchors(score, 1, "score_32"), 4: anchors("bbox_cell", 4, "bbox_32"),
+                        10: anchors("kps_cell", 10, "kps_32")}
+            continue
+        node("AveragePool", [pos], f"p{st}", kernel_shape=[st, st], strides=[st, st])
+        node("ReduceMax", [f"p{st}"], f"p{st}1", axes=[1], keepdims=1)
+        node("Mul", [f"p{st}1", "zero"], f"z{st}")
+        outs[st] = {}
+        for c, nm in ((1, "score"), (4, "bbox"), (10, "kps")):
+            const(f"e{st}_{c}", [1, c, 1, 1], np.int64)
+            node("Expand", [f"z{st}", f"e{st}_{c}"], f"z{st}_{c}")
+            outs[st][c] = anchors(f"z{st}_{c}", c, f"{nm}_{st}")
+    outputs = [helper.make_tensor_value_info(outs[st][c], TensorProto.FLOAT, [None, c])
+               for c in (1, 4, 10) for st in SCRFD_STRIDES]
+    graph = helper.make_graph(nodes, "scrfd_marker",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                              outputs, inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

@@ -106,10 +106,17 @@ class SCRFD:
             self._centers[key] = c
         return c
 
-    def prepare(self, img: np.ndarray) -> tuple:
-        """Letterbox and normalise ``img`` for the network (cheap; done on the caller's thread)."""
+    @property
+    def crops(self) -> bool:
+        """Can it run at another input size (a small one, on a face's region)? Not a fixed-size
+        export, and not on TensorRT (an engine is built for every new input size, for minutes)."""
+        return self.fixed_size is None and getattr(self.handle, "provider", "") != "TensorrtExecutionProvider"
+
+    def prepare(self, img: np.ndarray, size: int | None = None) -> tuple:
+        """Letterbox and normalise ``img`` for the network (cheap; done on the caller's thread).
+        ``size``: this input size instead of ``det_size`` (a free-size model only: a region)."""
         with self._lock:
-            size = self.det_size
+            size = self.det_size if size is None or self.fixed_size is not None else int(size)
             h, w = img.shape[:2]
             scale = size / max(h, w)
             nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
@@ -171,11 +178,15 @@ class SCRFD:
         return faces[:max_num] if max_num > 0 else faces
 
 
+# typical 5-point layout inside a frontal face box, in box-relative units
+KPS_LAYOUT = ((0.32, 0.40), (0.68, 0.40), (0.50, 0.58), (0.36, 0.76), (0.64, 0.76))
+
+
 def _kps_from_box(box: np.ndarray) -> np.ndarray:
     """Typical 5-point layout inside a frontal face box (used when a detector gives no keypoints)."""
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
-    rel = np.array([[0.32, 0.40], [0.68, 0.40], [0.50, 0.58], [0.36, 0.76], [0.64, 0.76]])
+    rel = np.array(KPS_LAYOUT)
     return np.stack([x1 + rel[:, 0] * w, y1 + rel[:, 1] * h], axis=1)
 
 

@@ -190,6 +190,9 @@ def test_bench_times_from_the_first_swapped_frame(capsys, monkeypatch, tmp_path,
         assert f"{n}.00 faces swapped/frame (of {n})" in out
         assert f"({first} unswapped before it, not counted)" in out
         assert r["stages"]["detect.interval"]["count"] >= 1 and r["stages"]["detect.lag"]["p50"] > 0
+        # the scripted (fixed-size) detector answers the same whatever it is shown: never run on a region
+        assert r["detect_crop"] == 0 and r["detect_full"] >= 1
+    assert "on the faces' region" in out
 
 
 def test_bench_fails_when_a_face_is_not_swapped(capsys, monkeypatch, t1_path):
@@ -231,3 +234,15 @@ def test_bench_gpu_suite_runs_here_and_says_what_it_skipped(tmp_path, capsys):
         assert "skipped" in e["nvml"] or e["nvml"]["samples"] > 0
     fs = r["first_swapped_frame"]
     assert fs["cold"]["seconds"] > 0 and fs["warm"]["seconds"] > 0
+
+
+def test_bench_refuses_region_detections_that_match_no_tracked_face():
+    """A detector that answers the same whatever it is shown (the side-by-side harness's scripted
+    one) finds "faces" on the region where none is tracked: the run says so and names the flag."""
+    from mirage_desktop.commands.bench import failure
+
+    r = {"faces": 1, "frames_measured": 50, "frames_short": 0, "finished": True, "faces_expected": 1,
+         "fewest_swapped": 1, "detect_crop": 10, "detect_crop_unmatched": 8}
+    assert "--full-frame-detect" in failure(r)
+    r["detect_crop_unmatched"] = 1  # a face walking into the region now and then is not that
+    assert failure(r) is None

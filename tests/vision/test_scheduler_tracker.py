@@ -175,3 +175,24 @@ def test_the_pipeline_shows_the_schedule_in_its_metrics(model_factory, astronaut
         assert g["detect.interval_target"] == 10
     finally:
         eng.stop()
+
+
+def test_a_large_face_is_followed_as_closely_at_half_size(astronaut):
+    """A face of 120 px or more is tracked on the half-size region: the motion still comes out in
+    full-size pixels, as closely as a small face's."""
+    import cv2
+    from tests_support import shifted
+
+    from mirage_desktop.vision.detector import HaarFaceDetector
+    from mirage_desktop.vision.tracking import HALF_SIZE_FROM
+
+    big = cv2.resize(astronaut, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    (face,) = HaarFaceDetector().detect(big)
+    assert min(face.bbox[2:] - face.bbox[:2]) >= HALF_SIZE_FROM
+    tr = FaceTracker()
+    tr.update([face], 0)
+    tr.note_frame(big, 0)
+    assert tr.tracks[0].prev_scale == 2
+    for i in range(1, 6):
+        tr.track(shifted(big, 5 * i, 3 * i), i)
+    np.testing.assert_allclose(tr.faces()[0].kps - face.kps, np.tile([25, 15], (5, 1)), atol=1.5)

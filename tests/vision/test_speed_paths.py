@@ -199,3 +199,15 @@ def test_the_swapper_loads_beside_the_analyzer_on_a_gpu(model_factory, astronaut
     swap_thread = where["inswapper_128.onnx"]
     assert (swap_thread == "mirage-load-swapper") is side_by_side
     assert where["det_10g.onnx"] == threading.current_thread().name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_swapped_crop_converts_to_the_same_bytes_as_the_plain_transpose(dtype):
+    from mirage_desktop.vision.swapper import _to_bgr
+
+    rng = np.random.default_rng(5)
+    chw = (rng.random((3, 128, 128)) * 1.4 - 0.2).astype(dtype)  # beyond [0, 1] on both sides
+    ref = np.clip(chw.astype(np.float32)[::-1].transpose(1, 2, 0), 0, 1) * 255.0
+    out = _to_bgr(chw)
+    assert out.shape == (128, 128, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - np.rint(ref).astype(int)).max() == 0
