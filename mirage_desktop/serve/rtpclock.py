@@ -34,6 +34,9 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 MASK32 = 0xFFFFFFFF
+# a frame whose server time (+ K) is this far from its arrival is mapped wrong: the network and the
+# jitter buffers account for well under a second, a bad report or a clock step for any amount
+MAX_SKEW_S = 3.0
 SR_WINDOW = 8  # sender reports (~1 s apart) whose least delayed one anchors the mapping
 _warned: set[str] = set()
 
@@ -64,6 +67,7 @@ class TrackClock:
         self._reports: collections.deque = collections.deque(maxlen=SR_WINDOW)
         self.sr_arrival: float | None = None  # local time the last SR came
         self.sr_count = 0
+        self.ignored = 0  # reports without a wall clock (sent before the first packet)
         self.hooked = False
         self.reason: str | None = None  # why there is no RTP mapping (None: there is one, or will be)
         self._mapper = None
@@ -91,7 +95,8 @@ class TrackClock:
             if isinstance(packet, _sr):
                 try:
                     info = packet.sender_info
-                    self.note_sr(info.ntp_timestamp, info.rtp_timestamp)
+                    if int(info.packet_count) > 0:  # aiortc reports before its first packet: NTP 0, RTP 0
+                        self.note_sr(info.ntp_timestamp, info.rtp_timestamp)
                 except Exception:  # a malformed report must not break aiortc's own handling
                     pass
             return await _orig(packet)
@@ -108,6 +113,9 @@ class TrackClock:
 
     # ---- the mapping ---------------------------------------------------------------------------
     def note_sr(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
+        if not ntp_timestamp:  # no wall clock in it (a sender that has sent nothing yet): not a mapping
+            self.ignored += 1
+            return
         first = self.sr is None
         rtp = int(rtp_timestamp) & MASK32
         self._reports.append((ntp_seconds(ntp_timestamp), rtp))
@@ -150,6 +158,7 @@ class LinkClock:
         self.audio = TrackClock("audio", 48_000, clock)
         self.audio_expected = False  # an audio track is coming back: both must be ready for "rtp"
         self.k: float | None = None  # local time minus the server's NTP time, fixed at the first SR
+        self.resets = 0
         for t in (self.video, self.audio):
             t.on_first_sr = self._first_sr
 
@@ -187,4 +196,20 @@ class LinkClock:
         s = track.sender_time(track.rtp_of(pts, time_base))
         if s is None or self.k is None:
             return arrival, "arrival"
-        return s + self.k, "rtp"
+        t = s + self.k
+        if abs(arrival - t) > MAX_SKEW_S:
+            # a mapping this far from the arrival is wrong (a bad report, a server clock step):
+            # start over from the next reports, on arrival times meanwhile -- never a frozen hold
+            _say_once("skew", f"remote A/V sync: a returned {kind} frame mapped {arrival - t:+.1f} s from its "
+                      "arrival; the clocks are taken again from the next sender reports")
+            self.reset()
+            return arrival, "arrival"
+        return t, "rtp"
+
+    def reset(self) -> None:
+        """Forget both tracks' reports and K (the hooks stay)."""
+        self.k = None
+        self.resets += 1
+        for t in (self.video, self.audio):
+            t.sr, t.sr_arrival = None, None
+            t._reports.clear()

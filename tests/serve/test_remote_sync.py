@@ -112,15 +112,15 @@ def test_frames_map_onto_the_senders_clock_across_the_wrap(origin):
     assert lc.mode == "rtp"
     assert lc.k == pytest.approx(50.0 - 3_900_000_000.5)
     for i in (0, 2, 5, 9):  # frame i stands for the SR's time + (i - 2) / 30 s, on the local clock
-        t, mode = lc.local_time("video", pts[i], fractions.Fraction(1, 90_000), 999.0)
+        t, mode = lc.local_time("video", pts[i], fractions.Fraction(1, 90_000), 50.1)
         assert mode == "rtp" and t == pytest.approx(50.0 + (i - 2) / 30.0, abs=1e-6)
     # a later report sent 5 ms late (a frame slow to encode) does not move the mapping ...
     _feed(rx, _sr(3_900_000_000.5 + 7 / 30.0 + 0.005, (origin + 9 * 3000) & MASK32))
-    t, _ = lc.local_time("video", pts[9], fractions.Fraction(1, 90_000), 999.0)
+    t, _ = lc.local_time("video", pts[9], fractions.Fraction(1, 90_000), 50.3)
     assert t == pytest.approx(50.0 + 7 / 30.0, abs=1e-6)
     # ... one less delayed than the first does (the first report's frame was 2 ms slow)
     _feed(rx, _sr(3_900_000_000.5 + 5 / 30.0 - 0.002, (origin + 7 * 3000) & MASK32))
-    t, _ = lc.local_time("video", pts[9], fractions.Fraction(1, 90_000), 999.0)
+    t, _ = lc.local_time("video", pts[9], fractions.Fraction(1, 90_000), 50.3)
     assert t == pytest.approx(50.0 + 7 / 30.0 - 0.002, abs=1e-6)
     assert lc.k == pytest.approx(50.0 - 3_900_000_000.5)  # K stays: both tracks keep one offset
 
@@ -137,7 +137,7 @@ def test_a_reordered_timestamp_that_aiortc_takes_for_a_wrap_still_maps():
     late = m.map(91_500)  # an older frame after a newer one
     assert late > 1 << 31  # aiortc's pts is off by 2**32
     _feed(rx, _sr(1000.0, 90_000))
-    t, mode = lc.local_time("video", late, fractions.Fraction(1, 90_000), 5.0)
+    t, mode = lc.local_time("video", late, fractions.Fraction(1, 90_000), 0.05)
     assert mode == "rtp" and t == pytest.approx(lc.k + 1000.0 + 1500 / 90_000, abs=1e-6)
 
 
@@ -156,9 +156,56 @@ def test_both_tracks_wait_for_both_reports_and_share_one_offset():
     _feed(ra, _sr(2000.3, 7000 + 4800))  # audio sample 4800 sent at 2000.3
     assert lc.mode == "rtp"
     assert lc.k == pytest.approx(10.0 - 2000.0)  # from the first report, shared by both tracks
-    tv, _ = lc.local_time("video", 0, fractions.Fraction(1, 90_000), 0.0)
-    ta, _ = lc.local_time("audio", 4800, fractions.Fraction(1, 48_000), 0.0)
+    tv, _ = lc.local_time("video", 0, fractions.Fraction(1, 90_000), 10.05)
+    ta, _ = lc.local_time("audio", 4800, fractions.Fraction(1, 48_000), 10.35)
     assert tv == pytest.approx(10.0) and ta == pytest.approx(10.3)  # sent 0.3 s apart by the server
+
+
+def _sr_before_any_packet():
+    """What aiortc's sender reports while its track has sent nothing yet: NTP 0, RTP 0, 0 packets."""
+    from aiortc.rtp import RtcpSenderInfo, RtcpSrPacket
+
+    return RtcpSrPacket(ssrc=1234, sender_info=RtcpSenderInfo(ntp_timestamp=0, rtp_timestamp=0, packet_count=0,
+                                                              octet_count=0))
+
+
+def test_a_report_sent_before_the_first_packet_is_not_a_mapping():
+    """aiortc's RTCP loop reports from the start, NTP 0 until a packet is sent: a server slow with its
+    first frame (an engine starting, a voice hold) must not anchor the clock on that."""
+    clock = Clock(100.0)
+    lc = LinkClock(clock)
+    rx = FakeReceiver()
+    lc.attach("video", rx)
+    _feed(rx, _sr_before_any_packet(), _sr_before_any_packet())
+    assert len(rx.handled) == 2 and lc.video.sr is None and lc.k is None and lc.mode == "arrival"
+    rx._RTCRtpReceiver__timestamp_mapper.map(3000)
+    clock.t = 102.0  # the first real report, 2 s later
+    _feed(rx, _sr(5000.0, 3000))
+    assert lc.k == pytest.approx(102.0 - 5000.0)
+    t, mode = lc.local_time("video", 0, fractions.Fraction(1, 90_000), 102.04)
+    assert mode == "rtp" and t == pytest.approx(102.0)
+    lc.video.note_sr(0, 0)  # a zero wall clock reaching note_sr directly: ignored too
+    assert lc.video.ignored == 1 and lc.video.sender_time(3000) == pytest.approx(5000.0)
+
+
+def test_a_mapping_far_from_the_arrival_starts_over_on_arrival_times(caplog, monkeypatch):
+    """A wrong report (or a server clock step) must never hold the video for ever: a frame mapped
+    more than MAX_SKEW_S from its arrival puts the link on arrival times until the next reports."""
+    monkeypatch.setattr(rtpclock, "_warned", set())
+    clock = Clock(100.0)
+    lc = LinkClock(clock)
+    rx = FakeReceiver()
+    lc.attach("video", rx)
+    rx._RTCRtpReceiver__timestamp_mapper.map(3000)
+    _feed(rx, _sr(5000.0, 3000 + 90_000 * 3600))  # says frame 0 was sent an hour before the report
+    with caplog.at_level(logging.WARNING):
+        assert lc.local_time("video", 0, fractions.Fraction(1, 90_000), 100.05) == (100.05, "arrival")
+    assert lc.resets == 1 and lc.k is None and lc.mode == "arrival"
+    assert any("mapped" in r.getMessage() for r in caplog.records)
+    clock.t = 101.0
+    _feed(rx, _sr(6000.0, 3000 + 90_000))  # a good report: frame 0 was sent 1 s before it
+    t, mode = lc.local_time("video", 0, fractions.Fraction(1, 90_000), 100.05)
+    assert mode == "rtp" and t == pytest.approx(100.0)
 
 
 def test_without_the_hook_it_says_so_once_and_syncs_on_arrival(caplog, monkeypatch):
