@@ -192,9 +192,9 @@ def _link_class():
             rs = self.live
             if rs is None:
                 return
-            pongs = list(rs.pongs)
-            new = pongs[self._pongs_read:] if self._pongs_read <= len(pongs) else pongs
-            self._pongs_read = len(pongs)
+            new = [p for p in list(rs.pongs) if p.get("seq", 0) > self._pongs_read]  # (the list keeps 50)
+            if new:
+                self._pongs_read = new[-1]["seq"]
             for p in new:
                 if isinstance(p.get("rtt_ms"), (int, float)):
                     self.metrics.record("remote.rtt", float(p["rtt_ms"]))

@@ -115,7 +115,8 @@ class RemoteSession:
         self.session_id: str | None = None
         self.frames_received = 0
         self.closed_reason: str | None = None
-        self.pongs: list[dict] = []
+        self.pongs: list[dict] = []  # the last 50 replies to ping
+        self.pongs_total = 0  # replies ever received (the list keeps only the last ones)
         self.ended = asyncio.Event()
         self._recv_task: asyncio.Task | None = None
 
@@ -220,6 +221,8 @@ class RemoteSession:
             return
         if m.get("type") == "pong":
             m["rtt_ms"] = (time.monotonic() - float(m.get("t") or 0)) * 1000
+            self.pongs_total += 1
+            m["seq"] = self.pongs_total  # readers take the ones above the last they saw
             self.pongs.append(m)
             del self.pongs[:-50]
         elif m.get("type") == "closed":

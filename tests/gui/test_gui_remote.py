@@ -497,3 +497,25 @@ def test_remote_with_a_busy_camera_is_an_error_and_nothing_runs(qtbot, make_engi
         assert c.remote is None and cam.cap is None and not _remote_threads()
     finally:
         c.shutdown()
+
+
+def test_the_round_trip_keeps_updating_past_the_last_fifty_replies():
+    """The session keeps only its last 50 pong replies: the window's reader goes by their sequence
+    numbers, so the round trip and the server's figures never stop updating."""
+    import time as _time
+
+    from mirage_desktop.gui.remote import make_link
+    from mirage_desktop.metrics import Metrics
+    from mirage_desktop.serve.client import RemoteSession
+
+    m = Metrics()
+    link = make_link("http://127.0.0.1:9", "t", None, 30.0, {}, metrics=m)  # never started
+    rs = RemoteSession("http://127.0.0.1:9", "t")
+    link.live = rs
+    for i in range(120):
+        rs._on_control(json.dumps({"type": "pong", "t": _time.monotonic(), "server": {"frames_out": i}}))
+        if i % 7 == 6:
+            link.read_pongs()
+    link.read_pongs()
+    link.read_pongs()  # nothing new: nothing recorded twice
+    assert m.histogram("remote.rtt").count == 120 and link.server == {"frames_out": 119}
