@@ -58,6 +58,7 @@ class RemoteLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._halt = threading.Event()  # stop() was called (also before the loop exists)
 
     # ---- the caller's side (any thread) ----------------------------------------------------------
     def start(self) -> "RemoteLink":
@@ -66,8 +67,15 @@ class RemoteLink:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        """Stop now: an attempt being connected is cancelled, not waited out. Safe before the
+        thread has made its loop (it then ends at once) and after the loop has closed."""
+        self._halt.set()
+        loop, ev = self._loop, self._stop
+        if loop is not None and ev is not None:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:  # the loop has closed: the thread is ending anyway
+                pass
         if self._thread is not None:
             self._thread.join(timeout)
         self.state = "stopped"
@@ -129,13 +137,33 @@ class RemoteLink:
 
     # ---- the link's thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._stop = asyncio.Event()
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        stop = asyncio.Event()
+        self._loop, self._stop = loop, stop
+        if self._halt.is_set():  # stop() came before the loop was there to take it
+            stop.set()
         try:
-            self._loop.run_until_complete(self._keep_connected())
+            loop.run_until_complete(self._keep_connected())
         finally:
-            self._loop.close()
+            loop.close()
+
+    async def _unless_stopped(self, aw) -> bool:
+        """Await ``aw`` unless stop() comes first (then ``aw`` is cancelled): True when it ended by
+        itself (its exception, if any, is raised)."""
+        assert self._stop is not None
+        task = asyncio.ensure_future(aw)
+        halt = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, halt}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halt.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return False
+        task.result()
+        return True
 
     def _next_local(self, n: int) -> np.ndarray | None:
         with self._local_cond:
@@ -187,8 +215,10 @@ class RemoteLink:
             t_start = time.monotonic()
             try:
                 audio = FeedAudioTrack(bridge.next_mic_block) if bridge is not None else None
-                await asyncio.wait_for(rs.connect(FeedTrack(self._next_local, self.fps), audio=audio,
-                                                  photo=self.photo, consent=self.consent), self.connect_timeout_s)
+                if not await self._unless_stopped(asyncio.wait_for(
+                        rs.connect(FeedTrack(self._next_local, self.fps), audio=audio, photo=self.photo,
+                                   consent=self.consent), self.connect_timeout_s)):
+                    break  # stopped while connecting (the finally below closes the attempt)
                 try:
                     self.on_connected(rs)
                 except Exception:  # a subclass's hook must not end the attempt

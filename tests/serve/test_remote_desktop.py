@@ -170,3 +170,37 @@ def test_the_microphone_goes_through_the_server_and_falls_back_to_the_local_one(
         runner.stop()
         th.join(HANG_GUARD_S)
         link.stop()
+
+
+def test_stop_cancels_an_attempt_that_the_server_never_answers():
+    """A server that takes the connection and never answers: stop() cancels the attempt at once
+    instead of waiting out the connect timeout (here an hour, far past the hang guard)."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(8)  # the kernel accepts the connection; nobody ever reads or answers
+        port = lsock.getsockname()[1]
+        link = RemoteLink(f"http://127.0.0.1:{port}", "t", connect_timeout_s=3600.0).start()
+        accepted, _ = lsock.accept()  # the attempt is under way: its request went out
+        with accepted:
+            link.stop(timeout=HANG_GUARD_S)
+            assert not link._thread.is_alive() and link.state == "stopped"
+
+
+def test_a_stop_before_the_link_has_its_loop_is_not_lost():
+    """stop() before the link's thread has made its event loop (here: before it starts at all):
+    the thread ends at once and makes no attempt."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(8)
+        lsock.settimeout(0)
+        link = RemoteLink(f"http://127.0.0.1:{lsock.getsockname()[1]}", "t")
+        link.stop()
+        link.start()
+        link._thread.join(HANG_GUARD_S)
+        assert not link._thread.is_alive()
+        try:
+            lsock.accept()
+            connected = True
+        except BlockingIOError:
+            connected = False
+        assert not connected and link.metrics.counter("remote.lost") == 0
