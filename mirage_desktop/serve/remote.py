@@ -499,6 +499,7 @@ class RemoteRunner:
         self.avsync = RemoteAVSync(self.metrics, clock=clock)
         self._stop = threading.Event()
         self._send_lock = threading.Lock()
+        self._hold_lock = threading.Lock()  # the hold: the output thread fills and empties it, the camera loop clears it
         self.sent_remote = 0
         self.sent_local = 0
         self.last_kind = ""
@@ -554,7 +555,8 @@ class RemoteRunner:
         self.link.submit(frame)
         if self.link.stale(self.link.stale_s):
             self._awaiting_remote = True
-            self.avsync.clear()  # nothing held from before the loss comes out after the local frames
+            with self._hold_lock:
+                self.avsync.clear()  # nothing held from before the loss comes out after the local frames
             self._send(frame, "local")  # never a frozen camera: the local picture, unswapped
         elif self._awaiting_remote:
             self._send(frame, "local")  # frames are back but the first is still held: keep moving
@@ -573,21 +575,25 @@ class RemoteRunner:
     def step(self, now: float | None = None) -> float | None:
         """One turn of the output thread: take the returned frames into the hold, send those due.
         Returns when the next held frame is due (None: nothing held)."""
-        for img, t_ref, mode in self.link.take_timed():
-            self._update_master(mode)
-            pkt = _Held(img, t_ref, mode)
-            if self.avsync.push(pkt, now):
-                pkt.due = t_ref + self.avsync.delay_s  # what the hold gave it (AVSync's own due)
-            self.metrics.set_gauge("av.mode", "remote " + mode)
-        for pkt in self.avsync.pop_due(now):
+        with self._hold_lock:
+            for img, t_ref, mode in self.link.take_timed():
+                self._update_master(mode)
+                pkt = _Held(img, t_ref, mode)
+                if self.avsync.push(pkt, now):
+                    pkt.due = t_ref + self.avsync.delay_s  # what the hold gave it (AVSync's own due)
+                self.metrics.set_gauge("av.mode", "remote " + mode)
+            due = self.avsync.pop_due(now)
+        for pkt in due:
             if self.link.stale(self.link.stale_s):
                 self.metrics.incr("dropped.av_stale")  # the local pass-through has taken over
                 continue
             t_out = self.clock() if now is None else now
             self.send_late_s = max(0.0, t_out - pkt.due)  # this thread woke late (a loaded machine)
             self._send(pkt.frame, "remote")
-            self.avsync.sent(pkt, t_out)
-        return self.avsync.next_due()
+            with self._hold_lock:
+                self.avsync.sent(pkt, t_out)
+        with self._hold_lock:
+            return self.avsync.next_due()
 
     def _output_loop(self) -> None:
         while not self._stop.is_set():
