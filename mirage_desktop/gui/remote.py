@@ -145,18 +145,26 @@ def _link_class():
             self._pongs_read = 0
             self.server: dict = {}  # the server's processing summary, from its last pong
             self.sessions_seen = 0
-            self._photo_pending = False  # a photo chosen while no session was there to take it
             self._on_photo_error = None
+            self._photo_lock = threading.Lock()  # photo and live: the window's thread and the link's loop
 
         def on_connected(self, rs) -> None:
-            self.live = rs
+            with self._photo_lock:
+                self.live = rs
+                photo, started = self.photo, getattr(rs, "with_photo", None)
             self._pongs_read = 0
             self.sessions_seen += 1
             self._when_open(rs, lambda: self._send_options(rs))
-            if self._photo_pending and self.photo is not None:
-                # chosen while this session was being opened: it may have started with the old one
-                self._photo_pending = False
-                self._post_photo(rs, self.photo)
+            if started is not None and photo is None:
+                # the face was removed while this session was being opened: it must not use it
+                self._drop(rs)
+            elif photo is not None and photo is not started:
+                self._post_photo(rs, photo)  # chosen while it was being opened
+
+        def _drop(self, rs) -> None:
+            """End ``rs`` (the link reconnects without a face): a session's face cannot be taken back."""
+            rs.closed_reason = "the face was removed: reconnecting without it"
+            self.call_soon(lambda: asyncio.ensure_future(rs.close()))
 
         @staticmethod
         def _when_open(rs, fn) -> None:
@@ -202,17 +210,20 @@ def _link_class():
                     self.server = dict(p["server"])
 
         def send_photo(self, photo: bytes | None, on_error) -> None:
-            """The identity for the next sessions, and for the current one at once. (None: the
-            next sessions get no photo; the server has no way to drop a session's identity, so
-            the current one keeps it until it reconnects.)"""
-            self.photo, self.consent = photo, photo is not None
-            self._on_photo_error = on_error
-            rs = self.live
+            """The identity for the next sessions, and for the current one at once. None: no face
+            any more -- the server cannot take a session's identity back, so the current session is
+            ended and the link reconnects without one (a removed face is never used again)."""
+            with self._photo_lock:
+                self.photo, self.consent = photo, photo is not None
+                self._on_photo_error = on_error
+                rs = self.live
+            if rs is None or rs.ended.is_set():
+                return  # the next session starts with it (on_connected checks the one being opened)
             if photo is None:
-                self._photo_pending = False
+                if getattr(rs, "with_photo", None) is not None or rs.identity_sent:
+                    self._drop(rs)
                 return
-            if rs is None or rs.ended.is_set() or not self._post_photo(rs, photo):
-                self._photo_pending = True  # for the session being opened, if it started without it
+            self._post_photo(rs, photo)
 
         def _post_photo(self, rs, photo: bytes) -> bool:
             loop = self._loop
@@ -222,6 +233,7 @@ def _link_class():
                 fut = asyncio.run_coroutine_threadsafe(rs.set_identity(photo, True), loop)
             except RuntimeError:
                 return False
+            rs.identity_sent = True
 
             def done(f):
                 exc = f.exception() if not f.cancelled() else None

@@ -115,6 +115,8 @@ class RemoteSession:
         self.session_id: str | None = None
         self.frames_received = 0
         self.closed_reason: str | None = None
+        self.with_photo: bytes | None = None  # the photo this session was opened with (RemoteLink sets it)
+        self.identity_sent = False  # a photo was sent to it after it opened
         self.pongs: list[dict] = []  # the last 50 replies to ping
         self.pongs_total = 0  # replies ever received (the list keeps only the last ones)
         self.ended = asyncio.Event()

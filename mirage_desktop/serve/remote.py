@@ -5,8 +5,8 @@ The output never freezes: whenever no processed frame has come back for ``stale_
 camera frame goes out as it is (pass-through, said in the status), and the link reconnects with
 a back-off (0.5 s, 1 s, 2 s ... 10 s) until the server is back.
 
-A/V sync (docs/serving.md, "The desktop client's A/V sync"): every returned video frame and audio block is mapped onto the
-server's clock from its RTP timestamp and the RTCP sender reports (``serve/rtpclock.py``); the
+A/V sync (docs/serving.md, "The desktop client's A/V sync"): every returned video frame and audio
+block is mapped onto the server's clock from its RTP timestamp and the RTCP sender reports (``serve/rtpclock.py``); the
 audio bridge measures the audio's path from that time to the moment it plays (the virtual
 microphone's reported DAC time, in its output callback), and the runner's output thread holds
 each returned frame until its server time + that latency, with the local engine's
@@ -215,9 +215,10 @@ class RemoteLink:
             t_start = time.monotonic()
             try:
                 audio = FeedAudioTrack(bridge.next_mic_block) if bridge is not None else None
+                rs.with_photo = photo = self.photo  # what this session starts with (on_connected may differ)
                 if not await self._unless_stopped(asyncio.wait_for(
-                        rs.connect(FeedTrack(self._next_local, self.fps), audio=audio, photo=self.photo,
-                                   consent=self.consent), self.connect_timeout_s)):
+                        rs.connect(FeedTrack(self._next_local, self.fps), audio=audio, photo=photo,
+                                   consent=self.consent and photo is not None), self.connect_timeout_s)):
                     break  # stopped while connecting (the finally below closes the attempt)
                 try:
                     self.on_connected(rs)
@@ -499,7 +500,8 @@ class RemoteRunner:
         self.avsync = RemoteAVSync(self.metrics, clock=clock)
         self._stop = threading.Event()
         self._send_lock = threading.Lock()
-        self._hold_lock = threading.Lock()  # the hold: the output thread fills and empties it, the camera loop clears it
+        # the hold: the output thread fills and empties it, the camera loop clears it
+        self._hold_lock = threading.Lock()
         self.sent_remote = 0
         self.sent_local = 0
         self.last_kind = ""
