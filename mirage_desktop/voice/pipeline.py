@@ -232,8 +232,14 @@ class SampleFifo:
             self.written += x.size
 
     def read_into(self, out: np.ndarray) -> int:
+        return self.read_into_at(out)[1]
+
+    def read_into_at(self, out: np.ndarray) -> tuple[int, int]:
+        """Like :meth:`read_into`, and the read position the samples start at (taken under the
+        same lock, so a concurrent :meth:`drop` cannot shift it)."""
         n, got = out.size, 0
         with self._lock:
+            start = self.read
             while got < n and self._chunks:
                 c = self._chunks[0]
                 take = min(n - got, c.size)
@@ -245,7 +251,7 @@ class SampleFifo:
                     self._chunks[0] = c[take:]
             self._level -= got
             self.read += got
-        return got
+        return start, got
 
     def drop(self, n: int) -> int:
         tmp = np.empty(min(n, self._level), dtype=np.float32)

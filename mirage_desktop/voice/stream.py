@@ -215,8 +215,7 @@ class VoiceStream:
         """``n`` samples at ``sr_out`` handed over at ``t`` (perf_counter): the FIFO's, then zeros.
         Records the measured latency of every tagged sample in them."""
         out = np.zeros(n, dtype=np.float32)
-        r_a = self._fifo.read
-        got = self._fifo.read_into(out)
+        r_a, got = self._fifo.read_into_at(out)
         if got < n:
             if self._playing and got < n:  # ran dry while playing: later blocks get more room
                 self.metrics.incr("voice.underruns")
