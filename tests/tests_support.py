@@ -14,6 +14,17 @@ import numpy as np
 HANG_GUARD_S = 120.0
 
 
+def as_foreground() -> None:
+    """``preexec_fn`` for a child the test will signal as a terminal would: SIGINT and SIGQUIT at
+    their defaults. A suite started in the background without job control (``./test.sh &``)
+    passes them on ignored, and `mirage` keeps an ignored signal ignored (as nohup asks), so a
+    Ctrl-C test would otherwise wait for ever."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def shifted(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
     m = np.float32([[1, 0, dx], [0, 1, dy]])
     return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_REFLECT)

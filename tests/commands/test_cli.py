@@ -9,11 +9,12 @@ import select
 import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
-from tests_support import HANG_GUARD_S
+from tests_support import HANG_GUARD_S, as_foreground
 
 from mirage_desktop.cli import main
 
@@ -89,7 +90,9 @@ class _Terminal:
         os.close(self.slave)  # the child holds its own copy: EOF once it exits
 
     def read_until(self, pred) -> bool:
+        end = time.monotonic() + 3 * HANG_GUARD_S  # a hang guard: output that never ends
         while not pred(self.text):
+            assert time.monotonic() < end, f"no end after {3 * HANG_GUARD_S:.0f} s; so far: {self.text[-2000:]!r}"
             ready, _, _ = select.select([self.master], [], [], HANG_GUARD_S)
             assert ready, f"no output for {HANG_GUARD_S:.0f} s; so far: {self.text[-2000:]!r}"
             try:
@@ -111,7 +114,8 @@ def test_ctrl_c_stops_cleanly(photos, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "mirage_desktop", "run", "--input", str(photos["target"]),
                           "--output", "null", "--source", str(photos["target"]), "--confirm-rights",
                           *_model_args(photos["paths"])],
-                         stdin=subprocess.DEVNULL, stdout=term.slave, stderr=term.slave, env=env)
+                         stdin=subprocess.DEVNULL, stdout=term.slave, stderr=term.slave, env=env,
+                         preexec_fn=as_foreground)
     term.started()
     try:
         # on a terminal the run shows a status line every second: wait for one that says frames

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tests_support import as_foreground
 
 from mirage_desktop.cli import main
 
@@ -119,7 +120,8 @@ def test_a_disk_that_fills_mid_recording_stops_the_run_and_keeps_the_frames(nois
 def _spawn_run(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "mirage_desktop", "run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parents[2])
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parents[2],
+                            preexec_fn=as_foreground)
 
 
 def _wait_for(cond, proc: subprocess.Popen) -> None:
