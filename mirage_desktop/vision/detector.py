@@ -71,6 +71,7 @@ class SCRFD:
         # a file with a free input size runs on a session with the size fixed, one per size used
         # (made when the size is first run: a new det_size costs one session on the detector's thread)
         self._sessions: dict[int, SessionHandle] = {}
+        self._session_lock = threading.Lock()
         run_shape = handle.inputs[0].shape
         if self.fixed_size is None and isinstance(run_shape[2], int) and run_shape[2] == run_shape[3]:
             self._sessions[int(run_shape[2])] = handle
@@ -86,14 +87,18 @@ class SCRFD:
         if self.fixed_size is not None or not self.handle.declared_shapes:
             return self.handle  # a static export, or a session whose shape stays free
         h = self._sessions.get(size)
-        if h is None:
-            try:
-                h = self.handle.reshaped({self.input_name: [1, 3, size, size]})
-            except Exception as exc:  # the free-size session still works: slower, not wrong
-                log.warning("a %d px session for %s could not be made (%s); using the free-size one", size,
-                            self.handle.path.name, exc)
-                h = self.handle
-            self._sessions[size] = h
+        if h is not None:
+            return h
+        with self._session_lock:  # one build per size, also when sessions of `mirage serve` share it
+            h = self._sessions.get(size)
+            if h is None:
+                try:
+                    h = self.handle.reshaped({self.input_name: [1, 3, size, size]})
+                except Exception as exc:  # the free-size session still works: slower, not wrong
+                    log.warning("a %d px session for %s could not be made (%s); using the free-size one", size,
+                                self.handle.path.name, exc)
+                    h = self.handle
+                self._sessions[size] = h
         return h
 
     def _anchor_centers(self, h: int, w: int, stride: int) -> np.ndarray:

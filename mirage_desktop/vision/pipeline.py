@@ -62,22 +62,51 @@ class _OnceLogger:
             log.warning(msg, *args)
 
 
-def _single_threaded_opencv() -> None:
-    """Every per-frame OpenCV call works on a face's box (tens of thousands of pixels), where
-    OpenCV's own threads cost more than they save: the pipeline's threads and onnxruntime already
-    keep the cores busy, so a call split in two waits for its half on a busy core. Measured on 2
-    cores, tiny models (A/B interleaved): 12.4 -> 10.5 ms of process CPU per frame, 4.8 -> 4.2 ms
-    P50 outside inference. (Process-wide; OpenCV has no per-call setting.)"""
-    import cv2
+class _OpenCVThreads:
+    """OpenCV's own threads off while any stream runs, back to what they were after the last.
 
-    if cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
+    Every per-frame OpenCV call of the worker works on a face's box (tens of thousands of
+    pixels), where OpenCV's threads cost more than they save: the pipeline's threads and
+    onnxruntime already keep the cores busy, so a call split in two waits for its half on a busy
+    core. Measured on 2 cores, tiny models (A/B interleaved): 12.4 -> 10.5 ms of process CPU per
+    frame, 4.8 -> 4.2 ms P50 outside inference. The setting is process-wide (OpenCV has no
+    per-call one), so it is counted: several streams (``mirage serve``'s sessions) hold it
+    together, and the window's work after a stream gets OpenCV's threads back."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: int | None = None
+
+    def hold(self) -> None:
+        import cv2
+
+        with self._lock:
+            if self._users == 0:
+                self._saved = cv2.getNumThreads()
+                cv2.setNumThreads(1)
+            self._users += 1
+
+    def release(self) -> None:
+        import cv2
+
+        with self._lock:
+            if self._users == 0:
+                return
+            self._users -= 1
+            if self._users == 0 and self._saved is not None:
+                cv2.setNumThreads(self._saved)
+                self._saved = None
+
+
+_OPENCV_THREADS = _OpenCVThreads()
 
 
 # input sizes a detection on the tracked faces' region runs at (one static session each)
 CROP_SIZES = (96, 128, 160, 192)
 CROP_MARGIN = 0.5  # the region: the faces' boxes and this much of a box's side around them
 CROP_MAX_AREA = 0.4  # a region larger than this share of the frame: search the whole frame
+FULL_DETECT_MAX_S = 1.0  # with max_faces 0 the whole frame is searched at least this often (s of capture time)
 
 
 def crop_region(boxes: list, w: int, h: int, det_size: int) -> tuple[tuple[int, int, int, int], int] | None:
@@ -121,6 +150,8 @@ class TrackFaces:
         self._n = 0  # frames tracked
         self._last_asked_n: int | None = None
         self._last_full_n: int | None = None  # the frame (of ``_n``) the last full-frame search was asked on
+        self._last_full_t = 0.0  # and its capture time
+        self._matched = True  # the last frame's faces included the match-mode person (or no match mode)
 
     def wants(self, opts) -> bool:
         return self.p.analyzer is not None and opts.enable_scrfd and (opts.enable_swap or opts.enable_enhancer)
@@ -164,12 +195,12 @@ class TrackFaces:
                 self._asked.clear()  # answers that never came (a reset, a failure)
             self._asked[ctx.index] = (ctx.t_capture, self._n)
             detector = p.analyzer.detector
-            region = self._region(frame, o, detector)
+            region = self._region(frame, o, detector, ctx.t_capture)
             if region is None:
                 prep, offset = detector.prepare(frame), None
                 if self._last_full_n is not None:
                     m.record("detect.full_interval", self._n - self._last_full_n)
-                self._last_full_n = self._n
+                self._last_full_n, self._last_full_t = self._n, ctx.t_capture
                 m.incr("detect.full")
             else:
                 (x0, y0, x1, y1), size = region
@@ -210,14 +241,24 @@ class TrackFaces:
                 p._last_det_index = d_index
         faces = p.tracker.faces(ctx.t_capture if o.enable_smoothing else None)
         ctx.faces = select_faces(faces, o.max_faces, p.reference, o.match_threshold)
+        self._matched = p.reference is None or bool(ctx.faces)
 
-    def _region(self, frame: np.ndarray, o, detector) -> tuple | None:
+    def _region(self, frame: np.ndarray, o, detector, t_capture: float) -> tuple | None:
         """Where this detection runs: the tracked faces' region and its input size, or None for
-        the whole frame (no face tracked, the full search is due, or it would not be smaller)."""
+        the whole frame: no face tracked; fewer tracked than ``max_faces`` asks for (a new face
+        would be swapped: look for it at every detection); the match-mode person not among them;
+        the full search due (every ``full_detect_interval`` frames, and with ``max_faces`` 0 —
+        every face — also every :data:`FULL_DETECT_MAX_S` of capture time, so a new face is found
+        as soon at 3 FPS as at 30); or the region would not be smaller."""
         tracks = self.p.tracker.tracks
         if not getattr(o, "detect_on_tracks", False) or not getattr(detector, "crops", False) or not tracks:
             return None
+        want = int(o.max_faces)
+        if (want > 0 and len(tracks) < want) or not self._matched:
+            return None
         if self._last_full_n is None or self._n - self._last_full_n >= max(1, int(o.full_detect_interval)):
+            return None
+        if want <= 0 and t_capture - self._last_full_t >= FULL_DETECT_MAX_S:
             return None
         h, w = frame.shape[:2]
         return crop_region([t.face.bbox for t in tracks], w, h, int(detector.det_size))
@@ -240,6 +281,7 @@ class VideoPipeline:
         self.enhance_stage = enhance_stage
         self.color_fn = color_fn
         self.reference = reference
+        self._cv_held = False  # this pipeline holds OpenCV at one thread (_OPENCV_THREADS)
         self.detector_async = detector_async
         self.keep_original = keep_original
         self.opts = settings
@@ -385,7 +427,9 @@ class VideoPipeline:
 
     # ---- threads ---------------------------------------------------------------------------
     def start(self) -> None:
-        _single_threaded_opencv()
+        if not self._cv_held:
+            _OPENCV_THREADS.hold()
+            self._cv_held = True
         self._stop.clear()
         self.finished.clear()
         w, h = self.source.size if hasattr(self.source, "size") else (0, 0)
@@ -400,6 +444,9 @@ class VideoPipeline:
                     s.close()
                 except Exception:
                     pass
+            if self._cv_held:  # nor OpenCV held at one thread for a stream that never ran
+                self._cv_held = False
+                _OPENCV_THREADS.release()
             raise
         targets = [("mirage-capture", self._capture_loop), ("mirage-worker", self._worker_loop),
                    ("mirage-output", self._output_loop)]
@@ -420,6 +467,9 @@ class VideoPipeline:
             if t.name == "mirage-capture" and t.is_alive():
                 capture_alive = True
         self._threads.clear()
+        if self._cv_held:
+            self._cv_held = False
+            _OPENCV_THREADS.release()
         if self.enhance_stage is not None and hasattr(self.enhance_stage, "close"):
             self.enhance_stage.close()  # its background thread; it restarts with the next stream
         for s in self.sinks:

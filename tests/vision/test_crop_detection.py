@@ -119,8 +119,8 @@ def marker_engine(model_factory, astronaut, tmp_path):
     def make(**settings):
         paths = dict(model_factory(astronaut))
         paths["det_10g"] = synthetic.build_marker_scrfd(tmp_path / "det_marker.onnx")
-        eng = Engine(Settings(detect_interval=2, full_detect_interval=20, max_faces=2, **settings),
-                     model_overrides=paths)
+        settings = {"detect_interval": 2, "full_detect_interval": 20, "max_faces": 1, **settings}
+        eng = Engine(Settings(**settings), model_overrides=paths)
         eng.load_models()
         return eng
 
@@ -226,3 +226,48 @@ def test_with_the_setting_off_every_detection_searches_the_whole_frame(marker_en
     assert m.counter("detect.crop") == 0 and m.counter("detect.full") >= 8
     assert all(d[1] is None and d[2] == 640 for d in seen.seen)
     assert all(_near(d[3][0], RED) for d in seen.seen[1:])
+
+
+def test_while_fewer_faces_are_tracked_than_wanted_every_detection_searches_the_whole_frame(marker_engine,
+                                                                                        monkeypatch):
+    """max_faces 2 and one face: a second one would be swapped, so it is looked for at every
+    detection (never only on the first face's region)."""
+    seen = Detections(monkeypatch)
+    eng = marker_engine(max_faces=2)
+    m = eng.metrics
+    src = MarkerSource({2: RED})
+    eng.start(src, [NullSink()])
+    try:
+        wait_counter(m, "detect.runs", 6)
+        src.show({2: RED, 1: GREEN})
+        at = seen.when(lambda d: src.shown_at is not None and d[0] >= src.shown_at
+                       and any(_near(b, GREEN) for b in d[3]))
+        assert seen.seen[at][0] - src.shown_at <= 2 * eng.settings.detect_interval + 2  # the next detections
+    finally:
+        eng.stop()
+    assert m.counter("detect.crop") == 0
+
+
+def test_with_every_face_wanted_the_whole_frame_is_searched_every_so_often_in_capture_time(marker_engine,
+                                                                                          monkeypatch):
+    """max_faces 0: besides the frame count, a full search at least every FULL_DETECT_MAX_S of
+    capture time (here made short, with the frame count out of reach), so a new face is found as
+    soon on a slow machine as on a fast one. With max_faces 1 and a face tracked the frame count
+    alone rules."""
+    import mirage_desktop.vision.pipeline as pl
+
+    monkeypatch.setattr(pl, "FULL_DETECT_MAX_S", 0.05)
+    counts = {}
+    for want in (0, 1):
+        eng = marker_engine(max_faces=want, full_detect_interval=1000)
+        m = eng.metrics
+        eng.start(MarkerSource({2: RED}), [NullSink()])
+        try:
+            wait_counter(m, "detect.crop", 1)  # tracking: from here on the rules decide
+            full0 = m.counter("detect.full")
+            wait_counter(m, "detect.crop", 8)  # >= 7 detections later: >= 140 ms at 100 fps, every 2nd frame
+            counts[want] = m.counter("detect.full") - full0
+        finally:
+            eng.stop()
+    assert counts[0] >= 2  # the time rule: full searches between the region ones
+    assert counts[1] == 0  # the frame count alone (never reached here)
