@@ -133,6 +133,13 @@ EXACT_WINDOW = 9  # output callbacks whose reported play times the output clock 
 PROC_WINDOW = 50  # converted blocks over which the longest processing time is taken
 
 
+def median_s(sorted_ms: list[float]) -> float:
+    """The median (s) of sorted latencies in ms (the voice paths' latency_s)."""
+    n = len(sorted_ms)
+    mid = sorted_ms[n // 2] if n % 2 else 0.5 * (sorted_ms[n // 2 - 1] + sorted_ms[n // 2])
+    return mid / 1000.0
+
+
 class StreamClock:
     """Maps a stream's frame count to ``perf_counter`` time from its callbacks.
 
@@ -573,9 +580,7 @@ class VoicePipeline:
             recent = sorted(self._recent_lat)
         if len(recent) < LATENCY_MIN_MARKERS:
             return self.estimated_latency_s()
-        n = len(recent)
-        mid = recent[n // 2] if n % 2 else 0.5 * (recent[n // 2 - 1] + recent[n // 2])
-        return mid / 1000.0
+        return median_s(recent)
 
     def estimated_latency_s(self) -> float | None:
         """What the latency should be before any is measured: block + SOLA + resamplers + the

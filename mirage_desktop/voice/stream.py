@@ -65,7 +65,7 @@ from ..metrics import Metrics
 from . import SAMPLE_RATE
 from .pipeline import (FALLBACK_START_MS, LATENCY_MIN_MARKERS, LATENCY_WINDOW, MARGIN_DECAY_AFTER_S, MARGIN_DECAY_S,
                        MARGIN_MAX_S, MARGIN_START_S, MARGIN_STEP_S, PROC_WINDOW, START_PROBE_BUDGET_S,
-                       START_PROBE_RUNS, SampleFifo, StreamClock, VoicePipeline)
+                       START_PROBE_RUNS, SampleFifo, StreamClock, VoicePipeline, median_s)
 
 log = logging.getLogger(__name__)
 
@@ -286,9 +286,7 @@ class VoiceStream:
             recent = sorted(self._recent)
         if len(recent) < LATENCY_MIN_MARKERS:
             return self.estimated_latency_s()
-        n = len(recent)
-        mid = recent[n // 2] if n % 2 else 0.5 * (recent[n // 2 - 1] + recent[n // 2])
-        return mid / 1000.0
+        return median_s(recent)
 
     def master_latency_s(self) -> float | None:
         """What the video waits for (A/V sync): the latency while the voice is converted, None
