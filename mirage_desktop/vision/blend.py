@@ -64,12 +64,14 @@ _EXTENTS: dict[int, tuple[np.ndarray, tuple[int, int, int, int]]] = {}
 
 
 def _mask_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Where ``mask`` is not zero (x0, y0, x1, y1, exclusive), in crop pixels; cached by identity
-    (the masks are cached and read-only)."""
+    """Where ``mask`` is not zero (x0, y0, x1, y1, exclusive), in crop pixels. Cached by identity
+    for read-only masks (the cached ovals); a writable one (made per frame) is measured each time."""
     hit = _EXTENTS.get(id(mask))
     if hit is None or hit[0] is not mask:
         ys, xs = np.nonzero(mask > 0.5 / 255.0)
         ext = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else (0, 0, 0, 0)
+        if mask.flags.writeable:
+            return ext
         if len(_EXTENTS) > 64:
             _EXTENTS.clear()
         hit = _EXTENTS[id(mask)] = (mask, ext)

@@ -102,36 +102,47 @@ class InSwapper:
         return _to_bgr(pred[0])
 
     def swap_many(self, frame: np.ndarray, faces: list[Face], latent: np.ndarray, *, mouth_mask: bool = False,
-                  color_fn=None, metrics=None) -> list:
+                  color_fn=None, metrics=None, mask_fn=None) -> list:
         """:meth:`swap` for several faces; one model call for all of them when the model is
-        :attr:`batchable`. Returns each face's box (None for one off the frame)."""
+        :attr:`batchable`. ``latent`` is one (1, 512) latent for every face or one row per face
+        (n, 512). Returns each face's box (None for one off the frame)."""
+        lat = np.asarray(latent, np.float32).reshape(-1, 512)
+        if lat.shape[0] not in (1, len(faces)):
+            raise ValueError(f"{lat.shape[0]} latents for {len(faces)} faces")
+        rows = [lat[i if lat.shape[0] > 1 else 0][None] for i in range(len(faces))]
         if not self.batchable or len(faces) < 2:
-            return [self.swap(frame, f, latent, mouth_mask=mouth_mask, color_fn=color_fn, metrics=metrics)
-                    for f in faces]
+            return [self.swap(frame, f, r, mouth_mask=mouth_mask, color_fn=color_fn, metrics=metrics, mask_fn=mask_fn)
+                    for f, r in zip(faces, rows)]
         ms = [align_matrix(f.kps, self.size) for f in faces]
         crops = [warp_crop(frame, m, self.size) for m in ms]  # all read before any is pasted
         blob = cv2.dnn.blobFromImages(crops, 1.0 / 255.0, (self.size, self.size), (0, 0, 0), swapRB=True)
         t = time.perf_counter()
-        pred = self.handle.run({"target": blob, "source": np.repeat(latent.reshape(1, -1), len(faces), 0)},
+        pred = self.handle.run({"target": blob, "source": np.concatenate(rows, 0)},
                                [self.output_name])[0]
         if metrics is not None:
             metrics.record("swap.model", (time.perf_counter() - t) * 1000)
-        mask = face_mask(self.size, mouth_mask)
+        base = face_mask(self.size, mouth_mask)
         boxes = []
         for i, (m, crop) in enumerate(zip(ms, crops)):
             fake = _to_bgr(pred[i])
+            mask = base if mask_fn is None else mask_fn(faces[i], crop, base)
             if color_fn is not None:
                 fake = color_fn(fake, crop, mask)
             boxes.append(paste_back(frame, fake, m, mask))
         return boxes
 
     def swap(self, frame: np.ndarray, face: Face, latent: np.ndarray, *, mouth_mask: bool = False,
-             color_fn=None, metrics=None) -> tuple | None:
-        """Swap ``face`` in ``frame`` in place; only the face's box is touched. Returns that box."""
+             color_fn=None, metrics=None, mask_fn=None) -> tuple | None:
+        """Swap ``face`` in ``frame`` in place; only the face's box is touched. Returns that box.
+
+        ``mask_fn(face, crop, mask)``, when given, returns the blend mask to use instead of the
+        feathered oval ``mask`` (float32 0..1, the crop's size), e.g. narrowed by a face parser."""
         m = align_matrix(face.kps, self.size)
         crop = warp_crop(frame, m, self.size)
         fake = self.swap_crop(crop, latent, metrics)
         mask = face_mask(self.size, mouth_mask)
+        if mask_fn is not None:
+            mask = mask_fn(face, crop, mask)
         if color_fn is not None:
             fake = color_fn(fake, crop, mask)
         return paste_back(frame, fake, m, mask)
