@@ -102,3 +102,48 @@ def test_ai_mark_is_visible_and_only_in_the_corner(astronaut):
 def test_roi_of_off_frame_face_is_none():
     m = align_matrix(np.array([[-500, -500], [-460, -500], [-480, -480], [-495, -460], [-465, -460]], float), 128)
     assert roi_of(m, 128, (100, 100, 3)) is None
+
+
+def test_mask_fn_replaces_the_blend_mask(swapper, astronaut):
+    """The hook the parser mask uses: its mask, not the oval, decides which pixels change."""
+    (face,) = HaarFaceDetector().detect(astronaut)
+    latent = swapper.latent(np.ones(512, np.float32))
+    seen = []
+
+    def left_half(f, crop, base):
+        seen.append((f is face, crop.shape, base.shape))
+        m = base.copy()
+        m[:, 64:] = 0.0
+        return m
+
+    frame = astronaut.copy()
+    swapper.swap(frame, face, latent, mask_fn=left_half)
+    assert seen == [(True, (128, 128, 3), (128, 128))]
+    diff = np.any(frame != astronaut, axis=2)
+    nose_x, nose_y = face.kps[2].astype(int)
+    assert diff[nose_y - 5:nose_y + 5, nose_x - 25:nose_x - 10].any()  # the face's left half swapped
+    assert not diff[nose_y - 5:nose_y + 5, nose_x + 10:nose_x + 25].any()  # its right half kept
+    untouched = astronaut.copy()
+    swapper.swap(untouched, face, latent, mask_fn=lambda f, c, b: np.zeros_like(b))
+    np.testing.assert_array_equal(untouched, astronaut)
+
+
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_swap_many_takes_one_latent_per_face(tmp_path, astronaut, batch):
+    sw = InSwapper(create_session(synthetic.build_inswapper(tmp_path / "inswapper_128.onnx", batch=batch)))
+    two = np.ascontiguousarray(np.hstack([astronaut, astronaut[:, ::-1]]))  # two people, apart
+    faces = sorted(HaarFaceDetector().detect(two), key=lambda f: f.bbox[0])
+    assert len(faces) == 2
+    rng = np.random.default_rng(3)
+    la, lb = sw.latent(rng.standard_normal(512)), sw.latent(rng.standard_normal(512))
+    each = two.copy()
+    sw.swap_many(each, faces, np.concatenate([la, lb]))
+    one_by_one = two.copy()
+    sw.swap(one_by_one, faces[0], la)
+    sw.swap(one_by_one, faces[1], lb)
+    assert np.abs(each.astype(int) - one_by_one.astype(int)).max() <= 1
+    swapped_a = two.copy()
+    sw.swap(swapped_a, faces[1], la)
+    assert np.abs(each.astype(int) - swapped_a.astype(int))[:, two.shape[1] // 2:].max() > 20  # b's, not a's
+    with pytest.raises(ValueError):
+        sw.swap_many(two.copy(), faces, np.concatenate([la, lb, la]))
