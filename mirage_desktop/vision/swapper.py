@@ -109,15 +109,15 @@ class InSwapper:
         lat = np.asarray(latent, np.float32).reshape(-1, 512)
         if lat.shape[0] not in (1, len(faces)):
             raise ValueError(f"{lat.shape[0]} latents for {len(faces)} faces")
-        rows = [lat[i if lat.shape[0] > 1 else 0][None] for i in range(len(faces))]
+        lat = np.broadcast_to(lat, (len(faces), 512))  # a row per face
         if not self.batchable or len(faces) < 2:
-            return [self.swap(frame, f, r, mouth_mask=mouth_mask, color_fn=color_fn, metrics=metrics, mask_fn=mask_fn)
-                    for f, r in zip(faces, rows)]
+            return [self.swap(frame, f, lat[i:i + 1], mouth_mask=mouth_mask, color_fn=color_fn, metrics=metrics,
+                              mask_fn=mask_fn) for i, f in enumerate(faces)]
         ms = [align_matrix(f.kps, self.size) for f in faces]
         crops = [warp_crop(frame, m, self.size) for m in ms]  # all read before any is pasted
         blob = cv2.dnn.blobFromImages(crops, 1.0 / 255.0, (self.size, self.size), (0, 0, 0), swapRB=True)
         t = time.perf_counter()
-        pred = self.handle.run({"target": blob, "source": np.concatenate(rows, 0)},
+        pred = self.handle.run({"target": blob, "source": np.ascontiguousarray(lat)},
                                [self.output_name])[0]
         if metrics is not None:
             metrics.record("swap.model", (time.perf_counter() - t) * 1000)
