@@ -77,6 +77,16 @@ class Settings:
     full_detect_interval: int = 30  # with detect_on_tracks: frames between full-frame searches for new faces
     match_threshold: float = 0.35
     swapper_precision: str = "fp16"  # fp16 | fp32
+    pixel_boost: int = 128  # swapped crop size: 128 (one inswapper call), or 256/384/512 (2x2/3x3/4x4 tiles)
+    track_hold_frames: int = 6  # a face the detector misses keeps its track (and swap) this many frames
+    color_smoothing: float = 0.8  # colour transfer: weight of the previous frames' statistics (0 = none)
+    # --- occlusion-aware mask (face parser) ---
+    enable_parser: bool = False  # only the chosen face regions are swapped; what covers the face stays
+    parser_model: str = "bisenet_resnet_18"  # bisenet_resnet_18 | bisenet_resnet_34
+    parser_regions: str = "skin,brows,eyes,nose,mouth,lips"  # of PARSER_REGIONS; glasses left out: they stay
+    parser_interval: int = 3  # parse every k-th frame per face; the last mask follows the face in between
+    parser_async: bool = True  # run the parser on its own thread; the video never waits for it
+    mask_smoothing: float = 0.6  # parser mask: weight of the previous frames' mask (0 = none)
     # --- enhancer ---
     enhancer: str = "codeformer"  # codeformer | gfpgan
     codeformer_fidelity: float = 0.75
@@ -139,6 +149,14 @@ _DEFAULTS = Settings()
 
 DET_SIZES = (160, 224, 256, 320, 384, 416, 480, 512, 576, 640, 736, 800, 960, 1024)
 ENHANCER_KINDS = ("codeformer", "gfpgan")
+PIXEL_BOOSTS = (128, 256, 384, 512)
+PARSER_MODELS = ("bisenet_resnet_18", "bisenet_resnet_34")
+#: the face parser's regions a user can choose, and their classes (CelebAMask-HQ's 19, as
+#: face-parsing BiSeNet exports number them: 0 background, 1 skin, 2/3 brows, 4/5 eyes,
+#: 6 glasses, 7/8 ears, 9 earring, 10 nose, 11 mouth, 12/13 lips, 14 neck, 15 necklace,
+#: 16 cloth, 17 hair, 18 hat)
+PARSER_REGIONS = {"skin": (1,), "brows": (2, 3), "eyes": (4, 5), "glasses": (6,), "nose": (10,),
+                  "mouth": (11,), "lips": (12, 13), "ears": (7, 8), "neck": (14,), "hair": (17,)}
 VOICE_CONVERTERS = ("world", "rvc", "passthrough")
 ENGINE_MODES = ("local", "remote")
 VOICE_PRESETS = ("neutral", "deeper", "higher", "feminine", "masculine", "chipmunk", "giant", "robot", "whisper")
@@ -165,7 +183,7 @@ class _Bad(Exception):
 class Rule:
     """What one setting accepts.
 
-    kind: bool | int | float | choice | text | camera | providers | device | dict.
+    kind: bool | int | float | choice | text | camera | providers | device | dict | regions.
     ``lo``/``hi`` bound int and float values (inclusive; None = unbounded); ``zero_ok`` also
     allows 0 ("automatic") below ``lo``; ``choices`` lists the allowed values of a choice or int.
     """
@@ -214,6 +232,8 @@ class Rule:
             return "auto, cpu, cuda, cuda:N or mps"
         if k == "dict":
             return "a JSON object"
+        if k == "regions":
+            return "face regions separated by commas, of " + ", ".join(PARSER_REGIONS)
         return "text"
 
     def check(self, value: Any) -> Any:
@@ -244,6 +264,8 @@ class Rule:
             if not isinstance(value, dict):
                 raise _Bad("is not a JSON object")
             return dict(value)
+        if k == "regions":
+            return _to_regions(value)
         return _to_text(value)
 
     def _in_range(self, v):
@@ -334,6 +356,19 @@ def _to_camera(value: Any) -> str:
     raise _Bad("is not a camera index or a device path that exists")
 
 
+def _to_regions(value: Any) -> str:
+    """A comma list of parser regions, in :data:`PARSER_REGIONS`' order, each once."""
+    items = value if isinstance(value, (list, tuple)) else _to_text(value).split(",")
+    names = [str(i).strip().lower() for i in items if str(i).strip()]
+    bad = [n for n in names if n not in PARSER_REGIONS]
+    if bad:
+        near = difflib.get_close_matches(bad[0], list(PARSER_REGIONS), 1)
+        raise _Bad(f"names no face region {bad[0]!r}" + (f" (did you mean {near[0]}?)" if near else ""))
+    if not names:
+        raise _Bad("chooses no face region")
+    return ",".join(r for r in PARSER_REGIONS if r in names)
+
+
 def _to_providers(value: Any) -> str:
     text = _to_text(value).strip()
     if text.lower() in ("", "auto"):
@@ -360,6 +395,15 @@ RULES: dict[str, Rule] = {
     "full_detect_interval": Rule("int", 1, 1000),
     "match_threshold": Rule("float", 0.0, 1.0),
     "swapper_precision": Rule("choice", choices=("fp16", "fp32")),
+    "pixel_boost": Rule("int", choices=PIXEL_BOOSTS),
+    "track_hold_frames": Rule("int", 0, 300),
+    "color_smoothing": Rule("float", 0.0, 0.95),
+    "enable_parser": _B,
+    "parser_model": Rule("choice", choices=PARSER_MODELS),
+    "parser_regions": Rule("regions"),
+    "parser_interval": Rule("int", 1, 1000),
+    "parser_async": _B,
+    "mask_smoothing": Rule("float", 0.0, 0.95),
     "enhancer": Rule("choice", choices=ENHANCER_KINDS),
     "codeformer_fidelity": Rule("float", 0.0, 1.0),
     "enhancer_interval": Rule("int", 1, 1000),
@@ -408,7 +452,8 @@ LIVE = ("enable_swap", "enable_enhancer", "enable_mouth_mask", "enable_ai_mark",
         "detect_on_tracks", "full_detect_interval",
         "match_threshold", "codeformer_fidelity", "enhancer_interval", "enhancer_blend", "voice_pitch",
         "voice_formant", "voice_preset", "voice_f0_method", "voice_speaker", "voice_converter", "voice_bypass",
-        "av_trim_ms", "lipsync_mic", "adapt_video")
+        "av_trim_ms", "lipsync_mic", "adapt_video", "pixel_boost", "track_hold_frames", "color_smoothing",
+        "enable_parser", "parser_regions", "parser_interval", "mask_smoothing")
 for _name in LIVE:
     RULES[_name] = RULES[_name].at_run_time()
 
@@ -439,6 +484,17 @@ FLAGS: dict[str, Flag] = {
     "enable_color_transfer": Flag("--color-transfer", "match the swapped face's colour to your skin tone", "on"),
     "enable_smoothing": Flag("--no-smoothing", "do not smooth face keypoints over time", "off"),
     "enable_enhancer": Flag("--enhance", "restore the swapped face", "on"),
+    "pixel_boost": Flag("--pixel-boost", "swapped face size in px: 256/384/512 run the swapper on 2x2/3x3/4x4 "
+                        "tiles (sharper, 4/9/16 times the swap cost)"),
+    "track_hold_frames": Flag("--track-hold", "frames a face the detector misses keeps its swap (no flashing)"),
+    "color_smoothing": Flag("--color-smoothing", "smooth the colour transfer over frames: 0 none, 0.95 most"),
+    "enable_parser": Flag("--parser", "occlusion-aware mask: only the chosen face regions are swapped, a hand "
+                          "or a mic in front of the face stays", "on"),
+    "parser_model": Flag("--parser-model", "face parser"),
+    "parser_regions": Flag("--parser-regions", "face regions to swap with --parser"),
+    "parser_interval": Flag("--parser-interval", "parse every k-th frame, the mask follows the face in between"),
+    "parser_async": Flag("--parser-sync", "run the face parser inline (every mask fresh; the frame waits)", "off"),
+    "mask_smoothing": Flag("--mask-smoothing", "smooth the parser mask over frames: 0 none, 0.95 most"),
     "enhancer": Flag("--enhancer", "which enhancer"),
     "codeformer_fidelity": Flag("--fidelity", "CodeFormer fidelity: 0 restores most, 1 stays closest to the input"),
     "enhancer_interval": Flag("--enhancer-interval", "enhance every k-th frame, re-use in between"),

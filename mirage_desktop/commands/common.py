@@ -13,7 +13,10 @@ from ..errors import MirageError
 ENGINE_GROUPS = {
     "faces and models": ("max_faces", "det_size", "detect_interval", "providers", "swapper_precision",
                          "match_threshold", "enable_swap", "enable_scrfd", "enable_mouth_mask", "enable_ai_mark",
-                         "enable_color_transfer", "enable_smoothing"),
+                         "enable_color_transfer", "enable_smoothing", "pixel_boost", "track_hold_frames",
+                         "color_smoothing"),
+    "occlusion-aware mask": ("enable_parser", "parser_model", "parser_regions", "parser_interval", "parser_async",
+                             "mask_smoothing"),
     "enhancer": ("enable_enhancer", "enhancer", "codeformer_fidelity", "enhancer_interval", "enhancer_blend",
                  "enhancer_async"),
 }
@@ -36,7 +39,8 @@ def add_setting_flags(group, names) -> None:
             r.kind, "VALUE"), help=f"{f.help}{what} ({env}, default {getattr(Settings(), name)!r})".replace("%", "%%"))
 
 
-_METAVARS = {"int": "N", "float": "X", "camera": "CAMERA", "providers": "LIST", "text": "TEXT", "device": "DEVICE"}
+_METAVARS = {"int": "N", "float": "X", "camera": "CAMERA", "providers": "LIST", "text": "TEXT", "device": "DEVICE",
+             "regions": "REGIONS"}
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
