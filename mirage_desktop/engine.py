@@ -101,6 +101,7 @@ class Engine:
         self.analyzer: Any = None  # vision.analysis.FaceAnalyzer once load_models() ran
         self.swapper: Any = None
         self.enhance_stage: Any = None
+        self.parse_stage: Any = None  # vision.parser.ParseStage while the occlusion-aware mask is on
         self.identity = None
         self.reference: np.ndarray | None = None  # only swap faces that look like this (set_reference)
         self.latent: np.ndarray | None = None
@@ -138,6 +139,7 @@ class Engine:
             st.swapper, st.provider = ms.swapper_name, ms.provider
             self.metrics.set_gauge("provider", st.provider)
             self._load_enhancer()
+            self._load_parser()
             if self.identity is not None:
                 self._update_latent()
             if self.pipeline is not None:  # hand the new models to the running stream
@@ -184,6 +186,20 @@ class Engine:
                 self.pipeline.use_enhancer(self.enhance_stage)  # the next frame uses the new one
             if old is not None:
                 old.retire()  # a frame still inside it finishes; it starts no thread again
+
+    def _load_parser(self) -> None:
+        from .models.loader import load_parser
+
+        with self._lock:
+            old = self.parse_stage
+            self.parse_stage, problems = load_parser(self.settings, self.overrides, self.metrics)
+            self.problems.clear("parser")
+            for pr in problems:
+                self.problems.set(pr)
+            if self.pipeline is not None:
+                self.pipeline.use_parser(self.parse_stage)
+            if old is not None:
+                old.close()
 
     def _refresh_passthrough(self) -> None:
         st, s = self._status, self.settings
@@ -260,12 +276,17 @@ class Engine:
         """Run the frame stages once on a still (``mirage swap``), in place: the same swap, enhance
         and mark stages as the live pipeline, faces found by one detection instead of tracking.
         A stage that fails raises its error (a still has no next frame to recover on)."""
-        from .vision.stages import AiMark, EnhanceFrames, FrameContext, StillFaces, SwapStage, run_stages
+        from .vision.parser import ParseStage
+        from .vision.stages import (AiMark, EnhanceFrames, FrameContext, ParseFrames, StillFaces, SwapStage,
+                                    run_stages)
 
         with self._lock:
             s = self.settings
             faces = StillFaces(self.analyzer, self.reference)
-            stages = [faces, SwapStage(lambda: self.swapper, lambda: self.latent, self._color_fn(), self.metrics),
+            live = self.parse_stage  # a still is parsed inline: it has no next frame to wait for
+            parse = ParseStage(live.parser, self.metrics, background=False) if live is not None else None
+            stages = [faces, ParseFrames(lambda: parse),
+                      SwapStage(lambda: self.swapper, lambda: self.latent, self._color_fn(), self.metrics),
                       EnhanceFrames(lambda: self.enhance_stage), AiMark()]
         failed: list[tuple[str, Exception]] = []
 
@@ -309,7 +330,7 @@ class Engine:
                                   self.enhance_stage, self._make_smoother(), self._color_fn(),
                                   self.reference,
                                   detector_async=detector_async and not lossless, lossless=lossless,
-                                  max_frames=max_frames)
+                                  max_frames=max_frames, parse_stage=self.parse_stage)
                 p._subscribers = dict(self._frame_subs)
                 p.keep_original = any(self._originals.values())
                 p.start()
@@ -500,6 +521,12 @@ class Engine:
         else:
             st.set_blend(value)
 
+    def _parser_switch(self, name: str, value) -> None:
+        if value and self.parse_stage is None:
+            self._load_parser()
+        elif self.parse_stage is not None:
+            self.parse_stage.reset()  # masks parsed before describe another moment
+
     def _voice_switch(self, name: str, value) -> None:
         self._sync_voice()  # voice conversion / lip-sync microphone on or off
 
@@ -513,6 +540,7 @@ class Engine:
         "enable_swap": _enhancer_switch, "enable_enhancer": _enhancer_switch,
         "codeformer_fidelity": _enhancer_setting, "enhancer_interval": _enhancer_setting,
         "enhancer_blend": _enhancer_setting,
+        "enable_parser": _parser_switch,
         "enable_voice": _voice_switch, "lipsync_mic": _voice_switch,
         "voice_pitch": _voice_option, "voice_formant": _voice_option, "voice_preset": _voice_option,
         "voice_f0_method": _voice_option, "voice_speaker": _voice_option, "voice_converter": _voice_option,

@@ -164,6 +164,8 @@ def needed_features(settings) -> set[str]:
         features.add("swap_fp32" if settings.swapper_precision == "fp32" else "swap")
     if settings.enable_enhancer:
         features.add("enhance_gfpgan" if settings.enhancer == "gfpgan" else "enhance_codeformer")
+    if getattr(settings, "enable_parser", False):
+        features.add("parse_resnet_34" if settings.parser_model == "bisenet_resnet_34" else "parse")
     return features
 
 

@@ -46,7 +46,8 @@ STATE_COLORS = {"present": theme.GREEN, "missing": theme.YELLOW, "corrupt": them
 CORE_FEATURES = {"detect", "recognize", "swap"}
 PURPOSE = {"detect": "face detection", "recognize": "face identity", "swap": "face swap",
            "swap_fp32": "face swap (fp32)", "enhance": "face enhancer", "enhance_codeformer": "face enhancer",
-           "enhance_gfpgan": "face enhancer (GFPGAN)"}
+           "enhance_gfpgan": "face enhancer (GFPGAN)", "parse": "occlusion-aware mask",
+           "parse_resnet_34": "occlusion-aware mask (ResNet-34)"}
 
 
 def licence_notes() -> str:

@@ -203,3 +203,10 @@ def enhancer_contract(model: str, image_input: str, weight_input: str | None = N
                     output_counts=(1, 2, 3),
                     probe={"S": 512},
                     fix=f"use {model} from models.toml (`mirage models download --force {model}`)")
+
+
+PARSER = Contract(  # FaceFusion's bisenet_resnet_18/34 exports: 19 CelebAMask-HQ classes per pixel
+    "bisenet_resnet_18", "face parser (BiSeNet, 19 classes)", inputs=(TensorSpec((1, 3, 512, 512)),),
+    outputs=(TensorSpec((1, 19, "H", "W")),), output_counts=(1, 2, 3), probe={},
+    fix="use bisenet_resnet_18 or bisenet_resnet_34 from models.toml "
+        "(`mirage models download bisenet_resnet_18`), or a --model file with its signature")

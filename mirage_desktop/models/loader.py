@@ -123,3 +123,23 @@ def load_enhance_stage(settings, overrides: Mapping[str, str | Path] | None, met
         return stage, kind, []
     except (MirageError, ImportError) as exc:  # an optional stage: the video itself is fine
         return None, "none", [from_error("enhancer", "warning", exc)]
+
+
+def load_parser(settings, overrides: Mapping[str, str | Path] | None, metrics,
+                background: bool | None = None) -> tuple[Any, list]:
+    """(ParseStage or None, problems): the occlusion-aware mask, when it is switched on. A missing
+    or refused parser model is a warning: faces are swapped with the plain oval mask."""
+    if not settings.enable_parser:
+        return None, []
+    try:
+        from ..vision.analysis import resolve_model
+        from ..vision.parser import FaceParser, ParseStage
+        from .runtime import create_session
+
+        handle = create_session(resolve_model(settings.parser_model, overrides), settings.providers)
+        stage = ParseStage(FaceParser(handle), metrics,
+                           background=settings.parser_async if background is None else background)
+        return stage, []
+    except MirageError as exc:
+        pr = from_error("parser", "warning", exc)
+        return None, [Problem("parser", "warning", f"occlusion-aware mask off: {pr.message}", pr.fix)]

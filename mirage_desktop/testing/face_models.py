@@ -363,3 +363,60 @@ def build_marker_scrfd(path: Path) -> Path:
                               [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "H", "W"])],
                               outputs, inits)
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+# the parser's layout prior: (class, centre in ArcFace-512 crop px, half-axes) drawn in order, the
+# later on top (the face-parsing BiSeNet classes: 1 skin, 2/3 brows, 4/5 eyes, 10 nose, 11 mouth,
+# 12/13 lips)
+_PARSER_LAYOUT = (
+    (1, (256, 290), (175, 230)),
+    (2, (185, 170), (42, 12)), (3, (326, 170), (42, 12)),
+    (4, (185, 207), (30, 14)), (5, (326, 206), (30, 14)),
+    (10, (256, 280), (28, 42)),
+    (12, (256, 358), (62, 12)), (13, (256, 384), (62, 14)), (11, (256, 370), (50, 5)),
+)
+
+
+def build_parser(path: Path, gmac: float = 0.0, seed: int = 5) -> Path:
+    """Face parser (FaceFusion's ``bisenet_resnet_18/34``): ``input`` 1x3x512x512 RGB normalised
+    with the ImageNet mean and std → ``output`` 1x19x512x512 class logits.
+
+    What it computes: a fixed layout prior for an ArcFace-aligned face crop (skin oval, brows,
+    eyes, nose, lips, mouth where the template puts them; background around them) plus a colour
+    term that makes *saturated green* pixels background, wherever they are. So a green bar held
+    in front of a real face is parsed as "not face" (an occluder), the rest of the face as its
+    regions, and pixel noise flips class borders (a mask that flickers without smoothing)."""
+    import cv2
+
+    onnx, TensorProto, helper, numpy_helper = _onnx()
+    rng = np.random.default_rng(seed)
+    grid = 64
+    prior = np.zeros((19, grid, grid), np.float32)
+    prior[0] = 6.0  # background, where no region is drawn
+    for cls, (cx, cy), (ax, ay) in _PARSER_LAYOUT:
+        m = np.zeros((grid, grid), np.float32)
+        cv2.ellipse(m, (int(round(cx * grid / 512)), int(round(cy * grid / 512))),
+                    (max(1, int(round(ax * grid / 512))), max(1, int(round(ay * grid / 512)))), 0, 0, 360, 1.0, -1)
+        prior[cls] = np.maximum(prior[cls], m * (8.0 + cls * 0.1))  # later (inner) regions win over skin
+        if cls != 1:
+            prior[1] -= m * 2.0
+    prior[0] -= (prior[1] > 0) * 3.0
+    # colour term on the normalised input: background += 4 * (G - (R + B) / 2)
+    w = np.zeros((19, 3, 1, 1), np.float32)
+    w[0, :, 0, 0] = (-2.0, 4.0, -2.0)
+    nodes, inits = [], []
+    inits += [numpy_helper.from_array(prior[None], "prior"), numpy_helper.from_array(w, "colour_w"),
+              numpy_helper.from_array(np.array([], np.float32), "roi"),
+              numpy_helper.from_array(np.array([1, 1, 512 / grid, 512 / grid], np.float32), "scales")]
+    nodes.append(helper.make_node("Resize", ["prior", "roi", "scales"], ["prior512"], mode="linear"))
+    nodes.append(helper.make_node("Conv", ["input", "colour_w"], ["colour"], kernel_shape=[1, 1]))
+    nodes.append(helper.make_node("Add", ["prior512", "colour"], ["logits"]))
+    trunk = _trunk(nodes, inits, "input", 512, gmac, "trunk", rng)
+    if trunk:
+        nodes.append(helper.make_node("Add", ["logits", trunk], ["output"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["logits"], ["output"]))
+    graph = helper.make_graph(nodes, "bisenet_synthetic",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 19, 512, 512])], inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

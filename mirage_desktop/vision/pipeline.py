@@ -33,7 +33,7 @@ from ..errors import MirageError
 from ..metrics import Metrics
 from .face import Face
 from .slot import LatestSlot
-from .stages import AiMark, EnhanceFrames, FrameContext, SwapStage, check_stage, run_stages
+from .stages import AiMark, EnhanceFrames, FrameContext, ParseFrames, SwapStage, check_stage, run_stages
 from .tracking import DetectionScheduler, FaceTracker, select_faces
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class VideoPipeline:
                  swapper=None, latent: np.ndarray | None = None, enhance_stage=None, smoother=None,
                  color_fn: Callable | None = None, reference: np.ndarray | None = None,
                  detector_async: bool = True, keep_original: bool = False, lossless: bool = False,
-                 max_frames: int | None = None):
+                 max_frames: int | None = None, parse_stage=None):
         self.metrics = metrics
         self.source = source
         self.sinks = list(sinks)
@@ -279,6 +279,7 @@ class VideoPipeline:
         self.swapper = swapper
         self.latent = latent
         self.enhance_stage = enhance_stage
+        self.parse_stage = parse_stage
         self.color_fn = color_fn
         self.reference = reference
         self._cv_held = False  # this pipeline holds OpenCV at one thread (_OPENCV_THREADS)
@@ -329,6 +330,7 @@ class VideoPipeline:
         # identities handed over while it runs take effect on the next frame
         self.stages = [check_stage(st) for st in (
             TrackFaces(self),
+            ParseFrames(lambda: self.parse_stage),
             SwapStage(lambda: self.swapper, lambda: self.latent, color_fn, metrics),
             EnhanceFrames(lambda: self.enhance_stage),
             AiMark(),
@@ -423,6 +425,9 @@ class VideoPipeline:
 
     def set_reference(self, embedding: np.ndarray | None) -> None:
         self.reference = embedding
+
+    def use_parser(self, stage) -> None:
+        self.parse_stage = stage  # read by the parse stage on the next frame
 
 
     # ---- threads ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ still run the same stages; only the first one (how faces are found) differs.
 
 The live list reads::
 
-    track (detector schedule + optical-flow tracking + face selection) → swap → enhance → mark
+    track (detector schedule + optical-flow tracking + face selection) → parse → swap → enhance → mark
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import MirageError
 from .blend import draw_ai_mark
 from .face import Face
+from .parser import parse_mask_fn
 from .tracking import select_faces
 
 log = logging.getLogger(__name__)
@@ -150,14 +151,15 @@ class SwapStage:
         if swapper is None or latent is None:  # taken away since wants(): pass the frame through
             return
         color = self.color_fn if o.enable_color_transfer else None
+        mask_fn = parse_mask_fn if getattr(o, "enable_parser", False) else None  # the parse stage's masks
         if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
             boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, mask_fn=mask_fn)
             ctx.swapped += sum(b is not None for b in boxes)
             return
         for f in ctx.faces:  # faces.swapped is counted where the frame leaves (a dropped frame shows none)
             if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
-                            metrics=self.metrics):
+                            metrics=self.metrics, mask_fn=mask_fn):
                 ctx.swapped += 1
 
     def reset(self) -> None:
@@ -165,6 +167,38 @@ class SwapStage:
 
     def close(self) -> None:
         pass
+
+
+class ParseFrames:
+    """The face parser (:class:`~mirage_desktop.vision.parser.ParseStage`) as a frame stage, read
+    through a getter so a parser loaded while the stream runs takes effect on the next frame."""
+
+    name = "parse"
+    needs_faces = True
+
+    def __init__(self, stage: Callable[[], Any]):
+        self._stage = stage
+
+    def wants(self, opts) -> bool:
+        st = self._stage()
+        return st is not None and bool(st.wants(opts))
+
+    def process(self, ctx: FrameContext) -> None:
+        for f in ctx.faces:
+            f.extra.pop("parse_mask", None)  # a face carried from the last frame: only this frame's mask
+        st = self._stage()
+        if st is not None:
+            st.process(ctx)
+
+    def reset(self) -> None:
+        st = self._stage()
+        if st is not None:
+            st.reset()
+
+    def close(self) -> None:
+        st = self._stage()
+        if st is not None:
+            st.close()
 
 
 class EnhanceFrames:
