@@ -157,6 +157,7 @@ class ParseStage:
         self.last_error: str | None = None
         self._failing: str | None = None
         self._seen = (0, 0)  # errors.parse_model, parse.runs at the last frame
+        self.finished = threading.Event()  # set each time the background thread has finished a request
 
     # -- the frame-stage contract --
     def wants(self, opts) -> bool:
@@ -299,6 +300,7 @@ class ParseStage:
                             self._tracks[tid] = _Track(labels, index, last_seen=index)
                         else:
                             tr.new_labels(labels, index)
+            self.finished.set()
 
     def _evict(self, index: int) -> None:
         with self._lock:
