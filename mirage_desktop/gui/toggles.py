@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 
-from ..config import RULES, Settings
+from ..config import PARSER_REGIONS, RULES, Settings
 from . import theme
 from .qtcompat import emit
 
@@ -39,6 +39,8 @@ CONTROLLED = (
     "match_threshold", "enable_enhancer", "codeformer_fidelity", "enable_scrfd", "detect_interval", "det_size",
     "enable_voice", "voice_pitch", "voice_formant", "voice_preset", "voice_converter", "voice_f0_method",
     "voice_speaker", "voice_model", "voice_encoder", "voice_rmvpe", "lipsync_mic", "av_trim_ms", "adapt_video",
+    "enable_parser", "parser_regions", "parser_interval", "mask_smoothing", "pixel_boost", "color_smoothing",
+    "track_hold_frames",
 )
 
 
@@ -107,6 +109,48 @@ def _choices(name: str, label=str) -> QComboBox:
     for c in RULES[name].choices:
         cb.addItem(label(c), c)
     return cb
+
+
+class RegionChooser(QWidget):
+    """One check box per face region of the occlusion-aware mask (``parser_regions``); at least
+    one stays chosen. ``value_changed(text)`` sends the comma list the setting takes."""
+
+    value_changed = Signal(str)
+    SHOWN = ("skin", "brows", "eyes", "glasses", "nose", "mouth", "lips")
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.boxes: dict[str, QCheckBox] = {}
+        for name in self.SHOWN:
+            cb = QCheckBox(name)
+            cb.setToolTip(f"Swap the {name}" + (" (off: your own glasses stay)" if name == "glasses" else ""))
+            cb.toggled.connect(lambda on, n=name: self._toggled(n, on))
+            self.boxes[name] = cb
+            lay.addWidget(cb)
+        self._extra: tuple[str, ...] = ()  # chosen regions without a box here (ears, neck, hair from the file)
+
+    def value(self) -> str:
+        chosen = [n for n in PARSER_REGIONS if (n in self.boxes and self.boxes[n].isChecked()) or n in self._extra]
+        return ",".join(chosen)
+
+    def set_value(self, text: str) -> None:
+        names = [n.strip() for n in str(text).split(",") if n.strip()]
+        self._extra = tuple(n for n in names if n not in self.boxes)
+        for n, cb in self.boxes.items():
+            cb.blockSignals(True)
+            cb.setChecked(n in names)
+            cb.blockSignals(False)
+
+    def _toggled(self, name: str, on: bool) -> None:
+        if not on and not self.value():  # the mask needs a region: the last one stays
+            cb = self.boxes[name]
+            cb.blockSignals(True)
+            cb.setChecked(True)
+            cb.blockSignals(False)
+            return
+        emit(self.value_changed, self.value())
 
 
 def widget_range(w: QWidget):
@@ -249,6 +293,39 @@ class LiveControls(QWidget):
         self.enhancer.toggled.connect(self.fidelity.setEnabled)
         lay.addWidget(enh)
 
+        look = QGroupBox("Mask and sharpness")
+        ml = _form(look)
+        self.parser = self._check(
+            "enable_parser", "Occlusion-aware mask",
+            "A face parser decides which parts of your face are replaced: a hand, a cup or a microphone in "
+            "front of the face stays as the camera sees it (needs the bisenet_resnet_18 model)")
+        ml.addRow(self.parser)
+        self.regions = RegionChooser()
+        self.regions.value_changed.connect(lambda v: emit(self.option_changed, "parser_regions", v))
+        self.controls["parser_regions"] = self.regions
+        ml.addRow("Swap", self.regions)
+        self.parser_interval = self._number(ml, "Parse every", "parser_interval",
+                                            "Run the face parser every N frames; the mask follows the face "
+                                            "in between", suffix=" frames")
+        self.mask_smoothing = self._slider(ml, "Mask smoothing", "mask_smoothing",
+                                           "Blend each new mask with the last ones so its edges do not flicker "
+                                           "(higher: steadier, slower to follow a hand)")
+        self.boost = _choices("pixel_boost", lambda v: f"{v} px" + ("" if v == 128 else
+                                                                     f" ({v // 128}x{v // 128} tiles)"))
+        self.boost.setToolTip("Pixel boost: run the swapper on tiles of a larger face crop for a sharper face; "
+                              "256/384/512 px cost 4/9/16 times the swap. Under load it is stepped down first.")
+        self.boost.currentIndexChanged.connect(
+            lambda i: emit(self.option_changed, "pixel_boost", int(self.boost.itemData(i))))
+        self.controls["pixel_boost"] = self.boost
+        ml.addRow("Face size", self.boost)
+        self.color_smoothing = self._slider(ml, "Colour smoothing", "color_smoothing",
+                                            "Smooth the colour match over frames so the face's tone does not "
+                                            "flicker (with Colour match on)")
+        self.track_hold = self._number(ml, "Hold faces", "track_hold_frames",
+                                       "Keep swapping a face the detector missed for this many frames, so the "
+                                       "swap does not flash when detection wobbles", suffix=" frames")
+        lay.addWidget(look)
+
         det = QGroupBox("Detection")
         dl = _form(det)
         self.scrfd = self._check("enable_scrfd", "Face detection",
@@ -312,6 +389,14 @@ class LiveControls(QWidget):
         form.addRow(label, sb)
         return sb
 
+    def _slider(self, form: QFormLayout, label: str, name: str, tip: str) -> "_Slider":
+        sl = _Slider.for_rule(name, 0.05)
+        sl.setToolTip(tip)
+        sl.value_changed.connect(lambda v: emit(self.option_changed, name, float(v)))
+        self.controls[name] = sl
+        form.addRow(label, sl)
+        return sl
+
     def _check(self, name: str, text: str, tip: str) -> QCheckBox:
         cb = QCheckBox(text)
         cb.setToolTip(tip)
@@ -338,7 +423,8 @@ class LiveControls(QWidget):
     def load(self, s: Settings) -> None:
         """Show ``s`` without emitting anything."""
         widgets = [self.swap, self.mouth, self.mark, self.color, self.smoothing, self.scrfd, self.enhancer,
-                   self.max_faces, self.detect_interval, self.det_size, self.lipsync, self.av_trim, self.adapt]
+                   self.max_faces, self.detect_interval, self.det_size, self.lipsync, self.av_trim, self.adapt,
+                   self.parser, self.parser_interval, self.boost, self.track_hold]
         for w in widgets:
             w.blockSignals(True)
         self.swap.setChecked(s.enable_swap)
@@ -355,8 +441,15 @@ class LiveControls(QWidget):
         self.adapt.setChecked(s.adapt_video)
         idx = self.det_size.findData(s.det_size)
         self.det_size.setCurrentIndex(idx if idx >= 0 else self.det_size.findData(640))
+        self.parser.setChecked(s.enable_parser)
+        self.parser_interval.setValue(s.parser_interval)
+        self.boost.setCurrentIndex(max(0, self.boost.findData(s.pixel_boost)))
+        self.track_hold.setValue(s.track_hold_frames)
         for w in widgets:
             w.blockSignals(False)
+        self.regions.set_value(s.parser_regions)
+        self.mask_smoothing.set_value(s.mask_smoothing)
+        self.color_smoothing.set_value(s.color_smoothing)
         self.fidelity.set_value(s.codeformer_fidelity)
         self.fidelity.setEnabled(s.enable_enhancer and self.forwarded is None)
         self.match_threshold.set_value(s.match_threshold)
@@ -392,6 +485,8 @@ class LiveControls(QWidget):
             return
         if isinstance(w, _Slider):
             w.set_value(float(value))
+        elif isinstance(w, RegionChooser):
+            w.set_value(str(value))
         elif isinstance(w, FileChooser):
             w.set_path(str(value or ""))
         else:
@@ -405,6 +500,7 @@ class LiveControls(QWidget):
             w.blockSignals(False)
         if name == "enable_enhancer":
             self.fidelity.setEnabled(bool(value) and self.forwarded is None)
+
         elif name == "voice_converter":
             self.voice._show_rvc(value == "rvc")
 
@@ -436,6 +532,10 @@ class LiveControls(QWidget):
             "match_threshold": self.match_threshold.value(),
             "lipsync_mic": self.lipsync.isChecked(), "av_trim_ms": float(self.av_trim.value()),
             "adapt_video": self.adapt.isChecked(),
+            "enable_parser": self.parser.isChecked(), "parser_regions": self.regions.value(),
+            "parser_interval": self.parser_interval.value(), "mask_smoothing": self.mask_smoothing.value(),
+            "pixel_boost": int(self.boost.currentData()), "color_smoothing": self.color_smoothing.value(),
+            "track_hold_frames": self.track_hold.value(),
         }
         out.update(self.voice.values())
         return out

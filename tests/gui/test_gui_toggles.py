@@ -25,6 +25,13 @@ CASES = [
     ("enable_color_transfer", lambda w: w.toggles.color.click(), True),
     ("enable_smoothing", lambda w: w.toggles.smoothing.click(), False),
     ("enable_scrfd", lambda w: w.toggles.scrfd.click(), False),
+    ("enable_parser", lambda w: w.toggles.parser.click(), True),
+    ("parser_regions", lambda w: w.toggles.regions.boxes["nose"].click(), "skin,brows,eyes,mouth,lips"),
+    ("parser_interval", lambda w: w.toggles.parser_interval.setValue(5), 5),
+    ("mask_smoothing", lambda w: w.toggles.mask_smoothing.slider.setValue(4), 0.2),
+    ("pixel_boost", lambda w: w.toggles.boost.setCurrentIndex(w.toggles.boost.findData(256)), 256),
+    ("color_smoothing", lambda w: w.toggles.color_smoothing.slider.setValue(2), 0.1),
+    ("track_hold_frames", lambda w: w.toggles.track_hold.setValue(12), 12),
 ]
 
 
@@ -135,6 +142,16 @@ def test_control_range_equals_the_settings_rule(qtbot, name):
         for end, want in ((slider.maximum(), rule.hi), (slider.minimum(), rule.lo)):
             slider.setValue(end)
             assert emitted[-1] == (name, want) and config.check(name, emitted[-1][1]) == want
+    elif rule.kind == "regions":  # a check box per region; every value it sends is one the rule accepts
+        from mirage_desktop.gui.toggles import RegionChooser
+
+        assert isinstance(control, RegionChooser)
+        for cb in control.boxes.values():
+            cb.setChecked(not cb.isChecked())
+            assert config.check(name, emitted[-1][1]) == emitted[-1][1] == control.value()
+        for cb in control.boxes.values():
+            cb.setChecked(False)
+        assert control.value() and config.check(name, control.value())  # the last region stays chosen
     else:  # a file
         assert rule.kind == "text" and isinstance(control, FileChooser)
     # the control shows the default setting
