@@ -362,10 +362,10 @@ class Engine:
 
     def _color_fn(self):
         try:
-            from .vision.color import match_color
+            from .vision.color import ColorTransfer
         except ImportError:
             return None
-        return match_color
+        return ColorTransfer(self.settings.color_smoothing)
 
     def wanted_voice_mode(self) -> str | None:
         """Which voice path the settings ask for while the video runs: "convert" (the voice

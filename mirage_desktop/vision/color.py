@@ -72,6 +72,11 @@ def match_color(swapped_bgr: np.ndarray, target_bgr: np.ndarray, mask: np.ndarra
         mu_t, sd_t = _stats(_lab(target_bgr), m)
     except ValueError:
         return swapped_bgr.copy()
+    return _apply(lab, mu_s, sd_s, mu_t, sd_t, strength)
+
+
+def _apply(lab: np.ndarray, mu_s, sd_s, mu_t, sd_t, strength: float) -> np.ndarray:
+    """``lab`` (float32 LAB) moved from statistics (mu_s, sd_s) to (mu_t, sd_t), as uint8 BGR."""
     ratio = np.clip(sd_t / np.maximum(sd_s, 1e-3), _RATIO_MIN, _RATIO_MAX)
     if strength < 1.0:
         ratio = 1.0 + strength * (ratio - 1.0)
@@ -81,3 +86,46 @@ def match_color(swapped_bgr: np.ndarray, target_bgr: np.ndarray, mask: np.ndarra
     lab[..., 0] = np.clip(lab[..., 0], 0.0, 100.0)
     out = np.clip(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR), 0.0, 1.0, out=None)
     return cv2.convertScaleAbs(out, alpha=255.0)  # rounds and saturates to uint8
+
+
+class ColorTransfer:
+    """:func:`match_color` for a live stream: the statistics are smoothed over time per face.
+
+    The target's LAB mean and std, measured on every frame, move with sensor noise and with the
+    face mask's edge, so the transfer — and the face's tone — would flicker frame to frame.
+    Per track (``face.track_id``) the four statistics (swapped and target mean and std) are an
+    exponential moving average: ``smoothing`` (0..0.95, ``Settings.color_smoothing``) is the
+    weight of the past, 0 is the plain per-frame transfer. A face without a track, or a new
+    one, starts from its own frame's statistics. Called by the swapper as
+    ``color_fn(swapped, target, mask, face)``.
+    """
+
+    def __init__(self, smoothing: float = 0.8):
+        self.smoothing = float(smoothing)
+        self._state: dict[int, np.ndarray] = {}  # track id -> (4, 3): mu_s, sd_s, mu_t, sd_t
+        self.last: np.ndarray | None = None  # the statistics last used (for tests and plots)
+
+    def __call__(self, swapped_bgr: np.ndarray, target_bgr: np.ndarray, mask: np.ndarray | None = None,
+                 face=None) -> np.ndarray:
+        if swapped_bgr.shape[:2] != target_bgr.shape[:2]:
+            target_bgr = cv2.resize(target_bgr, (swapped_bgr.shape[1], swapped_bgr.shape[0]),
+                                    interpolation=cv2.INTER_AREA)
+        m = _mask_u8(mask, swapped_bgr.shape)
+        lab = _lab(swapped_bgr)
+        try:
+            now = np.stack([*_stats(lab, m), *_stats(_lab(target_bgr), m)])
+        except ValueError:
+            return swapped_bgr.copy()
+        key = int(getattr(face, "track_id", -1)) if face is not None else -1
+        a = min(max(self.smoothing, 0.0), 0.95)
+        prev = self._state.get(key) if key >= 0 else None
+        stats = now if prev is None or a <= 0.0 else a * prev + (1.0 - a) * now
+        if key >= 0:
+            if len(self._state) > 64:
+                self._state.clear()  # tracks come and go: never grows without bound
+            self._state[key] = stats
+        self.last = stats
+        return _apply(lab, stats[0], stats[1], stats[2], stats[3], 1.0)
+
+    def reset(self) -> None:
+        self._state.clear()

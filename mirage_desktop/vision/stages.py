@@ -151,6 +151,8 @@ class SwapStage:
         if swapper is None or latent is None:  # taken away since wants(): pass the frame through
             return
         color = self.color_fn if o.enable_color_transfer else None
+        if color is not None and hasattr(color, "smoothing"):
+            color.smoothing = float(getattr(o, "color_smoothing", 0.0))  # a live setting
         mask_fn = parse_mask_fn if getattr(o, "enable_parser", False) else None  # the parse stage's masks
         if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
             boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
@@ -163,7 +165,9 @@ class SwapStage:
                 ctx.swapped += 1
 
     def reset(self) -> None:
-        pass
+        reset = getattr(self.color_fn, "reset", None)
+        if reset is not None:
+            reset()  # smoothed colour statistics describe faces from before
 
     def close(self) -> None:
         pass

@@ -1,0 +1,56 @@
+"""Colour transfer over time: per-face smoothing of the statistics, so the face's tone is steady."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mirage_desktop.vision.blend import face_mask
+from mirage_desktop.vision.color import ColorTransfer, match_color
+from mirage_desktop.vision.face import Face
+
+
+def _crops(astronaut, n=16, seed=3):
+    """A still face crop seen n times with sensor noise and an exposure that wobbles ±6 levels."""
+    rng = np.random.default_rng(seed)
+    target = np.ascontiguousarray(astronaut[30:158, 170:298])
+    swapped = np.ascontiguousarray(target[:, ::-1] // 2 + 60)  # another face, another tone
+    out = []
+    for i in range(n):
+        wobble = 6.0 * (1 if i % 2 else -1)
+        t = np.clip(target + rng.normal(wobble, 4, target.shape), 0, 255).astype(np.uint8)
+        s = np.clip(swapped + rng.normal(0, 4, swapped.shape), 0, 255).astype(np.uint8)
+        out.append((s, t))
+    return out
+
+
+def _face(tid):
+    return Face(np.zeros(4), np.zeros((5, 2)), 0.9, track_id=tid)
+
+
+def _tone_changes(ct, crops, face):
+    mask = face_mask(128)
+    outs = [ct(s, t, mask, face).astype(np.float32) for s, t in crops]
+    means = [o[mask > 0.5].mean(axis=0) for o in outs]
+    return np.mean([np.abs(a - b).mean() for a, b in zip(means[1:], means[:-1])])
+
+
+def test_smoothing_steadies_the_tone_of_a_still_face(astronaut):
+    crops = _crops(astronaut)
+    raw = _tone_changes(ColorTransfer(0.0), crops, _face(1))
+    smooth = _tone_changes(ColorTransfer(0.8), crops, _face(1))
+    assert raw > 2.0  # the exposure wobble does reach the face's tone without smoothing
+    assert smooth < 0.5 * raw
+
+
+def test_no_smoothing_is_the_plain_transfer_and_faces_keep_their_own_statistics(astronaut):
+    (s, t), (s2, t2) = _crops(astronaut, 2)
+    mask = face_mask(128)
+    np.testing.assert_array_equal(ColorTransfer(0.0)(s, t, mask, _face(1)), match_color(s, t, mask))
+    ct = ColorTransfer(0.9)
+    ct(s, t, mask, _face(1))
+    # a second face (another track) starts from its own statistics, not the first one's
+    np.testing.assert_array_equal(ct(s2, t2, mask, _face(2)), match_color(s2, t2, mask))
+    # a face without a track is never smoothed (it could be anyone next frame)
+    np.testing.assert_array_equal(ct(s2, t2, mask, _face(-1)), match_color(s2, t2, mask))
+    ct.reset()
+    np.testing.assert_array_equal(ct(s2, t2, mask, _face(1)), match_color(s2, t2, mask))
