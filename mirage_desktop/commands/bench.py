@@ -33,7 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-STAGES = ["worker", "worker.outside_model", "track", "swap", "swap.model", "enhance", "enhance.model",
+STAGES = ["worker", "worker.outside_model", "track", "parse", "parse.model", "swap", "swap.model", "enhance",
+          "enhance.model",
           "detect", "detect.interval", "detect.interval_captured", "detect.full_interval", "detect.lag", "output",
           "total"]
 COMPUTE = ("realistic", "light", "tiny")
@@ -80,6 +81,13 @@ def add_arguments(p) -> None:
     p.add_argument("--enhancer", choices=["codeformer", "gfpgan"], default="codeformer",
                    help="with --models real (synthetic runs use a GFPGAN-signature model)")
     p.add_argument("--enhancer-sync", action="store_true", help="run the enhancer inline on the worker")
+    p.add_argument("--parser", action="store_true",
+                   help="include the occlusion-aware mask (a synthetic BiSeNet-signature parser at the compute "
+                        "--compute asks for)")
+    p.add_argument("--parser-interval", type=int, default=3, help="parse every N frames (default 3)")
+    p.add_argument("--parser-sync", action="store_true", help="run the parser inline on the worker")
+    p.add_argument("--pixel-boost", type=int, choices=(128, 256, 384, 512), default=128,
+                   help="swapped face size: 256/384/512 run the swapper on 2x2/3x3/4x4 tiles")
     p.add_argument("--providers", default="auto", help="auto, cpu, ...; cuda or tensorrt runs the GPU suite")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up on a scenario after this many seconds")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -354,11 +362,19 @@ def run_scenario(n_faces: int, args, workdir: Path) -> dict:
             overrides.setdefault("inswapper_128_fp16", overrides["inswapper_128"])
         if args.enhance:  # the stage's own cost, with a GFPGAN-signature model that costs ~nothing
             overrides["gfpgan_1_4"] = synthetic.build_gfpgan(d / "gfpgan_1_4.onnx")
+        if getattr(args, "parser", False) and "bisenet_resnet_18" not in overrides:
+            overrides["bisenet_resnet_18"] = synthetic.build_parser(
+                d / "bisenet_resnet_18.onnx", gmac=0.0 if args.compute == "tiny" else
+                synthetic.PUBLISHED_GMAC_PARSER["bisenet_resnet_18"])
     settings = Settings(max_faces=n_faces, det_size=args.det_size, detect_interval=args.detect_interval,
                         detect_on_tracks=not getattr(args, "full_frame_detect", False),
                         enable_enhancer=args.enhance, enhancer_interval=args.enhancer_interval,
                         enhancer="gfpgan" if args.models == "synthetic" else args.enhancer,
                         enhancer_async=not args.enhancer_sync,
+                        enable_parser=bool(getattr(args, "parser", False)),
+                        parser_interval=max(1, int(getattr(args, "parser_interval", 3))),
+                        parser_async=not getattr(args, "parser_sync", False),
+                        pixel_boost=int(getattr(args, "pixel_boost", 128)),
                         providers=args.providers, enable_ai_mark=True,
                         swapper_precision=getattr(args, "swapper_precision", None) or "fp16",
                         adapt_video=False, lipsync_mic=False)  # measured at the settings asked for

@@ -18,7 +18,7 @@ from . import theme
 from .qtcompat import emit
 
 # Stages drawn, in legend order; others that show up in a snapshot are appended.
-STAGE_ORDER = ["total", "detect", "embed", "track", "swap", "enhance", "worker", "output"]
+STAGE_ORDER = ["total", "detect", "embed", "track", "parse", "swap", "enhance", "worker", "output"]
 #: video output latency minus the voice's (ms, negative: the video is early); a signed value, so
 #: it has a plot of its own (:class:`AvOffsetPlot`), not a line on the latency plot's log axis;
 #: that plot also names the two latencies (capture -> output) it is the difference of

@@ -23,6 +23,7 @@ STAGE_COLORS = {
     "detect": "#5b8cff",
     "embed": "#8f7cff",
     "track": "#38c5d8",
+    "parse": "#b5e06a",
     "swap": "#f07aa8",
     "enhance": "#f0a35b",
     "worker": "#7fd27f",

@@ -39,6 +39,9 @@ def _onnx():
 # inswapper_128 (deepinsight's table: ~175 G per call). LIGHT_SWAP_GMAC is the lighter swapper the
 # side-by-side harness used (``--compute light``).
 PUBLISHED_GMAC = {"det_10g": 10.0, "w600k_r50": 6.3, "inswapper_128": 175.0}
+# the face parser has no published figure: counted from the BiSeNet ResNet-18 architecture at
+# 512 px (see docs/benchmarks.md); not part of the model set the bench builds by default
+PUBLISHED_GMAC_PARSER = {"bisenet_resnet_18": 13.0}
 LIGHT_SWAP_GMAC = 20.0
 _WIDTHS = (64, 128, 256, 512, 1024)
 

@@ -199,6 +199,17 @@ def test_bench_times_from_the_first_swapped_frame(capsys, monkeypatch, tmp_path,
     assert "on the faces' region" in out
 
 
+def test_bench_measures_the_parser_as_its_own_stage(capsys, tmp_path):
+    res = tmp_path / "bench.json"
+    rc = main(["bench", "--compute", "tiny", "--frames", "12", "--faces", "1", "--source-fps", "60",
+               "--parser", "--parser-interval", "1", "--parser-sync", "--json", str(res)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    (r,) = json.loads(res.read_text())["scenarios"]
+    assert r["stages"]["parse"]["count"] >= 12 and r["stages"]["parse.model"]["count"] >= 12  # inline, every frame
+    assert "parse.model" in cap.out
+
+
 def test_bench_fails_when_a_face_is_not_swapped(capsys, monkeypatch, t1_path):
     from mirage_desktop.testing import face_models as synthetic
 
