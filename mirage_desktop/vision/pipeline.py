@@ -287,7 +287,8 @@ class VideoPipeline:
         self.opts = settings
         self._opts_lock = threading.Lock()
         self.scheduler = DetectionScheduler(settings.detect_interval, settings.redetect_below)
-        self.tracker = FaceTracker(settings.stable_confidence, settings.stable_count, smoother=smoother)
+        self.tracker = FaceTracker(settings.stable_confidence, settings.stable_count, smoother=smoother,
+                                   hold_frames=settings.track_hold_frames)
         self.in_slot = LatestSlot(on_drop=lambda _: metrics.incr("dropped.worker_busy"))
         self.out_slot = LatestSlot(on_drop=lambda _: metrics.incr("dropped.output_busy"))
         self.det_req = LatestSlot(on_drop=lambda _: metrics.incr("detect.superseded"))
@@ -344,6 +345,8 @@ class VideoPipeline:
             self.analyzer.detector.set_det_size(int(value))
         elif name == "av_trim_ms":
             self.av.set_trim(float(value))
+        elif name == "track_hold_frames":
+            self.tracker.hold_frames = max(0, int(value))  # read by the worker at the next detection
         with self._adapt_lock:
             if name == "adapt_video":
                 self.ladder.set_enabled(bool(value) and not self.lossless)

@@ -196,3 +196,55 @@ def test_a_large_face_is_followed_as_closely_at_half_size(astronaut):
     for i in range(1, 6):
         tr.track(shifted(big, 5 * i, 3 * i), i)
     np.testing.assert_allclose(tr.faces()[0].kps - face.kps, np.tile([25, 15], (5, 1)), atol=1.5)
+
+
+def _hold_run(astronaut, hold: int, script: list) -> list:
+    """Frames of a still photo through the tracker in the pipeline's order (flow, then the
+    detection's result); ``script[i]``: None (no detection on frame i), True (the face found) or
+    False (a detection that missed it). Returns the track ids present on each frame."""
+    from mirage_desktop.vision.detector import HaarFaceDetector
+
+    (face,) = HaarFaceDetector().detect(astronaut)
+    tr = FaceTracker(hold_frames=hold)
+    present = []
+    for i, found in enumerate(script):
+        tr.track(astronaut, i)
+        if found is not None:
+            tr.update([Face(face.bbox.copy(), face.kps.copy(), 0.6)] if found else [], i)
+            tr.note_frame(astronaut, i)
+        present.append([f.track_id for f in tr.faces()])
+    return present
+
+
+# detected on frame 0, missed by the detections on frames 1, 2 and 4 (none runs on 3), found on 5
+WOBBLE = [True, False, False, None, False, True, None, True]
+
+
+def test_a_face_missed_for_a_few_frames_is_held_on_its_track(astronaut):
+    present = _hold_run(astronaut, 6, WOBBLE)
+    assert all(len(ids) == 1 for ids in present), present  # on every frame: no flash
+    assert len({ids[0] for ids in present}) == 1  # the same track all along
+
+
+def test_without_a_hold_the_missed_face_flashes_off(astronaut):
+    present = _hold_run(astronaut, 0, WOBBLE)
+    assert present[0] and present[5] and not all(present[1:5])  # gone in the gap
+    assert present[0] != present[5]  # and back as another track
+
+
+def test_a_face_gone_for_good_is_dropped_after_the_hold(astronaut):
+    present = _hold_run(astronaut, 6, [True] + [False] * 9)
+    # missed from frame 1 on: held while fewer than 6 frames have passed since frame 0
+    assert [bool(ids) for ids in present] == [True] * 6 + [False] * 4
+
+
+def test_the_hold_follows_the_live_setting(astronaut):
+    from mirage_desktop.config import Settings
+    from mirage_desktop.metrics import Metrics
+    from mirage_desktop.vision.capture import ImageSource
+    from mirage_desktop.vision.pipeline import VideoPipeline
+
+    p = VideoPipeline(Settings(track_hold_frames=9), Metrics(), ImageSource(astronaut), [])
+    assert p.tracker.hold_frames == 9
+    p.set_option("track_hold_frames", 2)
+    assert p.tracker.hold_frames == 2 and p.opts.track_hold_frames == 2
