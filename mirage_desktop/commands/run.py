@@ -8,8 +8,8 @@ import sys
 import threading
 import time
 
-from .common import (add_engine_arguments, add_setting_flags, load_identity, model_overrides, set_match,
-                     settings_from_args)
+from .common import (add_engine_arguments, add_setting_flags, load_identity, model_overrides, parse_map,
+                     set_face_map, set_match, settings_from_args)
 
 
 def add_arguments(p) -> None:
@@ -109,6 +109,7 @@ def run(args) -> int:
         raise MirageError(f"--seconds {args.seconds} is not a duration", "use a number above 0")
     outputs = args.output or ["virtualcam"]
     check_outputs(outputs)
+    parse_map(args.map)  # a malformed pair before any model loads
     if args.metrics_json:
         check_writable_target(args.metrics_json, "metrics file")
     from ..vision.startup import FirstSwap
@@ -126,6 +127,7 @@ def run(args) -> int:
     engine.subscribe_frames(first)
     load_identity(engine, args)
     set_match(engine, args)
+    set_face_map(engine, args)
     for reason in engine.status().passthrough:
         print(f"mirage: pass-through: {reason}", file=sys.stderr)
     if args.input:

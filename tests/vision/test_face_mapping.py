@@ -16,7 +16,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from tests_support import HANG_GUARD_S, CallbackSink, Frames
+from tests_support import HANG_GUARD_S, CallbackSink, Frames, marker_face
 
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
@@ -123,13 +123,7 @@ YA, YB = 60, 150  # A above, B below: they overlap a little as they pass
 
 
 def _sprite(img: np.ndarray, box: tuple, ch: int) -> np.ndarray:
-    """The face in ``box`` (x0, y0, x1, y1) of ``img``, S x S: channel ``ch`` bright (200-255, the
-    marker detector's face), the texture in the other channels (below its threshold)."""
-    x0, y0, x1, y1 = box
-    face = cv2.resize(img[y0:y1, x0:x1], (S, S), interpolation=cv2.INTER_AREA).astype(np.float32)
-    out = face * 0.7
-    out[..., ch] = 200 + cv2.cvtColor(face.astype(np.uint8), cv2.COLOR_BGR2GRAY) * (55 / 255)
-    return out.astype(np.uint8)
+    return marker_face(img, box, ch, S)
 
 
 def _positions(i: int) -> tuple[int, int]:
