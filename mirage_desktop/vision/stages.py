@@ -144,7 +144,7 @@ class SwapStage:
     name = "swap"
     needs_faces = True
 
-    def __init__(self, swapper: Callable[[], Any], latent: Callable[[], np.ndarray | None],
+    def __init__(self, swapper: Callable[[], Any], latent: Callable[[], np.ndarray | Callable | None],
                  color_fn: Callable | None, metrics):
         self._swapper, self._latent = swapper, latent
         self.color_fn = color_fn
