@@ -345,9 +345,12 @@ class Engine:
 
         try:
             emb = p.embed_track(view.track_id).result(timeout)
-        except (CancelledError, FutureTimeout):
+        except CancelledError:
             raise MirageError("the picture stopped before the face could be picked",
                               "start it again, then click on the face") from None
+        except FutureTimeout:  # no frame tracked faces meanwhile (face swap switched off, a stalled camera)
+            raise MirageError("no new frame came to pick the face from", "check that face swap is on and "
+                              "the picture moves, then click on the face again") from None
         if emb is None:
             raise MirageError("that person has left the picture", "click on a face that is in view")
         self.add_face_mapping(emb, ident)

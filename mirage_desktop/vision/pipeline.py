@@ -182,6 +182,7 @@ class TrackFaces:
         self._last_asked_n = None
         self._last_full_n = None
         self._fresh = True
+        p.seen_faces = ()  # nothing tracked is shown (or can be picked) until faces are found again
 
     def reset_soon(self) -> None:
         """Ask for a reset from another thread: done before the next frame is tracked."""

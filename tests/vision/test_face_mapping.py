@@ -16,7 +16,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from tests_support import HANG_GUARD_S, CallbackSink, Frames, marker_face
+from tests_support import HANG_GUARD_S, CallbackSink, Frames, marker_face, now
 
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
@@ -311,6 +311,11 @@ def test_a_face_picked_in_the_live_picture_is_mapped_to_the_chosen_identity(mapp
         eng.set_identity(ids["X"])
         eng.pick_face(u, v)  # picked again with another identity: mapped anew, not twice
         assert [label for *_, label in eng.face_sources] == ["X"]
+        eng.set_option("enable_swap", False)  # no face tracking: nothing shown to pick from
+        got.after(now(), 2)
+        assert eng.faces_in_view() == []
+        with pytest.raises(MirageError, match="no face under the click"):
+            eng.pick_face(u, v)
     finally:
         eng.stop()
     with pytest.raises(MirageError, match="not running"):
