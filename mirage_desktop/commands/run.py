@@ -116,6 +116,9 @@ def run(args) -> int:
 
     first = FirstSwap()  # time to the first swapped frame, shown in the summary
     settings = settings_from_args(args)
+    if args.remote and args.map:  # the server swaps with the one face it was sent
+        raise MirageError("--map works with this computer's engine, not with --remote",
+                          "leave out --remote to map faces, or --map to use the remote engine")
     if args.remote:
         from ..serve.remote import run_remote
 

@@ -132,3 +132,9 @@ def test_run_takes_the_map_too(scene, tmp_path, capsys):
     rc = main(["run", "--input", str(scene["both"]), "--output", "null", "--frames", "1", *scene["models"],
                "--map", "no-equals-sign"])
     assert rc == 2 and "is not REF_PHOTO=SOURCE" in capsys.readouterr().err
+
+
+def test_a_map_is_refused_with_a_remote_engine(scene, capsys):
+    rc = main(["run", "--remote", "https://gpu-host:8443", "--output", "null", "--map", f"{scene['a']}={scene['x']}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--map works with this computer's engine, not with --remote" in err[0]
