@@ -398,6 +398,10 @@ class EngineController(QObject):
         """Give the person at (``u``, ``v``) of the live picture (fractions of the frame) the
         identity chosen in the picker (its consent was checked when it was chosen). Off the Qt
         thread: the engine embeds that face from the next frame."""
+        if self.remote is not None:  # the server swaps with the one face it was sent
+            emit(self.error, "Face mapping works with this computer's engine, not with the remote server — "
+                             "choose 'This computer' in the Output tab to map faces")
+            return None
 
         def job():
             self.engine.pick_face(float(u), float(v))
