@@ -320,3 +320,40 @@ def test_a_face_picked_in_the_live_picture_is_mapped_to_the_chosen_identity(mapp
         eng.stop()
     with pytest.raises(MirageError, match="not running"):
         eng.pick_face(u, v)
+
+
+def test_the_swap_stage_gives_each_mapped_face_its_own_latent_batched_or_not(tmp_path):
+    """With a face map the swap stage's latent is a callable: each face is swapped with the latent
+    the map put on it, in one batched call or one by one, exactly as if swapped alone with it."""
+    from mirage_desktop.commands.bench import six_face_frame
+    from mirage_desktop.metrics import Metrics
+    from mirage_desktop.models.runtime import create_session
+    from mirage_desktop.vision.mapping import LATENT, face_latents
+    from mirage_desktop.vision.stages import FrameContext, SwapStage
+    from mirage_desktop.vision.swapper import InSwapper
+
+    class Opts:
+        enable_mouth_mask = False
+        enable_color_transfer = False
+
+    frame, boxes, _ = six_face_frame(1280, 720)
+    faces = [Face(b, k, 0.9) for b, k in boxes[:3]]
+    one = InSwapper(create_session(synthetic.build_inswapper(tmp_path / "one.onnx"), "cpu"))
+    many = InSwapper(create_session(synthetic.build_inswapper(tmp_path / "many.onnx", batch="N"), "cpu"))
+    rng = np.random.default_rng(4)
+    lats = [one.latent(rng.standard_normal(512).astype(np.float32)) for _ in faces]
+    for f, lat in zip(faces, lats):
+        f.extra[LATENT] = lat
+    alone = frame.copy()
+    for f, lat in zip(faces, lats):  # each face swapped on its own with its latent
+        one.swap(alone, f, lat)
+    for sw in (one, many):
+        ctx = FrameContext(frame.copy(), opts=Opts(), faces=faces)
+        SwapStage(lambda sw=sw: sw, lambda: face_latents, None, Metrics()).process(ctx)
+        assert ctx.swapped == 3
+        assert np.abs(ctx.frame.astype(int) - alone).max() <= 1, sw.batchable
+    # one latent for all (no map) would have painted other faces: the check above can fail
+    same = frame.copy()
+    ctx = FrameContext(same, opts=Opts(), faces=faces)
+    SwapStage(lambda: one, lambda: lats[0], None, Metrics()).process(ctx)
+    assert np.abs(same.astype(int) - alone).max() > 10
