@@ -5,6 +5,7 @@
     engine.set_source_photos(["me.jpg"])      # or set_identity(IdentityStore().load("me"))
     engine.start(source="0", outputs=["virtualcam"])
     engine.set_option("max_faces", 2)         # live
+    engine.set_face_map([(ref_embedding, identity)])  # a different identity per person (or clear_face_map())
     token = engine.subscribe_frames(cb)       # cb(FramePacket) on the output thread
     engine.snapshot()                         # metrics + status, JSON-ready
     engine.stop()
@@ -104,6 +105,10 @@ class Engine:
         self.parse_stage: Any = None  # vision.parser.ParseStage while the occlusion-aware mask is on
         self.identity = None
         self.reference: np.ndarray | None = None  # only swap faces that look like this (set_reference)
+        # a different identity per person (set_face_map): (reference embedding, identity, label) each,
+        # and the FaceMap of their latents (None without a map or a swapper)
+        self.face_sources: list[tuple[np.ndarray, Any, str]] = []
+        self.face_map: Any = None
         self.latent: np.ndarray | None = None
         self.pipeline: Any = None  # vision.pipeline.VideoPipeline while running
         self.voice: Any = None  # voice.pipeline.VoicePipeline while the voice runs
@@ -142,6 +147,7 @@ class Engine:
             self._load_parser()
             if self.identity is not None:
                 self._update_latent()
+            self._update_face_map()  # another swapper: another emap
             if self.pipeline is not None:  # hand the new models to the running stream
                 self.pipeline.use_models(self.analyzer, self.swapper, self.latent)
             self._refresh_passthrough()
@@ -170,6 +176,7 @@ class Engine:
                                                   background=s.enhancer_async)
             if self.identity is not None:
                 self._update_latent()
+            self._update_face_map()
             self._refresh_passthrough()
 
     def _load_enhancer(self) -> None:
@@ -217,7 +224,7 @@ class Engine:
             if self.analyzer is not None and self.analyzer.recognizer is None:
                 reasons.append(Problem("passthrough:embedding", "error", "no source embedding: the ArcFace model "
                                        "(w600k_r50) is missing", "run `mirage models download buffalo_l`"))
-            elif self.identity is None:
+            elif self.identity is None and not self.face_sources:
                 reasons.append(Problem("passthrough:identity", "error", "no source face chosen",
                                        "add a photo of the face to use"))
         self._passthrough = reasons
@@ -271,6 +278,100 @@ class Engine:
             if self.pipeline is not None:
                 self.pipeline.set_reference(embedding)
 
+    # ---- face mapping ------------------------------------------------------------------------
+    def set_face_map(self, entries) -> None:
+        """A different identity per person: ``entries`` are ``(reference embedding, identity)`` or
+        ``(reference embedding, identity, label)`` (label: the identity's name by default). Each
+        tracked person whose face matches a reference becomes that identity; the others are not
+        swapped; faces are embedded at every detection. Empty (or None): one identity for all
+        again. Takes effect on the next frame. A reference or identity that cannot be used is
+        refused (MirageError) and the map in use stays."""
+        from .vision.identity import usable_embedding
+        from .vision.mapping import normalised
+
+        sources = []
+        for entry in entries or []:
+            ref, ident, *rest = entry
+            label = str(rest[0]) if rest and rest[0] else str(getattr(ident, "name", "") or "identity")
+            why = usable_embedding(ref)
+            if why is not None:
+                raise MirageError(f"the face to look for as {label!r} cannot be used: its embedding {why}",
+                                  "pick the person again, or use a clearer reference photo")
+            emb = getattr(ident, "embedding", None)
+            why = usable_embedding(emb) if emb is not None else "is missing (no recognition model?)"
+            if why is not None:
+                raise MirageError(f"the face of {label!r} cannot be used: its embedding {why}",
+                                  "add the identity again from its photos")
+            sources.append((normalised(ref), ident, label))
+        with self._lock:
+            self.face_sources = sources
+            self._update_face_map()
+            if self.enhance_stage is not None:
+                self.enhance_stage.reset()  # cached enhanced faces show the identities before
+            self._refresh_passthrough()
+
+    def clear_face_map(self) -> None:
+        self.set_face_map([])
+
+    def add_face_mapping(self, reference: np.ndarray, identity, label: str | None = None) -> None:
+        """Map one more person (``reference``) to ``identity``; a person already in the map (their
+        reference as alike as ``match_threshold``) is mapped anew instead."""
+        from .vision.mapping import normalised
+
+        ref = normalised(reference)
+        with self._lock:
+            thr = self.settings.match_threshold
+            kept = [e for e in self.face_sources if float(e[0] @ ref) < thr]
+            self.set_face_map(kept + [(ref, identity, label)])
+
+    def _update_face_map(self) -> None:
+        from .vision.mapping import FaceMap, MapEntry
+
+        fm = None
+        if self.face_sources and self.swapper is not None:
+            fm = FaceMap([MapEntry(ref, self.swapper.latent(ident.embedding), label)
+                          for ref, ident, label in self.face_sources])
+        self.face_map = fm
+        if self.pipeline is not None:
+            self.pipeline.set_face_map(fm.fresh() if fm is not None else None)
+
+    def faces_in_view(self) -> list:
+        """The newest frame's tracked faces (:class:`~mirage_desktop.vision.pipeline.FaceView`:
+        box in fractions of the frame, track id, face-map label); empty when not running."""
+        p = self.pipeline
+        return list(p.seen_faces) if p is not None else []
+
+    def pick_face(self, u: float, v: float, identity=None, timeout: float = 10.0):
+        """Map the person under the point (``u``, ``v``: fractions of the frame's width and height)
+        of the live picture to ``identity`` (default: the identity in use). Their embedding is made
+        from the next frame. Returns the FaceView picked; MirageError when there is no stream, no
+        face there, or no identity."""
+        ident = identity if identity is not None else self.identity
+        if ident is None or getattr(ident, "embedding", None) is None:
+            raise MirageError("no source face chosen to give this person", "choose a face in the source picker first")
+        p = self.pipeline
+        if p is None:
+            raise MirageError("the picture is not running", "press Start, then click on a face in the preview")
+        under = [f for f in p.seen_faces if f.contains(u, v)]
+        if not under:
+            raise MirageError("there is no face under the click", "click on a face in the preview")
+        view = min(under, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))  # the nearest (smallest)
+        from concurrent.futures import CancelledError
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        try:
+            emb = p.embed_track(view.track_id).result(timeout)
+        except CancelledError:
+            raise MirageError("the picture stopped before the face could be picked",
+                              "start it again, then click on the face") from None
+        except FutureTimeout:  # no frame tracked faces meanwhile (face swap switched off, a stalled camera)
+            raise MirageError("no new frame came to pick the face from", "check that face swap is on and "
+                              "the picture moves, then click on the face again") from None
+        if emb is None:
+            raise MirageError("that person has left the picture", "click on a face that is in view")
+        self.add_face_mapping(emb, ident)
+        return view
+
     # ---- stills ----------------------------------------------------------------------------
     def process_still(self, img: np.ndarray) -> "StillResult":
         """Run the frame stages once on a still (``mirage swap``), in place: the same swap, enhance
@@ -282,11 +383,15 @@ class Engine:
 
         with self._lock:
             s = self.settings
-            faces = StillFaces(self.analyzer, self.reference)
+            from .vision.mapping import face_latents
+
+            fm = self.face_map.fresh() if self.face_map is not None else None  # no tracks to remember
+            faces = StillFaces(self.analyzer, self.reference, fm)
+            latent = (lambda: face_latents) if fm is not None else (lambda: self.latent)
             live = self.parse_stage  # a still is parsed inline: it has no next frame to wait for
             parse = ParseStage(live.parser, self.metrics, background=False) if live is not None else None
             stages = [faces, ParseFrames(lambda: parse),
-                      SwapStage(lambda: self.swapper, lambda: self.latent, self._color_fn(), self.metrics),
+                      SwapStage(lambda: self.swapper, latent, self._color_fn(), self.metrics),
                       EnhanceFrames(lambda: self.enhance_stage), AiMark()]
         failed: list[tuple[str, Exception]] = []
 
@@ -330,7 +435,8 @@ class Engine:
                                   self.enhance_stage, self._make_smoother(), self._color_fn(),
                                   self.reference,
                                   detector_async=detector_async and not lossless, lossless=lossless,
-                                  max_frames=max_frames, parse_stage=self.parse_stage)
+                                  max_frames=max_frames, parse_stage=self.parse_stage,
+                                  face_map=self.face_map.fresh() if self.face_map is not None else None)
                 p._subscribers = dict(self._frame_subs)
                 p.keep_original = any(self._originals.values())
                 p.start()

@@ -49,6 +49,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         add_setting_flags(g, names)
         if title == "faces and models":
             g.add_argument("--match", metavar="PHOTO", help="only swap faces that look like the person in PHOTO")
+            g.add_argument("--map", action="append", default=[], metavar="REF_PHOTO=SOURCE",
+                           help="give the person in REF_PHOTO the face of SOURCE (a photo or a saved identity); "
+                                "repeat for each person; the others are not swapped (and --source is not needed)")
             g.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                            help="use this ONNX file for a model instead of the downloaded one (checked against "
                                 "the model's signature, not its hash)")
@@ -122,3 +125,76 @@ def set_match(engine, args) -> None:
         if ref.embedding is None:
             raise MirageError("--match needs face embeddings (ArcFace)", "run `mirage models download buffalo_l`")
         engine.set_reference(ref.embedding)
+
+
+MAP_FIX = "e.g. --map guest.jpg=me.jpg or --map guest.jpg=\"My saved face\""
+
+
+def parse_map(items: list[str]) -> list[tuple[Path, str]]:
+    """``--map REF_PHOTO=SOURCE`` pairs, checked before any model runs: an '=' with something on
+    both sides, and a reference photo that exists."""
+    pairs = []
+    for item in items or []:
+        ref, sep, src = item.partition("=")
+        if not sep or not ref.strip() or not src.strip():
+            raise MirageError(f"--map {item!r} is not REF_PHOTO=SOURCE", MAP_FIX)
+        path = Path(ref.strip()).expanduser()
+        if not path.is_file():
+            raise MirageError(f"--map {item!r}: the photo {ref.strip()} does not exist",
+                              "check the reference photo's path")
+        pairs.append((path, src.strip()))
+    return pairs
+
+
+def _map_source(engine, args, src: str):
+    """SOURCE of --map: a photo (its rights confirmed) or a saved identity (its consent, or confirmed)."""
+    from ..vision.identity import IdentityBuilder, IdentityStore
+
+    path = Path(src).expanduser()
+    if path.is_file():
+        confirm_rights(args, src)
+        return engine.build_identity([path], path.stem)
+    store = IdentityStore()
+    if src not in store.names():
+        known = ", ".join(store.names()) or "none saved yet"
+        raise MirageError(f"--map: {src} is neither a photo nor a saved identity (saved: {known})",
+                          "give the path of a photo or the name of a saved identity")
+    ident = store.load(src, builder=IdentityBuilder(engine.analyzer))
+    if not ident.consent:
+        confirm_rights(args, f"identity {src!r}")
+    return ident
+
+
+def _no_face(ref, src, photo, exc) -> MirageError:
+    """A photo of a --map pair without a usable face: the photo checks' own words say why and what to do."""
+    why = "; ".join(r.summary() for r in getattr(exc, "reports", []) or []) or exc.message
+    return MirageError(f"--map {ref}={src}: no usable face in {photo}: {why}", exc.fix)
+
+
+def set_face_map(engine, args) -> None:
+    """--map REF_PHOTO=SOURCE ...: each person in a reference photo becomes their source face."""
+    from ..errors import InputImageError
+
+    pairs = parse_map(getattr(args, "map", None))
+    if not pairs:
+        return
+    if engine.analyzer is None:
+        engine.load_models()
+    if engine.analyzer.recognizer is None:
+        raise MirageError("--map needs face embeddings (ArcFace)", "run `mirage models download buffalo_l`")
+    entries = []
+    for ref, src in pairs:
+        try:
+            person = engine.build_identity([ref], "reference")
+        except InputImageError as exc:
+            raise _no_face(ref, src, ref, exc) from None
+        try:
+            ident = _map_source(engine, args, src)
+        except InputImageError as exc:
+            raise _no_face(ref, src, src, exc) from None
+        if person.embedding is None or ident.embedding is None:
+            raise MirageError("--map needs face embeddings (ArcFace)", "run `mirage models download buffalo_l`")
+        entries.append((person.embedding, ident, ident.name))
+    engine.set_face_map(entries)
+    for ref, ident in zip(pairs, entries):
+        print(f"map {ref[0]} -> {ident[2]}", file=sys.stderr)

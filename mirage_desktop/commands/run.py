@@ -8,8 +8,8 @@ import sys
 import threading
 import time
 
-from .common import (add_engine_arguments, add_setting_flags, load_identity, model_overrides, set_match,
-                     settings_from_args)
+from .common import (add_engine_arguments, add_setting_flags, load_identity, model_overrides, parse_map,
+                     set_face_map, set_match, settings_from_args)
 
 
 def add_arguments(p) -> None:
@@ -109,12 +109,16 @@ def run(args) -> int:
         raise MirageError(f"--seconds {args.seconds} is not a duration", "use a number above 0")
     outputs = args.output or ["virtualcam"]
     check_outputs(outputs)
+    parse_map(args.map)  # a malformed pair before any model loads
     if args.metrics_json:
         check_writable_target(args.metrics_json, "metrics file")
     from ..vision.startup import FirstSwap
 
     first = FirstSwap()  # time to the first swapped frame, shown in the summary
     settings = settings_from_args(args)
+    if args.remote and args.map:  # the server swaps with the one face it was sent
+        raise MirageError("--map works with this computer's engine, not with --remote",
+                          "leave out --remote to map faces, or --map to use the remote engine")
     if args.remote:
         from ..serve.remote import run_remote
 
@@ -126,6 +130,7 @@ def run(args) -> int:
     engine.subscribe_frames(first)
     load_identity(engine, args)
     set_match(engine, args)
+    set_face_map(engine, args)
     for reason in engine.status().passthrough:
         print(f"mirage: pass-through: {reason}", file=sys.stderr)
     if args.input:

@@ -53,6 +53,7 @@ class EngineController(QObject):
     option_refused = Signal(str, object)  # a change the engine refused: the setting and the value it kept
     identity_changed = Signal(str)
     reference_changed = Signal(str)  # the photo whose person alone is swapped; "" = any face
+    face_map_changed = Signal(list)  # the face map's labels (the identities given), [] = one face for all
     models_loaded = Signal(object)  # EngineStatus
     remote_changed = Signal(object)  # the remote stream's health ({"level", "reasons"}) or None: not remote
     endpoints_changed = Signal(str, str)  # the monitoring endpoints' address ("" = off), and why not (or "")
@@ -391,6 +392,35 @@ class EngineController(QObject):
             emit(self.reference_changed, self.reference_photo)  # the one still in use
 
         return self.jobs.submit(job, serial=True, on_done=done, on_error=failed)
+
+    # ---- face mapping ------------------------------------------------------------------------
+    def map_face_at(self, u: float, v: float):
+        """Give the person at (``u``, ``v``) of the live picture (fractions of the frame) the
+        identity chosen in the picker (its consent was checked when it was chosen). Off the Qt
+        thread: the engine embeds that face from the next frame."""
+        if self.remote is not None:  # the server swaps with the one face it was sent
+            emit(self.error, "Face mapping works with this computer's engine, not with the remote server — "
+                             "choose 'This computer' in the Output tab to map faces")
+            return None
+
+        def job():
+            self.engine.pick_face(float(u), float(v))
+            return [label for *_, label in self.engine.face_sources]
+
+        def done(labels):
+            emit(self.face_map_changed, labels)
+            emit(self.status_changed, self.engine.status())
+
+        return self.jobs.submit(job, serial=True, on_done=done, on_error=self._fail)
+
+    def clear_face_map(self):
+        """No face mapping: one source face for everyone swapped again."""
+
+        def done(_):
+            emit(self.face_map_changed, [])
+            emit(self.status_changed, self.engine.status())
+
+        return self.jobs.submit(self.engine.clear_face_map, serial=True, on_done=done, on_error=self._fail)
 
     # ---- identities --------------------------------------------------------------------------
     def set_identity(self, identity):

@@ -125,6 +125,7 @@ class MainWindow(QMainWindow):
         c.notice.connect(self.notice_bar.add)
         c.models_loaded.connect(self._on_models_loaded)
         c.reference_changed.connect(self._on_reference)
+        c.face_map_changed.connect(self._on_face_map)
         c.option_refused.connect(self.toggles.show_setting)
         c.remote_changed.connect(self._on_remote)
         c.jobs.busy_changed.connect(lambda n: self.busy.setVisible(n > 0))
@@ -173,6 +174,8 @@ class MainWindow(QMainWindow):
         self.banner.action_clicked.connect(self.show_models)
         ml.addWidget(self.banner)
         self.preview = PreviewWidget(self.controller.feed)
+        self.preview.setToolTip("Click a face to give that person the source face chosen on the left")
+        self.preview.face_clicked.connect(self.controller.map_face_at)
         ml.addWidget(self.preview, 5)
         plots = QHBoxLayout()
         plots.setSpacing(8)
@@ -271,6 +274,13 @@ class MainWindow(QMainWindow):
         self.controller.set_view(self.gui_prefs.get("view", "output")
                                  if self.gui_prefs.get("view") in ("output", "side_by_side") else "output")
         self.view_group.buttonClicked.connect(lambda b: self.set_view(b.property("mode")))
+        lay.addSpacing(6)
+        self.clear_map_btn = QPushButton("Clear face mapping")
+        self.clear_map_btn.setToolTip("Click a face in the preview to give that person the chosen source face; "
+                                      "this gives everyone swapped the one source face again")
+        self.clear_map_btn.setEnabled(False)
+        self.clear_map_btn.clicked.connect(self.controller.clear_face_map)
+        lay.addWidget(self.clear_map_btn)
         lay.addSpacing(12)
         self.start_btn = QPushButton("Start")
         self.start_btn.setObjectName("Primary")
@@ -652,6 +662,13 @@ class MainWindow(QMainWindow):
             self.toggles.show_reference(Path(path).name, f"Only the person in {Path(path).name} is swapped.")
         else:
             self.toggles.show_reference(None)
+
+    def _on_face_map(self, labels: list) -> None:
+        self.clear_map_btn.setEnabled(bool(labels))
+        self.clear_map_btn.setToolTip("Mapped: " + ", ".join(labels) if labels else
+                                      "Click a face in the preview to give that person the chosen source face")
+        self.statusBar().showMessage(f"Face mapping: {', '.join(labels)} (the others are not swapped)" if labels
+                                     else "Face mapping cleared", 6000)
 
     # ---- engine → window ------------------------------------------------------------------------
     def _on_models_loaded(self, st) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ from ..control.ladder import DegradeLadder, FrameRateCap, build_steps
 from ..errors import MirageError
 from ..metrics import Metrics
 from .face import Face
+from .mapping import LABEL, choose_mapped, face_latents
 from .slot import LatestSlot
 from .stages import AiMark, EnhanceFrames, FrameContext, ParseFrames, SwapStage, check_stage, run_stages
 from .tracking import DetectionScheduler, FaceTracker, select_faces
@@ -50,6 +52,21 @@ class FramePacket:
     original: np.ndarray | None = None
     faces: list[Face] = field(default_factory=list)
     swapped: int = 0
+    mapped: list = field(default_factory=list)  # (box in 0..1 of the frame, label) of each mapped face
+
+
+@dataclass(frozen=True)
+class FaceView:
+    """A face of the newest frame, as the preview shows it: its box as fractions of the frame's
+    width and height (x1, y1, x2, y2), its track, and the label of its face-map entry (or "")."""
+
+    box: tuple
+    track_id: int
+    label: str = ""
+
+    def contains(self, u: float, v: float) -> bool:
+        x1, y1, x2, y2 = self.box
+        return x1 <= u <= x2 and y1 <= v <= y2
 
 
 class _OnceLogger:
@@ -165,6 +182,7 @@ class TrackFaces:
         self._last_asked_n = None
         self._last_full_n = None
         self._fresh = True
+        p.seen_faces = ()  # nothing tracked is shown (or can be picked) until faces are found again
 
     def reset_soon(self) -> None:
         """Ask for a reset from another thread: done before the next frame is tracked."""
@@ -209,7 +227,7 @@ class TrackFaces:
                 m.set_gauge("detect.crop_size", size)
             if p.detector_async:
                 # the worker paints on ``frame``: matching needs an untouched full-size copy
-                full = frame.copy() if p.reference is not None else None
+                full = frame.copy() if p.embeds else None
                 p._det_inflight = True
                 p.det_req.put((ctx.index, prep, full, offset))
             else:
@@ -239,21 +257,57 @@ class TrackFaces:
                         m.record("detect.interval", asked[1] - self._last_asked_n)
                     self._last_asked_n = asked[1]
                 p._last_det_index = d_index
+        if p._picks:
+            self._embed_picked(frame)
         faces = p.tracker.faces(ctx.t_capture if o.enable_smoothing else None)
-        ctx.faces = select_faces(faces, o.max_faces, p.reference, o.match_threshold)
-        self._matched = p.reference is None or bool(ctx.faces)
+        fm = p.face_map  # read once: the swap stage gives the faces what this frame chose
+        p._frame_map = fm
+        if fm is not None:  # every mapped face (max_faces does not apply), each with its own latent
+            ctx.faces = choose_mapped(faces, fm, o.match_threshold)
+            self._matched = len(ctx.faces) >= len(fm)
+        else:
+            ctx.faces = select_faces(faces, o.max_faces, p.reference, o.match_threshold)
+            self._matched = p.reference is None or bool(ctx.faces)
+        h, w = frame.shape[:2]
+        p.seen_faces = tuple(FaceView((f.bbox[0] / w, f.bbox[1] / h, f.bbox[2] / w, f.bbox[3] / h), f.track_id,
+                                      f.extra.get(LABEL, "") if fm is not None else "") for f in faces)
+
+    def _embed_picked(self, frame: np.ndarray) -> None:
+        """Answer :meth:`VideoPipeline.embed_track`: the face's embedding on this frame (before any
+        stage paints on it), kept on its track so the face map sees it at once."""
+        p = self.p
+        with p._picks_lock:
+            picks, p._picks = p._picks, []
+        rec = p.analyzer.recognizer
+        for track_id, fut in picks:
+            t = next((t for t in p.tracker.tracks if t.id == track_id), None)
+            if not fut.set_running_or_notify_cancel():
+                continue
+            if rec is None:
+                fut.set_exception(MirageError("picking a face needs the recognition model (w600k_r50)",
+                                              "run `mirage models download buffalo_l`"))
+            elif t is None:
+                fut.set_result(None)  # the person left the picture
+            else:
+                try:
+                    t.face.embedding = rec.embed(frame, t.face.kps)
+                except Exception as exc:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(t.face.embedding)
 
     def _region(self, frame: np.ndarray, o, detector, t_capture: float) -> tuple | None:
         """Where this detection runs: the tracked faces' region and its input size, or None for
         the whole frame: no face tracked; fewer tracked than ``max_faces`` asks for (a new face
-        would be swapped: look for it at every detection); the match-mode person not among them;
+        would be swapped: look for it at every detection); the match-mode person (or a person of
+        the face map) not among them;
         the full search due (every ``full_detect_interval`` frames, and with ``max_faces`` 0 —
         every face — also every :data:`FULL_DETECT_MAX_S` of capture time, so a new face is found
         as soon at 3 FPS as at 30); or the region would not be smaller."""
         tracks = self.p.tracker.tracks
         if not getattr(o, "detect_on_tracks", False) or not getattr(detector, "crops", False) or not tracks:
             return None
-        want = int(o.max_faces)
+        want = int(o.max_faces) if self.p.face_map is None else len(self.p.face_map)
         if (want > 0 and len(tracks) < want) or not self._matched:
             return None
         if self._last_full_n is None or self._n - self._last_full_n >= max(1, int(o.full_detect_interval)):
@@ -271,7 +325,7 @@ class VideoPipeline:
                  swapper=None, latent: np.ndarray | None = None, enhance_stage=None, smoother=None,
                  color_fn: Callable | None = None, reference: np.ndarray | None = None,
                  detector_async: bool = True, keep_original: bool = False, lossless: bool = False,
-                 max_frames: int | None = None, parse_stage=None):
+                 max_frames: int | None = None, parse_stage=None, face_map=None):
         self.metrics = metrics
         self.source = source
         self.sinks = list(sinks)
@@ -282,13 +336,19 @@ class VideoPipeline:
         self.parse_stage = parse_stage
         self.color_fn = color_fn
         self.reference = reference
+        self.face_map = face_map  # vision.mapping.FaceMap: a different identity per person, or None
+        self._frame_map = None  # the face map the faces of the frame being processed were chosen by
+        self.seen_faces: tuple[FaceView, ...] = ()  # the newest frame's tracked faces (replaced whole)
+        self._picks: list[tuple[int, Future]] = []  # embed_track() requests for the worker
+        self._picks_lock = threading.Lock()
         self._cv_held = False  # this pipeline holds OpenCV at one thread (_OPENCV_THREADS)
         self.detector_async = detector_async
         self.keep_original = keep_original
         self.opts = settings
         self._opts_lock = threading.Lock()
         self.scheduler = DetectionScheduler(settings.detect_interval, settings.redetect_below)
-        self.tracker = FaceTracker(settings.stable_confidence, settings.stable_count, smoother=smoother)
+        self.tracker = FaceTracker(settings.stable_confidence, settings.stable_count, smoother=smoother,
+                                   hold_frames=settings.track_hold_frames)
         self.in_slot = LatestSlot(on_drop=lambda _: metrics.incr("dropped.worker_busy"))
         self.out_slot = LatestSlot(on_drop=lambda _: metrics.incr("dropped.output_busy"))
         self.det_req = LatestSlot(on_drop=lambda _: metrics.incr("detect.superseded"))
@@ -331,7 +391,7 @@ class VideoPipeline:
         self.stages = [check_stage(st) for st in (
             TrackFaces(self),
             ParseFrames(lambda: self.parse_stage),
-            SwapStage(lambda: self.swapper, lambda: self.latent, color_fn, metrics),
+            SwapStage(lambda: self.swapper, self._swap_latent, color_fn, metrics),
             EnhanceFrames(lambda: self.enhance_stage),
             AiMark(),
         )]
@@ -346,6 +406,8 @@ class VideoPipeline:
             self.analyzer.detector.set_det_size(int(value))
         elif name == "av_trim_ms":
             self.av.set_trim(float(value))
+        elif name == "track_hold_frames":
+            self.tracker.hold_frames = max(0, int(value))  # read by the worker at the next detection
         with self._adapt_lock:
             if name == "adapt_video":
                 self.ladder.set_enabled(bool(value) and not self.lossless)
@@ -429,6 +491,33 @@ class VideoPipeline:
     def use_parser(self, stage) -> None:
         self.parse_stage = stage  # read by the parse stage on the next frame
 
+    def set_face_map(self, face_map) -> None:
+        """A :class:`~mirage_desktop.vision.mapping.FaceMap` (None: one identity for all); faces are
+        embedded at every detection while one is set. The next frame uses it."""
+        self.face_map = face_map
+
+    @property
+    def embeds(self) -> bool:
+        """Faces are embedded at each detection (a match reference or a face map is set)."""
+        return self.reference is not None or self.face_map is not None
+
+    def _swap_latent(self):
+        """For the swap stage: with a face map (the one this frame's faces were chosen by) a
+        callable giving each face its own latent; else the identity's latent for every face."""
+        return face_latents if self._frame_map is not None else self.latent
+
+    def embed_track(self, track_id: int) -> Future:
+        """The embedding of the tracked face ``track_id`` on the next frame the worker tracks:
+        a Future of the (512,) embedding, of None when the face is gone, failed with the reason
+        when it cannot be made; cancelled when the stream stops first."""
+        fut: Future = Future()
+        with self._picks_lock:
+            if self._stop.is_set():
+                fut.cancel()
+            else:
+                self._picks.append((track_id, fut))
+        return fut
+
 
     # ---- threads ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -464,6 +553,10 @@ class VideoPipeline:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        with self._picks_lock:
+            picks, self._picks = self._picks, []
+        for _, fut in picks:
+            fut.cancel()  # no frame will answer them
         for s in (self.in_slot, self.out_slot, self.det_req, self.det_res):
             s.close()
         capture_alive = False
@@ -558,7 +651,7 @@ class VideoPipeline:
                 f.bbox = f.bbox + [offset[0], offset[1], offset[0], offset[1]]
                 f.kps = f.kps + offset
         self._works("detect")
-        if self.reference is not None and self.analyzer.recognizer is not None and faces and full is not None:
+        if self.embeds and self.analyzer.recognizer is not None and faces and full is not None:
             t1 = time.perf_counter()
             try:  # embeddings from the full-resolution frame, like the reference photo's
                 for f in faces:
@@ -631,6 +724,10 @@ class VideoPipeline:
         ctx = FrameContext(frame, pkt.index, pkt.t_capture, self._stage_opts)
         run_stages(self.stages, ctx, self.metrics, self._stage_result, self._wanted)
         pkt.faces, pkt.swapped = ctx.faces, ctx.swapped
+        if self._frame_map is not None:  # who was given which identity, for the preview's tags
+            ph, pw = frame.shape[:2]
+            pkt.mapped = [((f.bbox[0] / pw, f.bbox[1] / ph, f.bbox[2] / pw, f.bbox[3] / ph), f.extra.get(LABEL, ""))
+                          for f in ctx.faces]
         if small is not None:  # back to the camera's size: the virtual camera keeps its format
             import cv2
 

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import MirageError
 from .blend import draw_ai_mark
 from .face import Face
+from .mapping import choose_mapped
 from .parser import parse_mask_fn
 from .tracking import select_faces
 
@@ -103,25 +104,30 @@ def run_stages(stages: list, ctx: FrameContext, metrics, on_error: Callable[[str
 # ---- the stages --------------------------------------------------------------------------------------
 
 class StillFaces:
-    """Faces of a still image: detect once, embed for reference matching, choose."""
+    """Faces of a still image: detect once, embed for reference matching or the face map, choose
+    (with a face map: every mapped face, each with its own latent, as the live stream does)."""
 
     name = "track"
 
-    def __init__(self, analyzer, reference: np.ndarray | None = None):
+    def __init__(self, analyzer, reference: np.ndarray | None = None, face_map=None):
         self.analyzer = analyzer
         self.reference = reference
+        self.face_map = face_map
 
     def wants(self, opts) -> bool:
         return self.analyzer is not None and opts.enable_scrfd and (opts.enable_swap or opts.enable_enhancer)
 
     def process(self, ctx: FrameContext) -> None:
         faces = self.analyzer.detect(ctx.frame)
-        if self.reference is not None and self.analyzer.recognizer is not None:
+        if (self.reference is not None or self.face_map is not None) and self.analyzer.recognizer is not None:
             for f in faces:
                 self.analyzer.embed(ctx.frame, f)
         self.found = len(faces)
         o = ctx.opts
-        ctx.faces = select_faces(faces, o.max_faces, self.reference, o.match_threshold)
+        if self.face_map is not None:
+            ctx.faces = choose_mapped(faces, self.face_map, o.match_threshold)
+        else:
+            ctx.faces = select_faces(faces, o.max_faces, self.reference, o.match_threshold)
 
     def reset(self) -> None:
         pass
@@ -132,12 +138,14 @@ class StillFaces:
 
 class SwapStage:
     """inswapper on every chosen face. ``swapper`` and ``latent`` are read through getters, so a
-    model or identity handed to the running pipeline takes effect on the next frame."""
+    model or identity handed to the running pipeline takes effect on the next frame. ``latent()``
+    is one (1, 512) latent for every face, or (a face map) a callable giving the chosen faces
+    theirs, one row per face."""
 
     name = "swap"
     needs_faces = True
 
-    def __init__(self, swapper: Callable[[], Any], latent: Callable[[], np.ndarray | None],
+    def __init__(self, swapper: Callable[[], Any], latent: Callable[[], np.ndarray | Callable | None],
                  color_fn: Callable | None, metrics):
         self._swapper, self._latent = swapper, latent
         self.color_fn = color_fn
@@ -150,6 +158,8 @@ class SwapStage:
         swapper, latent, o = self._swapper(), self._latent(), ctx.opts
         if swapper is None or latent is None:  # taken away since wants(): pass the frame through
             return
+        rows = latent(ctx.faces) if callable(latent) else None  # a face map: (n, 512), a row per face
+        latent = latent if rows is None else rows
         color = self.color_fn if o.enable_color_transfer else None
         if color is not None and hasattr(color, "smoothing"):
             color.smoothing = float(getattr(o, "color_smoothing", 0.0))  # a live setting
@@ -159,7 +169,9 @@ class SwapStage:
                                       metrics=self.metrics, mask_fn=mask_fn)
             ctx.swapped += sum(b is not None for b in boxes)
             return
-        for f in ctx.faces:  # faces.swapped is counted where the frame leaves (a dropped frame shows none)
+        # faces.swapped is counted where the frame leaves (a dropped frame shows none)
+        for i, f in enumerate(ctx.faces):
+            latent = latent if rows is None else rows[i:i + 1]
             if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
                             metrics=self.metrics, mask_fn=mask_fn):
                 ctx.swapped += 1

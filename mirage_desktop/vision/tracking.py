@@ -11,7 +11,10 @@ FaceTracker: between detections each face is moved by sparse optical flow (Lucas
 grid of points inside its box, using only the region around the face (at half size for a face
 of 120 px or more). Detections may arrive a
 few frames late (the detector runs on its own thread); they are moved forward by the motion
-the track has seen since the frame they were made on.
+the track has seen since the frame they were made on. A track the detector misses is held
+(still moved by flow, still swapped) until it has gone unmatched for ``hold_frames`` frames since
+its last matched detection (``track_hold_frames``, 6), so a face whose confidence wobbles does
+not flash off and on; then it is dropped.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ class Track:
     face: Face
     high_streak: int = 0
     misses: int = 0
+    last_seen: int = 0  # the frame index of the last detection matched to it
     embedding: np.ndarray | None = None
     # cumulative motion since the track began, per frame index (to move late detections forward)
     motion: deque = field(default_factory=lambda: deque(maxlen=256))
@@ -150,10 +154,12 @@ class Track:
 
 class FaceTracker:
     def __init__(self, stable_confidence: float = 0.85, stable_count: int = 3, max_misses: int = 1,
-                 smoother=None):
+                 smoother=None, hold_frames: int = 0):
         self.stable_confidence = stable_confidence
         self.stable_count = stable_count
         self.max_misses = max_misses
+        # a missed track is dropped only once it is ``hold_frames`` frames past its last match
+        self.hold_frames = max(0, int(hold_frames))
         self.smoother = smoother  # callable(track_id, kps, t) -> kps, or None
         self.tracks: list[Track] = []
         self._ids = itertools.count(1)
@@ -188,7 +194,7 @@ class FaceTracker:
             if best is None:
                 if unplaceable:
                     continue  # too old to tell whether it is a tracked face: do not make a ghost
-                tr = Track(next(self._ids), f)
+                tr = Track(next(self._ids), f, last_seen=frame_index)
                 tr.motion.append((frame_index, IDENTITY.copy()))
                 tr.high_streak = 1 if f.score >= self.stable_confidence else 0
                 f.track_id = tr.id
@@ -200,6 +206,7 @@ class FaceTracker:
             moved = best_moved
             t.high_streak = t.high_streak + 1 if f.score >= self.stable_confidence else 0
             t.misses = 0
+            t.last_seen = max(t.last_seen, frame_index)
             moved.track_id = t.id
             moved.stable = t.high_streak >= self.stable_count
             moved.embedding = f.embedding if f.embedding is not None else t.face.embedding
@@ -208,12 +215,16 @@ class FaceTracker:
             unmatched = []  # a stale result says nothing about which faces are gone
         for ti in unmatched:
             self.tracks[ti].misses += 1
-        self.tracks = [t for t in self.tracks if t.misses <= self.max_misses] + new_tracks
+        self.tracks = [t for t in self.tracks if not self._gone(t, frame_index)] + new_tracks
         if self.smoother is not None:
             alive = {t.id for t in self.tracks}
             forget = getattr(self.smoother, "retain", None)
             if forget:
                 forget(alive)
+
+    def _gone(self, t: Track, frame_index: int) -> bool:
+        """Missed more than ``max_misses`` detections and ``hold_frames`` frames past its last match."""
+        return t.misses > self.max_misses and frame_index - t.last_seen >= self.hold_frames
 
     def _forward(self, t: Track, f: Face, frame_index: int) -> Face | None:
         """Move a detection made on ``frame_index`` by the motion the track saw since then.

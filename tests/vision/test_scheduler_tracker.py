@@ -196,3 +196,113 @@ def test_a_large_face_is_followed_as_closely_at_half_size(astronaut):
     for i in range(1, 6):
         tr.track(shifted(big, 5 * i, 3 * i), i)
     np.testing.assert_allclose(tr.faces()[0].kps - face.kps, np.tile([25, 15], (5, 1)), atol=1.5)
+
+
+def _hold_run(astronaut, hold: int, script: list) -> list:
+    """Frames of a still photo through the tracker in the pipeline's order (flow, then the
+    detection's result); ``script[i]``: None (no detection on frame i), True (the face found) or
+    False (a detection that missed it). Returns the track ids present on each frame."""
+    from mirage_desktop.vision.detector import HaarFaceDetector
+
+    (face,) = HaarFaceDetector().detect(astronaut)
+    tr = FaceTracker(hold_frames=hold)
+    present = []
+    for i, found in enumerate(script):
+        tr.track(astronaut, i)
+        if found is not None:
+            tr.update([Face(face.bbox.copy(), face.kps.copy(), 0.6)] if found else [], i)
+            tr.note_frame(astronaut, i)
+        present.append([f.track_id for f in tr.faces()])
+    return present
+
+
+# detected on frame 0, missed by the detections on frames 1, 2 and 4 (none runs on 3), found on 5
+WOBBLE = [True, False, False, None, False, True, None, True]
+
+
+def test_a_face_missed_for_a_few_frames_is_held_on_its_track(astronaut):
+    present = _hold_run(astronaut, 6, WOBBLE)
+    assert all(len(ids) == 1 for ids in present), present  # on every frame: no flash
+    assert len({ids[0] for ids in present}) == 1  # the same track all along
+
+
+def test_without_a_hold_the_missed_face_flashes_off(astronaut):
+    present = _hold_run(astronaut, 0, WOBBLE)
+    assert present[0] and present[5] and not all(present[1:5])  # gone in the gap
+    assert present[0] != present[5]  # and back as another track
+
+
+def test_a_face_gone_for_good_is_dropped_after_the_hold(astronaut):
+    present = _hold_run(astronaut, 6, [True] + [False] * 9)
+    # missed from frame 1 on: held while fewer than 6 frames have passed since frame 0
+    assert [bool(ids) for ids in present] == [True] * 6 + [False] * 4
+
+
+def test_the_hold_follows_the_live_setting(astronaut):
+    from mirage_desktop.config import Settings
+    from mirage_desktop.metrics import Metrics
+    from mirage_desktop.vision.capture import ImageSource
+    from mirage_desktop.vision.pipeline import VideoPipeline
+
+    p = VideoPipeline(Settings(track_hold_frames=9), Metrics(), ImageSource(astronaut), [])
+    assert p.tracker.hold_frames == 9
+    p.set_option("track_hold_frames", 2)
+    assert p.tracker.hold_frames == 2 and p.opts.track_hold_frames == 2
+
+
+def _hold_clip(astronaut, tmp_path, hold: int):
+    """A still face the detector misses on frames 8-10 (its marker channel dimmed below the
+    marker detector's threshold, the face itself unchanged), run through the real pipeline frame
+    by frame (lossless: every frame, the detector inline, at interval 1: every other frame once the
+    face is stable, every frame once it is missed, so 8, 9 and 10 are three missed detections).
+    Returns the output packets."""
+    from tests_support import HANG_GUARD_S, CallbackSink, Frames, marker_face
+
+    from mirage_desktop.config import Settings
+    from mirage_desktop.engine import Engine
+    from mirage_desktop.testing import face_models as synthetic
+
+    face = marker_face(astronaut, (160, 50, 285, 175), 2)
+    seen, missed = np.full((360, 480, 3), 20, np.uint8), np.full((360, 480, 3), 20, np.uint8)
+    seen[100:230, 150:280] = face
+    dim = face.copy()
+    dim[..., 2] = 170  # below the marker's threshold: no face found there, for a few frames
+    missed[100:230, 150:280] = dim
+    frames = [missed if 8 <= i <= 10 else seen for i in range(16)]
+
+    class Clip:
+        kind, name, fps, size = "file", "clip", 30.0, (480, 360)
+
+        def __init__(self):
+            self.n = 0
+
+        def read(self):
+            self.n += 1
+            return frames[self.n - 1].copy() if self.n <= len(frames) else None
+
+        def close(self):
+            pass
+
+    paths = synthetic.build_model_set(tmp_path / "models", [], 640)
+    paths["det_10g"] = synthetic.build_marker_scrfd(tmp_path / "marker.onnx")
+    eng = Engine(Settings(track_hold_frames=hold, detect_interval=1, enable_ai_mark=False), model_overrides=paths)
+    eng.load_models()
+    eng.set_source_photos([astronaut], "astronaut")
+    got = Frames(eng)
+    eng.start(Clip(), [CallbackSink(lambda f: None)], lossless=True)
+    try:
+        assert eng.wait(HANG_GUARD_S)
+    finally:
+        eng.stop()
+    out = got.since(got.created)
+    assert len(out) == len(frames)
+    return out
+
+
+def test_a_face_the_detector_misses_for_a_few_frames_stays_swapped_in_the_pipeline(astronaut, tmp_path):
+    out = _hold_clip(astronaut, tmp_path, 6)
+    assert [p.swapped for p in out] == [1] * len(out)  # no flash
+    assert len({p.faces[0].track_id for p in out}) == 1  # one track all along
+    off = _hold_clip(astronaut, tmp_path, 0)
+    assert [p.swapped for p in off[:8]] == [1] * 8 and not all(p.swapped for p in off[8:11])  # the flash
+    assert off[-1].swapped and off[-1].faces[0].track_id != off[0].faces[0].track_id  # back as another track
