@@ -150,14 +150,15 @@ class SwapStage:
         if swapper is None or latent is None:  # taken away since wants(): pass the frame through
             return
         color = self.color_fn if o.enable_color_transfer else None
+        boost = max(1, int(o.pixel_boost) // 128)  # pixel boost: n*n tiles of 128 px per face
         if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
             boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, boost=boost)
             ctx.swapped += sum(b is not None for b in boxes)
             return
         for f in ctx.faces:  # faces.swapped is counted where the frame leaves (a dropped frame shows none)
             if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
-                            metrics=self.metrics):
+                            metrics=self.metrics, boost=boost):
                 ctx.swapped += 1
 
     def reset(self) -> None:
