@@ -189,19 +189,11 @@ class InSwapper:
         size = self.size * n
         ms = [align_matrix(f.kps, size) for f in faces]
         crops = [warp_crop(frame, m, size) for m in ms]  # all read before any is pasted
-        if n == 1:
-            blob = cv2.dnn.blobFromImages(crops, 1.0 / 255.0, (self.size, self.size), (0, 0, 0), swapRB=True)
-            t = time.perf_counter()
-            pred = self.handle.run({"target": blob, "source": np.ascontiguousarray(lat)},
-                                   [self.output_name])[0]
-            if metrics is not None:
-                metrics.record("swap.model", (time.perf_counter() - t) * 1000)
-            fakes = [_to_bgr(p) for p in pred]
-        else:
-            tiles = [t for c in crops for t in split_tiles(c, n)]
-            pred = self._predict(tiles, np.repeat(lat, n * n, axis=0), metrics)  # a face's row for each tile
-            k = n * n
-            fakes = [merge_tiles([_to_bgr(p) for p in pred[i * k:(i + 1) * k]], n) for i in range(len(faces))]
+        k = n * n
+        tiles = crops if n == 1 else [t for c in crops for t in split_tiles(c, n)]
+        pred = self._predict(tiles, np.repeat(lat, k, axis=0), metrics)  # a face's latent for each of its tiles
+        fakes = [_to_bgr(pred[i]) if n == 1 else merge_tiles([_to_bgr(p) for p in pred[i * k:(i + 1) * k]], n)
+                 for i in range(len(faces))]
         self._count_boost(metrics, n)
         base = face_mask(size, mouth_mask)
         boxes = []
