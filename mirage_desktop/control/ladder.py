@@ -4,14 +4,16 @@ A controller reads the video **load ratio** — the worker's time per frame over
 the current target frame rate — once per processed frame and moves along a ladder of steps, in the
 product brief's order:
 
-1. quality: the enhancer every 2nd, then every 4th frame, then off; detection size 640 → 480 → 320;
+1. quality: the swapper's pixel boost one size down at a time (512 → 384 → 256 → 128 px: 16, 9, 4,
+   then 1 model call a face); the enhancer every 2nd, then every 4th frame, then off; detection
+   size 640 → 480 → 320;
 2. frame rate: toward 15 FPS (24, 20, 15 from 30);
 3. processing resolution: 512 → 384 → 256 on the short side (the frame is scaled down for the
    stages and back up, so the virtual camera keeps its size).
 
-Steps that do not apply to the user's settings (no enhancer, a detection size already small, a
-camera already at 15 FPS or a frame already small) are left out of the ladder, which is rebuilt
-when those settings change.
+Steps that do not apply to the user's settings (no pixel boost, no enhancer, a detection size
+already small, a camera already at 15 FPS or a frame already small) are left out of the ladder,
+which is rebuilt when those settings change.
 
 Rules:
 
@@ -21,8 +23,9 @@ Rules:
 - **restore** one step (in reverse order) after ``RESTORE_FRAMES`` (300) stable frames in a row —
   frames at which the mean ratio over the last ``DOWN_WINDOW`` frames is below 0.60, so that one
   slow frame on a busy machine does not start the count again — and only if the level above is
-  expected to fit: today's ratio divided by what the step saved when it was taken (at most half:
-  a larger saving means the load fell while it was being measured) must be below
+  expected to fit: today's ratio divided by what the step saved when it was taken (at most half,
+  or for a pixel-boost step its drop in model calls, 9 → 4 say: a larger saving means the load fell
+  while it was being measured) must be below
   ``RESTORE_FIT`` (0.85).
   Without that a ratio of 0.59 here that means 1.1 up there would bounce up and down for ever;
 - a restore that has to be undone within ``RESTORE_FRAMES`` frames doubles the stable run the next
@@ -48,22 +51,35 @@ MAX_SAVING = 0.5  # the most one step is taken to save: a ratio at most halved
 FPS_STEPS = (24.0, 20.0, 15.0)
 SHORT_SIDES = (512, 384, 256)
 DET_SIZES = (480, 320)
+PIXEL_BOOSTS = (384, 256, 128)  # the swapped crop's size, one step down at a time
 
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "enhancer" | "det_size" | "fps" | "scale"
-    value: Any  # enhancer: interval factor (2, 4) or 0 (off); det_size; fps; short side in px
+    kind: str  # "boost" | "enhancer" | "det_size" | "fps" | "scale"
+    value: Any  # boost: pixel boost in px; enhancer: interval factor (2, 4) or 0 (off); det_size; fps;
+    # scale: short side in px
     reason: str  # what the status says while this step is active
+    # the lowest share of a frame's cost this step can leave (what it saved is never taken to be
+    # more): half for most steps; a pixel-boost step can cut the swap to (b/prev)² of its cost
+    floor: float = MAX_SAVING
 
     def __str__(self) -> str:
         return self.reason
 
 
-def build_steps(enhancer_on: bool, det_size: int, fps: float, short_side: int) -> list[Step]:
-    """The ladder for these settings, top (lightest reduction) first."""
+def build_steps(enhancer_on: bool, det_size: int, fps: float, short_side: int,
+                pixel_boost: int = 128) -> list[Step]:
+    """The ladder for these settings, top (lightest reduction) first. The pixel boost goes first:
+    it is the dearest quality setting (n·n swapper calls a face) and the one a viewer misses
+    least, since the face is still swapped, only less sharp."""
     keep = f"to keep {fps:.0f} FPS"
     steps: list[Step] = []
+    prev = pixel_boost
+    for b in PIXEL_BOOSTS:
+        if b < pixel_boost:
+            steps.append(Step("boost", b, f"pixel boost reduced to {b} px {keep}", floor=(b / prev) ** 2))
+            prev = b
     if enhancer_on:
         steps += [Step("enhancer", 2, f"face enhancer on every 2nd frame {keep}"),
                   Step("enhancer", 4, f"face enhancer on every 4th frame {keep}"),
@@ -155,11 +171,13 @@ class DegradeLadder:
             up = self.level - 1
             here = self.entered_at.get(self.level, -1.0)
             there = self.left_at.get(up)
+            floor = min(MAX_SAVING, self.steps[up].floor)
             if there is not None and there > 0 and here > 0:
                 # what the step saved, measured when it was taken: no step saves more than half of
-                # a frame's cost (a frame-rate step 17-25 %, a size step at most half), so a larger
-                # saving means the load itself fell while it was measured; then half is assumed
-                saved = min(1.0, max(MAX_SAVING, here / there))
+                # a frame's cost (a frame-rate step 17-25 %, a size step at most half; a pixel-boost
+                # step at most its drop in model calls), so a larger saving means the load itself
+                # fell while it was measured; then that most is assumed
+                saved = min(1.0, max(floor, here / there))
                 expected = mean / saved  # the level above, at today's load
                 if expected >= RESTORE_FIT:
                     self.stable = 0  # would not fit: look again after another stable run

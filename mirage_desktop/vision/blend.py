@@ -13,7 +13,7 @@ import threading
 import cv2
 import numpy as np
 
-from .align import arcface_template, invert_affine, transform_points
+from .align import align_matrix, arcface_template, invert_affine, transform_points
 
 
 @functools.lru_cache(maxsize=32)
@@ -58,6 +58,14 @@ def roi_of(m: np.ndarray, size: int, frame_shape: tuple,
     if x1 <= x0 or y1 <= y0:
         return None
     return x0, y0, x1, y1
+
+
+def swap_region(kps: np.ndarray, frame_shape: tuple, size: int = 128) -> tuple[int, int, int, int] | None:
+    """Frame-space box (x0, y0, x1, y1) the swap's paste-back can change for a face with these
+    keypoints: where the feathered oval of an aligned ``size`` crop is not zero (the mouth cut-out
+    and a parser's mask only narrow it; a pixel-boost crop's oval is the same to a pixel or two).
+    None when it is off the frame."""
+    return roi_of(align_matrix(kps, size), size, frame_shape, _mask_extent(face_mask(size)))
 
 
 _EXTENTS: dict[int, tuple[np.ndarray, tuple[int, int, int, int]]] = {}

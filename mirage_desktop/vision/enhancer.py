@@ -14,7 +14,9 @@ loaded):
 :class:`EnhanceStage` FFHQ-aligns a crop per face from the current frame, enhances it every
 ``interval``-th frame per track (otherwise re-uses that track's last enhanced crop, kept in
 aligned space, so re-use is one warp with the current frame's matrix and the result follows
-the face), blends raw and enhanced by ``blend`` and pastes back inside the face box only.
+the face), blends raw and enhanced by ``blend`` and pastes back inside the face's region only
+(:func:`paste_region`: the detector's box joined with what the swap changed, so the chin below
+a tight box is enhanced like the rest of the swapped face).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from ..errors import ModelError
 from ..metrics import Metrics
 from .align import FFHQ_512, align_matrix, invert_affine, warp_crop
+from .blend import swap_region
 from .face import Face
 from .slot import LatestSlot
 
@@ -330,6 +333,33 @@ def face_box(face: Face, frame_shape: tuple) -> tuple[int, int, int, int] | None
     return x0, y0, x1, y1
 
 
+def _feather(w: int, h: int) -> int:
+    """Width of the edge ramp for a ``w`` x ``h`` paste box."""
+    return max(2, min(w, h) // 12)
+
+
+def paste_region(face: Face, frame_shape: tuple) -> tuple[tuple[int, int, int, int], int] | None:
+    """Where the enhancer pastes for ``face``, and the width of its edge ramp: the detector's box
+    joined with the box the swap changes (:func:`~mirage_desktop.vision.blend.swap_region`; a
+    tight detector box leaves out the chin and jaw the swap replaced), grown by the ramp's width
+    so the ramp fades out beyond the swapped pixels, not over them; clipped to the frame. None
+    when neither box is on the frame."""
+    h, w = frame_shape[:2]
+    kps = np.asarray(face.kps, dtype=np.float64)
+    boxes = [b for b in (face_box(face, frame_shape),
+                         swap_region(kps, frame_shape) if kps.shape == (5, 2) and np.isfinite(kps).all() else None)
+             if b is not None]
+    if not boxes:
+        return None
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    f = _feather(x1 - x0, y1 - y0)
+    x0, y0, x1, y1 = max(x0 - f, 0), max(y0 - f, 0), min(x1 + f, w), min(y1 + f, h)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return (x0, y0, x1, y1), f
+
+
 def paste_in_box(frame: np.ndarray, crop: np.ndarray, m: np.ndarray, mask: np.ndarray,
                  box: tuple[int, int, int, int], feather: int | None = None) -> None:
     """Blend aligned ``crop`` (made with matrix ``m``) into ``frame`` in place, only inside ``box``.
@@ -344,7 +374,7 @@ def paste_in_box(frame: np.ndarray, crop: np.ndarray, m: np.ndarray, mask: np.nd
     warped = cv2.warpAffine(crop, im, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     wmask = cv2.warpAffine(mask, im, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                            borderValue=0.0)
-    wmask *= _edge_ramp(h, w, feather if feather is not None else max(2, min(w, h) // 12))
+    wmask *= _edge_ramp(h, w, feather if feather is not None else _feather(w, h))
     roi = frame[y0:y1, x0:x1]
     roi[:] = cv2.blendLinear(warped, roi, wmask, 1.0 - wmask)
 
@@ -365,7 +395,7 @@ class EnhanceStage:
     stored in aligned space, so pasting it with this frame's matrix makes it follow the face.
     Faces without a track id (``track_id < 0``) are enhanced every frame (re-use could put one
     face's result on another). ``blend`` (0..1) mixes raw crop and enhanced crop; 0 skips the
-    stage. Only the face's box is read and written.
+    stage. Only the face's region (:func:`paste_region`) is read and written.
 
     A raising enhancer does not stop the stream: the face is left as it is, the error counted
     (``errors.enhance_model``) and kept in :attr:`last_error`.
@@ -524,10 +554,13 @@ class EnhanceStage:
 
     def _process_face(self, frame: np.ndarray, face: Face, index: int, interval: int, blend: float,
                       due: list) -> None:
-        box = face_box(face, frame.shape)
         kps = np.asarray(face.kps, dtype=np.float64)
-        if box is None or kps.shape != (5, 2) or not np.isfinite(kps).all():
+        if kps.shape != (5, 2) or not np.isfinite(kps).all():
             return
+        region = paste_region(face, frame.shape)
+        if region is None:
+            return
+        box, feather = region
         m = align_matrix(kps, self.size, template="ffhq")
         tid = int(face.track_id)
         with self._lock:
@@ -560,7 +593,7 @@ class EnhanceStage:
         if blend < 1.0 and raw is None:
             raw = warp_crop(frame, m, self.size)
         out = enhanced if blend >= 1.0 else cv2.addWeighted(enhanced, blend, raw, 1.0 - blend, 0.0)
-        paste_in_box(frame, out, m, self._mask, box)
+        paste_in_box(frame, out, m, self._mask, box, feather)
 
     def _evict(self, index: int) -> None:
         with self._lock:

@@ -411,7 +411,7 @@ class VideoPipeline:
         with self._adapt_lock:
             if name == "adapt_video":
                 self.ladder.set_enabled(bool(value) and not self.lossless)
-            if name in ("det_size", "enable_enhancer", "enhancer_interval", "enable_scrfd"):
+            if name in ("det_size", "enable_enhancer", "enhancer_interval", "enable_scrfd", "pixel_boost"):
                 self._rebuild_ladder()  # the user chose anew: the ladder starts from their settings
             self._apply_adapt()
 
@@ -427,7 +427,8 @@ class VideoPipeline:
         # not OpenCV's Haar cascade), and only while detection runs at all
         sizable = det is not None and hasattr(det, "fixed_size") and det.fixed_size is None and o.enable_scrfd
         self.ladder.rebuild(build_steps(bool(o.enable_enhancer), int(o.det_size) if sizable else 0,
-                                        self.target_fps(), min(w, h) if w and h else 0))
+                                        self.target_fps(), min(w, h) if w and h else 0,
+                                        pixel_boost=int(o.pixel_boost)))
 
     def _apply_adapt(self) -> None:
         """Put the ladder's active steps on top of the user's settings (never into them)."""
@@ -438,6 +439,8 @@ class VideoPipeline:
             changes["enable_enhancer"] = False
         if "det_size" in ov:
             changes["det_size"] = int(ov["det_size"])
+        if "boost" in ov:
+            changes["pixel_boost"] = int(ov["boost"])  # the swap stage reads it per frame
         eff = o.replace(**changes) if changes else o
         factor = int(ov.get("enhancer") or 1)
         st = self.enhance_stage

@@ -168,3 +168,74 @@ def test_the_frame_rate_cap_passes_that_many_frames(cap):
     passed = sum(c.admit(x) for x in t)
     assert abs(passed / 30 - cap) <= 0.5
     assert FrameRateCap(0).admit(0.0) and sum(FrameRateCap(0).admit(x) for x in t) == 900
+
+
+# ---- pixel boost: the first steps, one size down at a time ------------------------------------------
+
+@pytest.mark.parametrize("boost, expect", [(512, [384, 256, 128]), (384, [256, 128]), (256, [128]), (128, [])])
+def test_pixel_boost_steps_come_first_and_only_below_the_users_size(boost, expect):
+    steps = build_steps(enhancer_on=True, det_size=640, fps=30, short_side=720, pixel_boost=boost)
+    kinds = [(s.kind, s.value) for s in steps]
+    assert kinds[:len(expect)] == [("boost", b) for b in expect]
+    assert kinds[len(expect):] == [(s.kind, s.value) for s in _steps()]  # then the ladder as before
+    assert all("pixel boost" in s.reason for s in steps[:len(expect)])
+
+
+def test_a_pixel_boost_step_is_taken_to_save_up_to_its_drop_in_model_calls():
+    """256 → 128 px is 4 → 1 swapper calls: the frame can get far cheaper than half. Measured at
+    2.0 before and 0.55 after (a 72 % saving), the restore waits for a load that fits up there
+    (0.2 x 2.0 / 0.55 = 0.73) instead of taking the step at half and bouncing straight back."""
+    lad = DegradeLadder(build_steps(enhancer_on=False, det_size=0, fps=30, short_side=0, pixel_boost=256))
+    assert (lad.steps[0].kind, lad.steps[0].value, lad.steps[0].floor) == ("boost", 128, 0.25)
+    for _ in range(DOWN_WINDOW):
+        lad.update(2.0)
+    assert lad.level == 1
+    for _ in range(DOWN_WINDOW):
+        assert lad.update(0.55) is None  # the first full window at the new level: entered at 0.55
+    for _ in range(2 * RESTORE_FRAMES):
+        assert lad.update(0.35) is None  # 0.35 x 2.0 / 0.55 = 1.27 up there: it stays
+    assert lad.level == 1
+    ups = [lad.update(0.2) for _ in range(2 * RESTORE_FRAMES)]
+    assert "up" in ups and lad.level == 0
+
+
+def _pipeline(astronaut, **settings):
+    from mirage_desktop.config import Settings
+    from mirage_desktop.metrics import Metrics
+    from mirage_desktop.outputs.sinks import NullSink
+    from mirage_desktop.vision.capture import ImageSource
+    from mirage_desktop.vision.pipeline import VideoPipeline
+
+    return VideoPipeline(Settings(**settings), Metrics(), ImageSource(astronaut, fps=30), [NullSink()])
+
+
+def test_the_pipelines_stages_get_the_stepped_down_pixel_boost(astronaut):
+    p = _pipeline(astronaut, pixel_boost=512)
+    kinds = [(st.kind, st.value) for st in p.ladder.steps]
+    assert kinds[:3] == [("boost", 384), ("boost", 256), ("boost", 128)]
+    seen = []
+    for level in range(4):
+        p.ladder.level = level
+        p._apply_adapt()
+        seen.append(p._stage_opts.pixel_boost)
+    assert seen == [512, 384, 256, 128]
+    assert p.opts.pixel_boost == 512  # never written into the user's settings
+    p.ladder.level = 0
+    p._apply_adapt()
+    assert p._stage_opts.pixel_boost == 512
+
+
+def test_choosing_a_pixel_boost_rebuilds_the_ladder(astronaut):
+    p = _pipeline(astronaut)  # 128: no boost steps
+    assert not [st for st in p.ladder.steps if st.kind == "boost"]
+    p.set_option("pixel_boost", 384)
+    assert [(st.kind, st.value) for st in p.ladder.steps][:2] == [("boost", 256), ("boost", 128)]
+    with p._adapt_lock:
+        p.ladder.level = 2
+        p._apply_adapt()
+    assert p._stage_opts.pixel_boost == 128
+    p.set_option("pixel_boost", 256)  # the user chose anew: the ladder starts from their setting
+    assert p.ladder.level == 0 and p._stage_opts.pixel_boost == 256
+    assert [(st.kind, st.value) for st in p.ladder.steps][:1] == [("boost", 128)]
+    p.set_option("pixel_boost", 128)
+    assert not [st for st in p.ladder.steps if st.kind == "boost"] and p._stage_opts.pixel_boost == 128

@@ -11,7 +11,7 @@ import numpy as np
 from test_enhance_stage_region import GREEN, SolidEnhancer, make_face, make_frame
 
 from mirage_desktop.metrics import Metrics
-from mirage_desktop.vision.enhancer import EnhanceStage, face_box
+from mirage_desktop.vision.enhancer import EnhanceStage, paste_region
 
 HANG_GUARD_S = 120.0  # only stops a broken build from hanging the suite; nothing asserts on time
 
@@ -65,12 +65,12 @@ def test_background_enhancer_does_not_block_and_result_follows_the_face():
         frame2 = make_frame(seed=1)
         ref = frame2.copy()
         stage.process(frame2, [moved])
-        x0, y0, x1, y1 = face_box(moved, frame2.shape)
+        (x0, y0, x1, y1), _ = paste_region(moved, frame2.shape)
         cx, cy = int(moved.kps[2, 0]), int(moved.kps[2, 1])
         assert (frame2[cy, cx] == GREEN).all()
         changed = np.any(frame2 != ref, axis=2)
         changed[y0:y1, x0:x1] = False
-        assert not changed.any()  # only the face box was touched
+        assert not changed.any()  # only the face's region was touched
     finally:
         enh.release.set()
         stage.close()

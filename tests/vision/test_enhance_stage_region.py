@@ -1,5 +1,6 @@
-"""EnhanceStage: touches only the face box, runs every k-th frame and re-uses a result that
-follows the face, blends, survives a failing model, and reports its own metric stages."""
+"""EnhanceStage: touches only the face's region (all the swap changed, the chin too), runs every
+k-th frame and re-uses a result that follows the face, blends, survives a failing model, and
+reports its own metric stages."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from mirage_desktop.errors import ModelError
 from mirage_desktop.metrics import Metrics
 from mirage_desktop.vision.align import FFHQ_512
-from mirage_desktop.vision.enhancer import EnhanceStage, check_enhancer, face_box
+from mirage_desktop.vision.enhancer import EnhanceStage, check_enhancer, face_box, paste_region
 from mirage_desktop.vision.face import Face
 
 GREEN = np.array([0, 255, 0], np.uint8)
@@ -56,6 +57,11 @@ def make_frame(h=240, w=320, seed=0):
     return rng.integers(0, 200, (h, w, 3), dtype=np.uint8)  # never pure green
 
 
+def region(face, shape):
+    """The box the stage may touch for ``face``."""
+    return paste_region(face, shape)[0]
+
+
 def outside(frame, box):
     x0, y0, x1, y1 = box
     m = np.ones(frame.shape[:2], bool)
@@ -68,7 +74,7 @@ def centre_px(frame, face):
     return frame[c[1], c[0]].astype(int)
 
 
-def test_only_the_face_box_changes_and_metrics_are_recorded():
+def test_only_the_face_region_changes_and_metrics_are_recorded():
     enh = SolidEnhancer()
     metrics = Metrics()
     stage = EnhanceStage(enh, metrics=metrics)
@@ -76,12 +82,12 @@ def test_only_the_face_box_changes_and_metrics_are_recorded():
     face = make_face(150, 120)
     before = frame.copy()
     stage.process(frame, [face])
-    box = face_box(face, frame.shape)
+    box = region(face, frame.shape)
     np.testing.assert_array_equal(outside(frame, box), outside(before, box))
     assert (centre_px(frame, face) == GREEN).all()
     x0, y0, x1, y1 = box
     assert (frame[y0:y1, x0:x1] != before[y0:y1, x0:x1]).any(axis=2).mean() > 0.3
-    # the box edge itself is feathered to nothing: no seam
+    # the region's edge itself is feathered to nothing: no seam
     np.testing.assert_array_equal(frame[y0, x0:x1], before[y0, x0:x1])
     snap = metrics.snapshot()
     assert snap["stages"]["enhance"]["count"] == 1
@@ -89,7 +95,7 @@ def test_only_the_face_box_changes_and_metrics_are_recorded():
     assert metrics.counter("enhance.runs") == 1
 
 
-def test_real_codeformer_touches_only_the_face_box():
+def test_real_codeformer_touches_only_the_face_region():
     torch = pytest.importorskip("torch")
     from mirage_desktop.vision.codeformer_arch import CodeFormer
     from mirage_desktop.vision.enhancer import CodeFormerEnhancer
@@ -102,7 +108,7 @@ def test_real_codeformer_touches_only_the_face_box():
     face = make_face(170, 110, scale=0.45)
     before = frame.copy()
     stage.process(frame, [face])
-    box = face_box(face, frame.shape)
+    box = region(face, frame.shape)
     np.testing.assert_array_equal(outside(frame, box), outside(before, box))
     assert not np.array_equal(frame, before)
 
@@ -116,7 +122,7 @@ def test_every_third_frame_reuses_a_result_that_follows_the_face():
         face = make_face(100 + 15 * i, 120)  # the face moves 15 px a frame
         before = frame.copy()
         stage.process(frame, [face])
-        box = face_box(face, frame.shape)
+        box = region(face, frame.shape)
         np.testing.assert_array_equal(outside(frame, box), outside(before, box))
         assert (centre_px(frame, face) == GREEN).all(), f"frame {i}: result did not follow the face"
         ys, xs = np.nonzero((frame == GREEN).all(axis=2))
@@ -197,7 +203,7 @@ def test_live_changes_from_another_thread_while_processing():
             face = make_face(120 + i, 120)
             before = frame.copy()
             stage.process(frame, [face])
-            box = face_box(face, frame.shape)
+            box = region(face, frame.shape)
             np.testing.assert_array_equal(outside(frame, box), outside(before, box))
     finally:
         stop.set()
@@ -220,7 +226,7 @@ def test_faces_at_the_frame_edge_and_off_frame():
     frame = make_frame()
     before = frame.copy()
     stage.process(frame, [make_face(10, 10), make_face(-500, -500, track_id=2)])
-    box = face_box(make_face(10, 10), frame.shape)
+    box = region(make_face(10, 10), frame.shape)
     np.testing.assert_array_equal(outside(frame, box), outside(before, box))
 
 
@@ -235,3 +241,66 @@ def test_contract_is_checked_at_load():
         check_enhancer(NoEnhance())
     with pytest.raises(ModelError):
         EnhanceStage(NoEnhance())
+
+
+# ---- the enhancer covers what the swap changed ------------------------------------------------------
+
+class Inverted(SolidEnhancer):
+    """Returns the crop inverted: every pixel it is pasted over visibly changes."""
+
+    def enhance(self, crop):
+        self.calls += 1
+        return 255 - crop
+
+
+@pytest.fixture(scope="module")
+def swapper(tmp_path_factory):
+    from mirage_desktop.models.runtime import create_session
+    from mirage_desktop.testing import face_models as synthetic
+    from mirage_desktop.vision.swapper import InSwapper
+
+    return InSwapper(create_session(synthetic.build_inswapper(tmp_path_factory.mktemp("sw") / "inswapper_128.onnx")))
+
+
+def _rows_cols(changed):
+    return set(np.nonzero(changed.any(axis=1))[0]), set(np.nonzero(changed.any(axis=0))[0])
+
+
+@pytest.mark.parametrize("boost", [1, 2])
+def test_every_row_and_column_the_swap_changed_is_enhanced(swapper, astronaut, boost):
+    """On a real photo the detector's box is tight: the swap's oval reaches below it (the chin)
+    and past its sides. The enhancer pastes over all of it, and nothing outside its region."""
+    from mirage_desktop.vision.blend import swap_region
+    from mirage_desktop.vision.detector import HaarFaceDetector
+
+    (face,) = HaarFaceDetector().detect(astronaut)
+    swapped = astronaut.copy()
+    box = swapper.swap(swapped, face, swapper.latent(np.ones(512, np.float32)), boost=boost)
+    if boost == 1:
+        assert box == swap_region(face.kps, astronaut.shape)  # the box the paste-back wrote in
+    enhanced = swapped.copy()
+    EnhanceStage(Inverted(512)).process(enhanced, [face])
+    by_swap = np.any(swapped != astronaut, axis=2)
+    by_enhancer = np.any(enhanced != swapped, axis=2)
+    rows, cols = _rows_cols(by_swap)
+    e_rows, e_cols = _rows_cols(by_enhancer)
+    assert len(rows & e_rows) >= 0.99 * len(rows) and len(cols & e_cols) >= 0.99 * len(cols)
+    assert by_enhancer[by_swap].mean() >= 0.99  # pixel by pixel too, not just somewhere in the row
+    x0, y0, x1, y1 = face_box(face, astronaut.shape)  # the detector's box alone misses a band
+    assert len([r for r in rows if y0 <= r < y1]) < 0.95 * len(rows)
+    np.testing.assert_array_equal(outside(enhanced, region(face, astronaut.shape)),
+                                  outside(swapped, region(face, astronaut.shape)))
+
+
+def test_the_region_is_the_detectors_box_joined_with_the_swaps_grown_by_the_ramp():
+    from mirage_desktop.vision.blend import swap_region
+
+    face = make_face(150, 120)
+    (x0, y0, x1, y1), f = paste_region(face, (240, 320, 3))
+    fb, sb = face_box(face, (240, 320, 3)), swap_region(face.kps, (240, 320, 3))
+    assert f >= 2
+    assert (x0, y0) == (min(fb[0], sb[0]) - f, min(fb[1], sb[1]) - f)
+    assert (x1, y1) == (max(fb[2], sb[2]) + f, max(fb[3], sb[3]) + f)
+    (cx0, cy0, cx1, cy1), _ = paste_region(make_face(10, 10), (240, 320, 3))  # clipped to the frame
+    assert (cx0, cy0) == (0, 0) and cx1 > 10 and cy1 > 10
+    assert paste_region(make_face(-500, -500), (240, 320, 3)) is None
