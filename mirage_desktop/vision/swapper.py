@@ -201,7 +201,7 @@ class InSwapper:
             fake = fakes[i]
             mask = base if mask_fn is None else mask_fn(faces[i], crop, base)
             if color_fn is not None:
-                fake = color_fn(fake, crop, mask)
+                fake = color_fn(fake, crop, mask, faces[i])
             boxes.append(paste_back(frame, fake, m, mask))
         return boxes
 
@@ -214,7 +214,9 @@ class InSwapper:
         plain 128 px path.
 
         ``mask_fn(face, crop, mask)``, when given, returns the blend mask to use instead of the
-        feathered oval ``mask`` (float32 0..1, the crop's size), e.g. narrowed by a face parser."""
+        feathered oval ``mask`` (float32 0..1, the crop's size), e.g. narrowed by a face parser.
+        ``color_fn(swapped, crop, mask, face)`` re-colours the swapped crop (the face tells a
+        per-track colour match whose statistics to smooth)."""
         n = boost_factor(boost)
         size = self.size * n
         m = align_matrix(face.kps, size)
@@ -228,5 +230,5 @@ class InSwapper:
         if mask_fn is not None:
             mask = mask_fn(face, crop, mask)
         if color_fn is not None:
-            fake = color_fn(fake, crop, mask)
+            fake = color_fn(fake, crop, mask, face)
         return paste_back(frame, fake, m, mask)

@@ -54,3 +54,30 @@ def test_no_smoothing_is_the_plain_transfer_and_faces_keep_their_own_statistics(
     np.testing.assert_array_equal(ct(s2, t2, mask, _face(-1)), match_color(s2, t2, mask))
     ct.reset()
     np.testing.assert_array_equal(ct(s2, t2, mask, _face(1)), match_color(s2, t2, mask))
+
+
+def test_the_swap_stage_smooths_each_tracked_face_on_its_own(tmp_path, astronaut):
+    from mirage_desktop.config import Settings
+    from mirage_desktop.metrics import Metrics
+    from mirage_desktop.models.runtime import create_session
+    from mirage_desktop.testing import face_models as synthetic
+    from mirage_desktop.vision.detector import HaarFaceDetector
+    from mirage_desktop.vision.stages import FrameContext, SwapStage
+    from mirage_desktop.vision.swapper import InSwapper
+
+    sw = InSwapper(create_session(synthetic.build_inswapper(tmp_path / "inswapper_128.onnx", batch="N")))
+    two = np.ascontiguousarray(np.hstack([astronaut, astronaut[:, ::-1]]))
+    faces = sorted(HaarFaceDetector().detect(two), key=lambda f: f.bbox[0])
+    for tid, f in zip((4, 9), faces):
+        f.track_id = tid
+    ct = ColorTransfer(0.5)
+    stage = SwapStage(lambda: sw, lambda: sw.latent(np.ones(512)), ct, Metrics())
+    o = Settings(enable_color_transfer=True, color_smoothing=0.7, max_faces=2)
+    stage.process(FrameContext(two.copy(), opts=o, faces=faces))  # batched: swap_many
+    assert sorted(ct._state) == [4, 9] and ct.smoothing == 0.7  # the live setting, a state per track
+    first = {k: v.copy() for k, v in ct._state.items()}
+    stage.process(FrameContext(two.copy(), opts=o, faces=faces[:1]))  # one face: swap
+    assert not np.array_equal(first[4], first[9])
+    np.testing.assert_allclose(ct._state[9], first[9])  # the other face's statistics untouched
+    stage.reset()
+    assert not ct._state

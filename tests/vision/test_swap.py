@@ -298,12 +298,12 @@ def test_the_mask_and_colour_hooks_get_the_big_crop(swapper_path, astronaut):
         seen.append(("mask", crop.shape, base.shape))
         return base
 
-    def color_fn(fake, crop, mask):
-        seen.append(("color", fake.shape, crop.shape, mask.shape))
+    def color_fn(fake, crop, mask, f):
+        seen.append(("color", fake.shape, crop.shape, mask.shape, f is face))
         return fake
 
     sw.swap(astronaut.copy(), face, sw.latent(np.ones(512)), mask_fn=mask_fn, color_fn=color_fn, boost=2)
-    assert seen == [("mask", (256, 256, 3), (256, 256)), ("color", (256, 256, 3), (256, 256, 3), (256, 256))]
+    assert seen == [("mask", (256, 256, 3), (256, 256)), ("color", (256, 256, 3), (256, 256, 3), (256, 256), True)]
 
 
 @pytest.mark.parametrize("batch", [1, "N"])
