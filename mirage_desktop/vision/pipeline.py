@@ -571,8 +571,9 @@ class VideoPipeline:
         if self._cv_held:
             self._cv_held = False
             _OPENCV_THREADS.release()
-        if self.enhance_stage is not None and hasattr(self.enhance_stage, "close"):
-            self.enhance_stage.close()  # its background thread; it restarts with the next stream
+        for st in (self.enhance_stage, self.parse_stage):
+            if st is not None and hasattr(st, "close"):
+                st.close()  # its background thread; it restarts with the next stream
         for s in self.sinks:
             try:
                 s.close()

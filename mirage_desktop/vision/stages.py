@@ -164,7 +164,7 @@ class SwapStage:
         if color is not None and hasattr(color, "smoothing"):
             color.smoothing = float(getattr(o, "color_smoothing", 0.0))  # a live setting
         mask_fn = parse_mask_fn if getattr(o, "enable_parser", False) else None  # the parse stage's masks
-        boost = max(1, int(o.pixel_boost) // 128)  # pixel boost: n*n tiles of 128 px per face
+        boost = max(1, int(getattr(o, "pixel_boost", 128)) // 128)  # pixel boost: n*n tiles of 128 px per face
         if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
             boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
                                       metrics=self.metrics, mask_fn=mask_fn, boost=boost)

@@ -4,6 +4,8 @@ Tests wait for the frames or counters they need; timeouts are hang guards only."
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from tests_support import Frames, now, wait_counter
 
@@ -47,6 +49,7 @@ def test_the_live_parser_is_its_own_stage_and_keeps_the_occluder(model_factory, 
     finally:
         frames.close()
         eng.stop()
+    assert not any(t.name == "mirage-parser" for t in threading.enumerate())  # stopped with the stream
     np.testing.assert_array_equal(got.frame[bar], img[bar])  # the bar in front of the mouth stays
     assert np.any(got.frame != img, axis=2).sum() > 500  # the rest of the face is swapped
     snap = eng.snapshot()
