@@ -160,12 +160,21 @@ class Engine:
         with other._lock:
             analyzer, swapper, st, found = other.analyzer, other.swapper, other._status, other.problems.all()
             shared_enhancer = getattr(other.enhance_stage, "enhancer", None)
+            shared_parser = getattr(other.parse_stage, "parser", None)
         with self._lock:
             self.analyzer, self.swapper = analyzer, swapper
             for k in ("provider", "detector", "recognizer", "swapper", "enhancer"):
                 setattr(self._status, k, getattr(st, k))
             for pr in found:
                 if pr.source in ("detector", "recognizer", "swapper", "enhancer"):
+                    self.problems.set(pr)
+            if shared_parser is not None and self.settings.enable_parser:
+                from .vision.parser import ParseStage
+
+                # the model is shared; the labels of each face and the thread are this engine's
+                self.parse_stage = ParseStage(shared_parser, self.metrics, background=self.settings.parser_async)
+            for pr in found:
+                if pr.source == "parser":
                     self.problems.set(pr)
             if shared_enhancer is not None and self.settings.enable_enhancer:
                 from .vision.enhancer import EnhanceStage
@@ -206,7 +215,7 @@ class Engine:
             if self.pipeline is not None:
                 self.pipeline.use_parser(self.parse_stage)
             if old is not None:
-                old.close()
+                old.retire()  # a frame still inside it finishes; it starts no thread again
 
     def _refresh_passthrough(self) -> None:
         st, s = self._status, self.settings

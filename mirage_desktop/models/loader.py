@@ -140,6 +140,6 @@ def load_parser(settings, overrides: Mapping[str, str | Path] | None, metrics,
         stage = ParseStage(FaceParser(handle), metrics,
                            background=settings.parser_async if background is None else background)
         return stage, []
-    except MirageError as exc:
+    except (MirageError, ImportError) as exc:  # an optional stage: the video itself is fine
         pr = from_error("parser", "warning", exc)
         return None, [Problem("parser", "warning", f"occlusion-aware mask off: {pr.message}", pr.fix)]

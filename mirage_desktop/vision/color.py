@@ -93,8 +93,9 @@ class ColorTransfer:
 
     The target's LAB mean and std, measured on every frame, move with sensor noise and with the
     face mask's edge, so the transfer — and the face's tone — would flicker frame to frame.
-    Per track (``face.track_id``) the four statistics (swapped and target mean and std) are an
-    exponential moving average: ``smoothing`` (0..0.95, ``Settings.color_smoothing``) is the
+    Per track (``face.track_id``) the target's mean and std (the light and skin of the scene) are
+    an exponential moving average; the swapped face's are this frame's, so an identity switch is
+    not tinted by the one before. ``smoothing`` (0..0.95, ``Settings.color_smoothing``) is the
     weight of the past, 0 is the plain per-frame transfer. A face without a track, or a new
     one, starts from its own frame's statistics. Called by the swapper as
     ``color_fn(swapped, target, mask, face)``.
@@ -119,7 +120,9 @@ class ColorTransfer:
         key = int(getattr(face, "track_id", -1)) if face is not None else -1
         a = min(max(self.smoothing, 0.0), 0.95)
         prev = self._state.get(key) if key >= 0 else None
-        stats = now if prev is None or a <= 0.0 else a * prev + (1.0 - a) * now
+        stats = now.copy()
+        if prev is not None and a > 0.0:  # the target's (the scene's) statistics only: the swapped face's
+            stats[2:] = a * prev[2:] + (1.0 - a) * now[2:]  # are this frame's, so a new identity is not tinted
         if key >= 0:
             if len(self._state) > 64:
                 self._state.clear()  # tracks come and go: never grows without bound

@@ -307,7 +307,8 @@ class TrackFaces:
         tracks = self.p.tracker.tracks
         if not getattr(o, "detect_on_tracks", False) or not getattr(detector, "crops", False) or not tracks:
             return None
-        want = int(o.max_faces) if self.p.face_map is None else len(self.p.face_map)
+        fm = self.p.face_map  # read once: another thread may clear it
+        want = int(o.max_faces) if fm is None else len(fm)
         if (want > 0 and len(tracks) < want) or not self._matched:
             return None
         if self._last_full_n is None or self._n - self._last_full_n >= max(1, int(o.full_detect_interval)):
@@ -527,6 +528,8 @@ class VideoPipeline:
         if not self._cv_held:
             _OPENCV_THREADS.hold()
             self._cv_held = True
+        if self.parse_stage is not None and hasattr(self.parse_stage, "reset"):
+            self.parse_stage.reset()  # shared across streams: its labels describe the last one's tracks
         self._stop.clear()
         self.finished.clear()
         w, h = self.source.size if hasattr(self.source, "size") else (0, 0)

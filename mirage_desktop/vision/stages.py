@@ -165,17 +165,21 @@ class SwapStage:
             color.smoothing = float(getattr(o, "color_smoothing", 0.0))  # a live setting
         mask_fn = parse_mask_fn if getattr(o, "enable_parser", False) else None  # the parse stage's masks
         boost = max(1, int(getattr(o, "pixel_boost", 128)) // 128)  # pixel boost: n*n tiles of 128 px per face
-        if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
-            boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
-                                      metrics=self.metrics, mask_fn=mask_fn, boost=boost)
-            ctx.swapped += sum(b is not None for b in boxes)
-            return
-        # faces.swapped is counted where the frame leaves (a dropped frame shows none)
-        for i, f in enumerate(ctx.faces):
-            latent = latent if rows is None else rows[i:i + 1]
-            if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
-                            metrics=self.metrics, mask_fn=mask_fn, boost=boost):
-                ctx.swapped += 1
+        try:
+            if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
+                boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask,
+                                          color_fn=color, metrics=self.metrics, mask_fn=mask_fn, boost=boost)
+                ctx.swapped += sum(b is not None for b in boxes)
+                return
+            # faces.swapped is counted where the frame leaves (a dropped frame shows none)
+            for i, f in enumerate(ctx.faces):
+                latent = latent if rows is None else rows[i:i + 1]
+                if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
+                                metrics=self.metrics, mask_fn=mask_fn, boost=boost):
+                    ctx.swapped += 1
+        finally:
+            for f in ctx.faces:  # a parse mask is this frame's only (a face object may live on)
+                f.extra.pop("parse_mask", None)
 
     def reset(self) -> None:
         reset = getattr(self.color_fn, "reset", None)

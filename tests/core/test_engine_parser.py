@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from tests_support import Frames, now, wait_counter
+from tests_support import Frames, Gate, now, wait_counter
 
 from mirage_desktop.config import Settings
 from mirage_desktop.engine import Engine
@@ -92,3 +92,41 @@ def test_a_missing_parser_model_is_a_warning_and_the_swap_goes_on(model_factory,
                for p in st.problems)
     eng.set_source_photos([astronaut], "self")
     assert eng.process_still(astronaut.copy()).swapped == 1
+
+
+def test_a_new_stream_never_reuses_the_last_streams_masks(model_factory, astronaut, tmp_path):
+    """Track ids start at 1 again in every stream: the parser's labels of the old track 1 (maybe a
+    hand that was there) must not be pasted on the new stream's track 1."""
+    img, _ = _occluded(astronaut)
+    eng = _engine(model_factory, img, tmp_path, enable_parser=True, parser_interval=1, parser_async=True)
+    stage = eng.parse_stage
+    eng.start(ImageSource(img, fps=30), [NullSink()])
+    try:
+        wait_counter(eng.metrics, "parse.runs", 1)
+    finally:
+        eng.stop()
+    assert stage._tracks  # the first stream's labels are still held
+    gate = Gate()
+    real = stage.parser.labels
+    stage.parser.labels = lambda crop: (gate.enter(), real(crop))[1]
+    eng.start(ImageSource(img, fps=30), [NullSink()])
+    try:
+        gate.wait_reached()  # the new stream asked for its own labels; none have arrived
+        assert not stage._tracks
+    finally:
+        gate.open()
+        eng.stop()
+        stage.parser.labels = real
+
+
+def test_server_sessions_get_the_parser_of_the_shared_models(model_factory, astronaut, tmp_path):
+    img, bar = _occluded(astronaut)
+    shared = _engine(model_factory, img, tmp_path, enable_parser=True)
+    session = Engine(Settings(enable_parser=True, enable_ai_mark=False))
+    session.use_shared_models(shared)
+    assert session.parse_stage is not None and session.parse_stage is not shared.parse_stage
+    assert session.parse_stage.parser is shared.parse_stage.parser  # one model, the labels per session
+    session.set_source_photos([img], "self")
+    out = img.copy()
+    assert session.process_still(out).swapped == 1
+    np.testing.assert_array_equal(out[bar], img[bar])

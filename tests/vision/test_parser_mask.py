@@ -206,3 +206,43 @@ def test_a_model_of_another_signature_is_refused_by_name(tmp_path, in_shape, out
     with pytest.raises(ModelError) as e:
         FaceParser(create_session(_model(tmp_path, in_shape, out_shape)))
     assert "is not a face parser" in str(e.value) and "bisenet_resnet_18" in e.value.fix
+
+
+def test_a_stage_on_metrics_with_old_parser_errors_does_not_report_them(models, astronaut):
+    """The metrics are the engine's (they outlive a parser replaced after a download): a new stage
+    judges its own runs only."""
+    parser, _ = models
+    metrics = Metrics()
+    metrics.incr("errors.parse_model", 3)
+    stage = ParseStage(parser, metrics, background=False)
+    f = _face(astronaut)
+    stage.process(FrameContext(astronaut, opts=Settings(enable_parser=True), faces=[f]))  # no raise
+    assert "parse_mask" in f.extra
+
+
+def test_a_retired_stage_starts_no_thread(models, astronaut):
+    parser, _ = models
+    stage = ParseStage(parser, Metrics(), background=True)
+    stage.retire()
+    f = _face(astronaut)
+    stage.process(FrameContext(astronaut, opts=Settings(enable_parser=True), faces=[f]))
+    assert stage._thread is None
+
+
+def test_a_parse_mask_is_used_on_its_own_frame_only(models, astronaut):
+    """Face objects can live on across frames (the tracker's, without smoothing): a frame the parser
+    did not run on must not be swapped with an old mask."""
+    parser, swapper = models
+    face = _face(astronaut)
+    stage = ParseStage(parser, Metrics(), background=False)
+    latent = swapper.latent(np.ones(512, np.float32))
+    o = Settings(enable_parser=True)
+    swap = SwapStage(lambda: swapper, lambda: latent, None, Metrics())
+    ctx = FrameContext(astronaut.copy(), opts=o, faces=[face])
+    run_stages([ParseFrames(lambda: stage), swap], ctx, Metrics(), lambda n, e: None)
+    assert "parse_mask" not in face.extra  # consumed by the swap
+    again = astronaut.copy()
+    swap.process(FrameContext(again, opts=o, faces=[face]))  # the parse stage gone (a failed reload)
+    plain = astronaut.copy()
+    swapper.swap(plain, face, latent)
+    np.testing.assert_array_equal(again, plain)  # the plain oval, not the last frame's mask
