@@ -113,6 +113,7 @@ class MainWindow(QMainWindow):
         self._save_timer.timeout.connect(self.save_settings)
         self._camera_index = 0  # the camera selector's last real choice (kept when a file dialog is cancelled)
         self.last_error = ""
+        self.last_notice = ""  # the last hint shown in the status bar
         self.setWindowTitle("Mirage")
         self.resize(1480, 920)
         self.setMinimumSize(QSize(1100, 700))
@@ -175,7 +176,7 @@ class MainWindow(QMainWindow):
         ml.addWidget(self.banner)
         self.preview = PreviewWidget(self.controller.feed)
         self.preview.setToolTip("Click a face to give that person the source face chosen on the left")
-        self.preview.face_clicked.connect(self.controller.map_face_at)
+        self.preview.face_clicked.connect(self._face_clicked)
         ml.addWidget(self.preview, 5)
         plots = QHBoxLayout()
         plots.setSpacing(8)
@@ -275,8 +276,13 @@ class MainWindow(QMainWindow):
                                  if self.gui_prefs.get("view") in ("output", "side_by_side") else "output")
         self.view_group.buttonClicked.connect(lambda b: self.set_view(b.property("mode")))
         lay.addSpacing(6)
+        self.pick_faces_btn = QPushButton("Pick faces")
+        self.pick_faces_btn.setCheckable(True)
+        self.pick_faces_btn.setToolTip("While on, a click on a face in the preview gives that person the source "
+                                       "face chosen in the picker (people not picked are not swapped)")
+        lay.addWidget(self.pick_faces_btn)
         self.clear_map_btn = QPushButton("Clear face mapping")
-        self.clear_map_btn.setToolTip("Click a face in the preview to give that person the chosen source face; "
+        self.clear_map_btn.setToolTip("With Pick faces on, click a face in the preview to give that person the chosen source face; "
                                       "this gives everyone swapped the one source face again")
         self.clear_map_btn.setEnabled(False)
         self.clear_map_btn.clicked.connect(self.controller.clear_face_map)
@@ -663,10 +669,19 @@ class MainWindow(QMainWindow):
         else:
             self.toggles.show_reference(None)
 
+    def _face_clicked(self, u: float, v: float) -> None:
+        """A click on the preview maps a person only in "Pick faces" mode: a click to focus the window
+        never changes who is swapped."""
+        if not self.pick_faces_btn.isChecked():
+            self.last_notice = "To give a person their own source face, turn on 'Pick faces', then click on their face"
+            self.statusBar().showMessage(self.last_notice, 6000)
+            return
+        self.controller.map_face_at(u, v)
+
     def _on_face_map(self, labels: list) -> None:
         self.clear_map_btn.setEnabled(bool(labels))
         self.clear_map_btn.setToolTip("Mapped: " + ", ".join(labels) if labels else
-                                      "Click a face in the preview to give that person the chosen source face")
+                                      "With Pick faces on, click a face in the preview to give that person the chosen source face")
         self.statusBar().showMessage(f"Face mapping: {', '.join(labels)} (the others are not swapped)" if labels
                                      else "Face mapping cleared", 6000)
 

@@ -25,7 +25,8 @@ def _chosen(win, astronaut, qtbot, name="Mirror"):
     return ident
 
 
-def test_a_click_on_a_face_in_the_preview_maps_that_person_to_the_chosen_identity(qtbot, make_window, astronaut):
+def test_a_click_on_a_face_in_the_preview_maps_that_person_to_the_chosen_identity(qtbot, make_window, astronaut,
+                                                                                 settle):
     win = make_window()
     eng = win.engine
     _chosen(win, astronaut, qtbot)
@@ -34,6 +35,13 @@ def test_a_click_on_a_face_in_the_preview_maps_that_person_to_the_chosen_identit
     assert not win.clear_map_btn.isEnabled() and not eng.face_sources
     (face,) = eng.faces_in_view()
     at = win.preview.frame_to_widget(*_centre(face))
+    # outside "Pick faces" a click maps no one (a click to focus the window changes nothing)
+    changed = []
+    win.controller.face_map_changed.connect(changed.append)
+    qtbot.mouseClick(win.preview, Qt.LeftButton, pos=at.toPoint())
+    settle(win)  # nothing in flight: no mapping job was started
+    assert "turn on 'Pick faces'" in win.last_notice and not eng.face_sources and not changed
+    win.pick_faces_btn.click()
     with qtbot.waitSignal(win.controller.face_map_changed) as sig:
         qtbot.mouseClick(win.preview, Qt.LeftButton, pos=at.toPoint())
     assert sig.args == [["Mirror"]]
@@ -61,6 +69,7 @@ def test_a_click_beside_the_faces_maps_no_one_and_says_so(qtbot, make_window, as
     (face,) = eng.faces_in_view()
     u = face.box[2] + 0.5 * (1 - face.box[2])  # right of the face
     at = win.preview.frame_to_widget(u, _centre(face)[1])
+    win.pick_faces_btn.click()
     with qtbot.waitSignal(win.controller.error) as sig:
         qtbot.mouseClick(win.preview, Qt.LeftButton, pos=at.toPoint())
     assert "no face under the click" in sig.args[0] and "click on a face" in sig.args[0]
