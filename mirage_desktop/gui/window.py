@@ -282,8 +282,8 @@ class MainWindow(QMainWindow):
                                        "face chosen in the picker (people not picked are not swapped)")
         lay.addWidget(self.pick_faces_btn)
         self.clear_map_btn = QPushButton("Clear face mapping")
-        self.clear_map_btn.setToolTip("With Pick faces on, click a face in the preview to give that person the chosen source face; "
-                                      "this gives everyone swapped the one source face again")
+        self.clear_map_btn.setToolTip("With Pick faces on, click a face in the preview to give that person the "
+                                      "chosen source face; this gives everyone swapped the one source face again")
         self.clear_map_btn.setEnabled(False)
         self.clear_map_btn.clicked.connect(self.controller.clear_face_map)
         lay.addWidget(self.clear_map_btn)
@@ -681,7 +681,8 @@ class MainWindow(QMainWindow):
     def _on_face_map(self, labels: list) -> None:
         self.clear_map_btn.setEnabled(bool(labels))
         self.clear_map_btn.setToolTip("Mapped: " + ", ".join(labels) if labels else
-                                      "With Pick faces on, click a face in the preview to give that person the chosen source face")
+                                      "With Pick faces on, click a face in the preview to give that person the "
+                                      "chosen source face")
         self.statusBar().showMessage(f"Face mapping: {', '.join(labels)} (the others are not swapped)" if labels
                                      else "Face mapping cleared", 6000)
 
