@@ -32,6 +32,8 @@ def add_arguments(p) -> None:
                                                                  "enable_ai_mark"])
     add_setting_flags(p.add_argument_group("enhancer (one model, shared by the sessions)"),
                       ["enable_enhancer", "enhancer", "enhancer_interval"])
+    add_setting_flags(p.add_argument_group("occlusion-aware mask (one parser, shared by the sessions)"),
+                      ["enable_parser", "parser_model", "parser_regions", "parser_interval"])
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="use this ONNX file for a model instead of the downloaded one")
 
