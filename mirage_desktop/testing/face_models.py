@@ -95,6 +95,16 @@ def _trunk(nodes, inits, x: str, size: int, gmac: float, prefix: str, rng, fp16:
     return f"{prefix}_out"
 
 
+def _with_trunk(nodes, inits, x: str, size: int, gmac: float, rng, result: str, out: str) -> None:
+    """``out`` = ``result`` plus (with ``gmac``) a trunk of that compute on input ``x``."""
+    helper = _onnx()[2]
+    trunk = _trunk(nodes, inits, x, size, gmac, "trunk", rng)
+    if trunk:
+        nodes.append(helper.make_node("Add", [result, trunk], [out]))
+    else:
+        nodes.append(helper.make_node("Identity", [result], [out]))
+
+
 def _save(model, path: Path) -> Path:
     onnx = _onnx()[0]
     model.ir_version = min(model.ir_version, 9)
@@ -170,11 +180,7 @@ def build_arcface(path: Path, gmac: float = 0.0, seed: int = 1) -> Path:
     w = (rng.standard_normal((3 * 14 * 14, 512)) / np.sqrt(588)).astype(np.float32)
     inits.append(numpy_helper.from_array(w, "proj"))
     nodes.append(helper.make_node("MatMul", ["flat", "proj"], ["emb0"]))
-    trunk = _trunk(nodes, inits, "input.1", 112, gmac, "trunk", rng)
-    if trunk:
-        nodes.append(helper.make_node("Add", ["emb0", trunk], ["683"]))
-    else:
-        nodes.append(helper.make_node("Identity", ["emb0"], ["683"]))
+    _with_trunk(nodes, inits, "input.1", 112, gmac, rng, "emb0", "683")
     graph = helper.make_graph(nodes, "arcface_synthetic",
                               [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
                               [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", 512])], inits)
@@ -415,11 +421,7 @@ def build_parser(path: Path, gmac: float = 0.0, seed: int = 5) -> Path:
     nodes.append(helper.make_node("Resize", ["prior", "roi", "scales"], ["prior512"], mode="linear"))
     nodes.append(helper.make_node("Conv", ["input", "colour_w"], ["colour"], kernel_shape=[1, 1]))
     nodes.append(helper.make_node("Add", ["prior512", "colour"], ["logits"]))
-    trunk = _trunk(nodes, inits, "input", 512, gmac, "trunk", rng)
-    if trunk:
-        nodes.append(helper.make_node("Add", ["logits", trunk], ["output"]))
-    else:
-        nodes.append(helper.make_node("Identity", ["logits"], ["output"]))
+    _with_trunk(nodes, inits, "input", 512, gmac, rng, "logits", "output")
     graph = helper.make_graph(nodes, "bisenet_synthetic",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 19, 512, 512])], inits)

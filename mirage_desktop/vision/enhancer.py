@@ -36,7 +36,7 @@ from ..metrics import Metrics
 from .align import FFHQ_512, align_matrix, invert_affine, warp_crop
 from .blend import swap_region
 from .face import Face
-from .slot import LatestSlot
+from .slot import TrackWorker
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ class EnhanceStage:
         self.enhancer = check_enhancer(enhancer)
         self.size = int(enhancer.size)
         self.metrics = metrics if metrics is not None else Metrics()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._interval = 1
         self._blend = 1.0
         self.set_interval(interval)
@@ -425,54 +425,21 @@ class EnhanceStage:
         self.last_error: str | None = None
         self._mask = ffhq_face_mask(self.size)
         self.background = background
-        self._generation = 0
-        self._inflight: set[int] = set()
-        self._requests = LatestSlot(on_drop=self._dropped)
-        self._thread: threading.Thread | None = None
-        self._retired = False
+        self._worker = TrackWorker("mirage-enhancer", self._lock, self._run_model, self._store,
+                                   lambda: self.metrics.incr("enhance.superseded"))
 
     def retire(self) -> None:
         """Replaced by another stage: stop for good (close() alone lets the next stream restart it)."""
-        self._retired = True
-        self.close()
-
-    def _ensure_thread(self) -> None:
-        """Start the background thread on first use (again after close(), never after retire())."""
-        if self._retired:
-            return
-        if self._thread is None or not self._thread.is_alive():
-            self._requests = LatestSlot(on_drop=self._dropped)
-            self._thread = threading.Thread(target=self._background_loop, args=(self._requests,),
-                                            name="mirage-enhancer", daemon=True)
-            self._thread.start()
+        self._worker.retire()
 
     def close(self) -> None:
         """Stop the background thread (if any); the stage can be used again afterwards."""
-        self._requests.close()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
+        self._worker.close()
 
-    def _dropped(self, requests) -> None:
-        self.metrics.incr("enhance.superseded")
-        with self._lock:
-            self._inflight.difference_update(tid for tid, _, _, _ in requests)
-
-    def _background_loop(self, slot: LatestSlot) -> None:
-        while True:
-            requests = slot.get(timeout=0.2)
-            if requests is None:
-                if slot.closed:
-                    return
-                continue
-            for tid, raw, index, generation in requests:
-                enhanced = self._run_model(raw)
-                with self._lock:
-                    if generation != self._generation:
-                        continue  # reset() since this was asked for: the result is out of date
-                    self._inflight.discard(tid)
-                    if enhanced is not None:
-                        self._cache[tid] = _TrackCache(enhanced, index, index)
+    def _store(self, tid: int, enhanced: np.ndarray | None, index: int) -> None:
+        """A background result (called under the lock, only while still current)."""
+        if enhanced is not None:
+            self._cache[tid] = _TrackCache(enhanced, index, index)
 
     # -- live settings (any thread) --
     @property
@@ -502,8 +469,7 @@ class EnhanceStage:
         self.enhancer.set_fidelity(w)
         with self._lock:  # old results were made with the old fidelity: refresh on the next frame
             self._cache.clear()
-            self._inflight.clear()
-            self._generation += 1
+            self._worker.invalidate()
 
     def forget(self, track_id: int) -> None:
         with self._lock:
@@ -513,8 +479,7 @@ class EnhanceStage:
         """Forget every result, including those still being made (they describe another face)."""
         with self._lock:
             self._cache.clear()
-            self._inflight.clear()
-            self._generation += 1
+            self._worker.invalidate()
             self._frame = 0
 
     # -- the hot path (video thread) --
@@ -531,8 +496,7 @@ class EnhanceStage:
             for face in faces:
                 self._process_face(frame, face, index, interval, blend, due)
             if due:
-                self._ensure_thread()
-                self._requests.put(due)
+                self._worker.submit(due)
             self._evict(index)
 
     def _run_model(self, raw: np.ndarray) -> np.ndarray | None:
@@ -566,13 +530,13 @@ class EnhanceStage:
         with self._lock:
             entry = self._cache.get(tid) if tid >= 0 else None
             stale = entry is None or index - entry.frame_index >= interval
-            submit = self.background and tid >= 0 and stale and tid not in self._inflight
+            submit = self.background and tid >= 0 and stale and tid not in self._worker.inflight
             if submit:
-                self._inflight.add(tid)
+                self._worker.inflight.add(tid)
         need_raw = stale or blend < 1.0
         raw = warp_crop(frame, m, self.size) if need_raw else None
         if submit:
-            due.append((tid, raw, index, self._generation))
+            due.append((tid, raw, index, self._worker.generation))
         if self.background and tid >= 0:
             if entry is None:
                 return  # the first result for this face is not ready yet

@@ -41,7 +41,7 @@ from ..errors import MirageError
 from ..metrics import Metrics
 from .align import align_matrix, warp_crop
 from .face import Face
-from .slot import LatestSlot
+from .slot import TrackWorker
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +146,17 @@ class ParseStage:
         self.parser = parser
         self.metrics = metrics if metrics is not None else Metrics()
         self.background = background
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._tracks: dict[int, _Track] = {}
-        self._inflight: set[int] = set()
-        self._generation = 0
         self._frame = 0
         self._max_age = max_age
-        self._requests = LatestSlot(on_drop=self._dropped)
-        self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self._failing: str | None = None
         self._errors = self._runs = 0  # this stage's own model failures and runs (the metrics are shared)
         self._seen = (0, 0)  # (_errors, _runs) at the last frame
-        self._retired = False
-        self.finished = threading.Event()  # set each time the background thread has finished a request
+        self._worker = TrackWorker("mirage-parser", self._lock, self._run, self._store,
+                                   lambda: self.metrics.incr("parse.superseded"))
+        self.finished = self._worker.finished  # set each time the background thread has finished a request
 
     # -- the frame-stage contract --
     def wants(self, opts) -> bool:
@@ -177,8 +174,7 @@ class ParseStage:
         for face in ctx.faces:
             self._face(ctx.frame, face, index, interval, classes, smoothing, due)
         if due:
-            self._ensure_thread()
-            self._requests.put(due)
+            self._worker.submit(due)
         self._evict(index)
         # the model may run on its own thread: judge by what happened since the last frame
         now = (self._errors, self._runs)
@@ -194,20 +190,15 @@ class ParseStage:
         """Forget every face's labels, including those still being made (they describe another moment)."""
         with self._lock:
             self._tracks.clear()
-            self._inflight.clear()
-            self._generation += 1  # (the frame count goes on: a frame in flight keeps a valid index)
+            self._worker.invalidate()  # (the frame count goes on: a frame in flight keeps a valid index)
         self._failing = None
 
     def retire(self) -> None:
         """Replaced by another stage: stop for good (close() alone lets the next stream restart it)."""
-        self._retired = True
-        self.close()
+        self._worker.retire()
 
     def close(self) -> None:
-        self._requests.close()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
+        self._worker.close()
 
     # -- per face (video thread) --
     def _face(self, frame: np.ndarray, face: Face, index: int, interval: int, classes: tuple, smoothing: float,
@@ -219,10 +210,10 @@ class ParseStage:
         with self._lock:
             tr = self._tracks.get(tid) if tid >= 0 else None
             stale = tr is None or tr.labels is None or index - tr.labels_at >= interval
-            submit = self.background and tid >= 0 and stale and tid not in self._inflight
+            submit = self.background and tid >= 0 and stale and tid not in self._worker.inflight
             if submit:
-                self._inflight.add(tid)
-            generation = self._generation
+                self._worker.inflight.add(tid)
+            generation = self._worker.generation
         if stale and (submit or not self.background or tid < 0):
             crop = warp_crop(frame, align_matrix(kps, PARSE_SIZE), PARSE_SIZE)
             if submit:
@@ -281,43 +272,16 @@ class ParseStage:
         self.metrics.incr("parse.runs")
 
     # -- the background thread --
-    def _ensure_thread(self) -> None:
-        """Start the background thread on first use (again after close(), never after retire())."""
-        if self._retired:
+    def _store(self, tid: int, labels: np.ndarray | None, index: int) -> None:
+        """A background run's labels (called under the lock, only while still current)."""
+        if labels is None:
             return
-        if self._thread is None or not self._thread.is_alive():
-            self._requests = LatestSlot(on_drop=self._dropped)
-            self._thread = threading.Thread(target=self._loop, args=(self._requests,), name="mirage-parser",
-                                            daemon=True)
-            self._thread.start()
-
-    def _dropped(self, requests) -> None:
-        self.metrics.incr("parse.superseded")
-        with self._lock:
-            self._inflight.difference_update(tid for tid, _, _, _ in requests)
-
-    def _loop(self, slot: LatestSlot) -> None:
-        while True:
-            requests = slot.get(timeout=0.2)
-            if requests is None:
-                if slot.closed:
-                    return
-                continue
-            for tid, crop, index, generation in requests:
-                labels = self._run(crop)
-                with self._lock:
-                    if generation != self._generation:
-                        continue  # reset since: these labels describe another moment
-                    self._inflight.discard(tid)
-                    if labels is not None:
-                        tr = self._tracks.get(tid)
-                        if tr is None:
-                            self._tracks[tid] = _Track(labels, index, last_seen=index)
-                        else:
-                            tr.new_labels(labels, index)
-                if labels is not None:
-                    self._ran()
-            self.finished.set()
+        tr = self._tracks.get(tid)
+        if tr is None:
+            self._tracks[tid] = _Track(labels, index, last_seen=index)
+        else:
+            tr.new_labels(labels, index)
+        self._ran()
 
     def _evict(self, index: int) -> None:
         with self._lock:

@@ -58,3 +58,84 @@ class LatestSlot:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class TrackWorker:
+    """A model run per tracked face on a thread of its own, for a stage that must never hold up
+    the video (the enhancer, the face parser).
+
+    The video thread hands over, as one list, the newest due work of each face: ``(track id,
+    payload, frame index, generation)``; an unread list is replaced by a newer one (counted in
+    ``superseded``). The thread runs ``work(payload)`` for each and, under ``lock`` and only if
+    :attr:`generation` is still the one the work was asked under, calls ``store(track id, result,
+    frame index)`` (result None: the run failed). ``inflight`` holds the faces asked for and not
+    answered yet, so a face is never queued twice. ``invalidate()`` (a reset) drops every answer
+    still coming. Guard ``inflight`` and ``generation`` with ``lock`` (shared with the stage).
+    """
+
+    def __init__(self, name: str, lock, work: Callable[[Any], Any], store: Callable[[int, Any, int], None],
+                 on_superseded: Callable[[], None] | None = None):
+        self.name, self.lock, self.work, self.store = name, lock, work, store
+        self.on_superseded = on_superseded
+        self.inflight: set[int] = set()
+        self.generation = 0
+        self.finished = threading.Event()  # set each time the thread has finished a list
+        self._slot = LatestSlot(on_drop=self._dropped)
+        self._thread: threading.Thread | None = None
+        self._retired = False
+
+    def submit(self, requests: list) -> None:
+        """Hand over this frame's due work; starts the thread on first use (again after close(),
+        never after retire())."""
+        if self._retired:
+            with self.lock:
+                self.inflight.difference_update(r[0] for r in requests)
+            return
+        if self._thread is None or not self._thread.is_alive():
+            self._slot = LatestSlot(on_drop=self._dropped)
+            self._thread = threading.Thread(target=self._loop, args=(self._slot,), name=self.name, daemon=True)
+            self._thread.start()
+        self._slot.put(requests)
+
+    def invalidate(self) -> None:
+        """Forget the work in flight: its answers describe another moment. Call with ``lock`` held."""
+        self.inflight.clear()
+        self.generation += 1
+
+    def close(self) -> None:
+        """Stop the thread (if any); the next submit starts it again."""
+        self._slot.close()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+    def retire(self) -> None:
+        """Replaced: stop for good."""
+        self._retired = True
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _dropped(self, requests) -> None:
+        if self.on_superseded is not None:
+            self.on_superseded()
+        with self.lock:
+            self.inflight.difference_update(r[0] for r in requests)
+
+    def _loop(self, slot: LatestSlot) -> None:
+        while True:
+            requests = slot.get(timeout=0.2)
+            if requests is None:
+                if slot.closed:
+                    return
+                continue
+            for tid, payload, index, generation in requests:
+                result = self.work(payload)
+                with self.lock:
+                    if generation != self.generation:
+                        continue  # invalidated since this was asked for
+                    self.inflight.discard(tid)
+                    self.store(tid, result, index)
+            self.finished.set()

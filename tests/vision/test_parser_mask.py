@@ -226,7 +226,7 @@ def test_a_retired_stage_starts_no_thread(models, astronaut):
     stage.retire()
     f = _face(astronaut)
     stage.process(FrameContext(astronaut, opts=Settings(enable_parser=True), faces=[f]))
-    assert stage._thread is None
+    assert not stage._worker.running
 
 
 def test_a_parse_mask_is_used_on_its_own_frame_only(models, astronaut):

@@ -334,4 +334,4 @@ def test_a_replaced_enhancer_starts_no_thread_again(tmp_path, astronaut):
     face.track_id = 1
     stage.retire()
     stage.process(astronaut.copy(), [face])
-    assert stage._thread is None
+    assert not stage._worker.running
