@@ -10,8 +10,8 @@ thread only paints.
 With each image come its panes (where each copy of the frame sits in it, as fractions: one in
 the output view, two side by side) and the face map's tags (each mapped face's box and the
 identity it was given). A click on the picture is turned into the point of the frame under it
-(``face_clicked(u, v)``, fractions of the frame's width and height): the window maps the person
-there to the source face chosen in the picker.
+(``face_clicked(u, v)``, fractions of the frame's width and height): in "Pick faces" mode the
+window maps the person there to the source face chosen in the picker.
 """
 
 from __future__ import annotations

@@ -175,7 +175,8 @@ class MainWindow(QMainWindow):
         self.banner.action_clicked.connect(self.show_models)
         ml.addWidget(self.banner)
         self.preview = PreviewWidget(self.controller.feed)
-        self.preview.setToolTip("Click a face to give that person the source face chosen on the left")
+        self.preview.setToolTip("With 'Pick faces' on, click a face to give that person the source face chosen "
+                                "on the left")
         self.preview.face_clicked.connect(self._face_clicked)
         ml.addWidget(self.preview, 5)
         plots = QHBoxLayout()

@@ -479,8 +479,7 @@ class EnhanceStage:
         """Forget every result, including those still being made (they describe another face)."""
         with self._lock:
             self._cache.clear()
-            self._worker.invalidate()
-            self._frame = 0
+            self._worker.invalidate()  # (the frame count goes on: a frame in flight keeps a valid index)
 
     # -- the hot path (video thread) --
     def process(self, frame: np.ndarray, faces: Iterable[Face]) -> None:
@@ -533,10 +532,11 @@ class EnhanceStage:
             submit = self.background and tid >= 0 and stale and tid not in self._worker.inflight
             if submit:
                 self._worker.inflight.add(tid)
+            generation = self._worker.generation  # read with the cache: a reset after this drops the result
         need_raw = stale or blend < 1.0
         raw = warp_crop(frame, m, self.size) if need_raw else None
         if submit:
-            due.append((tid, raw, index, self._worker.generation))
+            due.append((tid, raw, index, generation))
         if self.background and tid >= 0:
             if entry is None:
                 return  # the first result for this face is not ready yet
@@ -549,7 +549,8 @@ class EnhanceStage:
                 return
             if tid >= 0:
                 with self._lock:
-                    self._cache[tid] = _TrackCache(enhanced, index, index)
+                    if generation == self._worker.generation:  # not reset while the model ran
+                        self._cache[tid] = _TrackCache(enhanced, index, index)
         else:
             enhanced = entry.enhanced
             entry.last_seen = index

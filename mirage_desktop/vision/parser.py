@@ -221,9 +221,9 @@ class ParseStage:
             else:  # inline: this frame's own labels
                 labels = self._run(crop)
                 if labels is not None:
-                    self._ran()
                     if tid < 0:  # no track: nothing to carry or smooth
                         face.extra["parse_mask"] = labels_to_mask(labels, classes)
+                        self._ran()
                         return
                     with self._lock:
                         tr = self._tracks.get(tid)
@@ -231,6 +231,7 @@ class ParseStage:
                             tr = self._tracks[tid] = _Track(labels, index)
                         else:
                             tr.new_labels(labels, index)
+                        self._ran()
         elif not stale:
             self.metrics.incr("parse.reused")
         if tr is None:
@@ -259,7 +260,8 @@ class ParseStage:
                 labels = self.parser.labels(crop)
         except Exception as exc:  # pass-through: the plain mask, never a stopped stream
             self.metrics.incr("errors.parse_model")
-            self._errors += 1
+            with self._lock:
+                self._errors += 1
             if self.last_error is None:
                 log.warning("face parser failed, faces keep the plain mask: %s", exc)
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -268,7 +270,8 @@ class ParseStage:
 
     def _ran(self) -> None:
         """A model run's labels are stored (counted only then: a waiter on ``parse.runs`` finds them)."""
-        self._runs += 1
+        with self._lock:
+            self._runs += 1
         self.metrics.incr("parse.runs")
 
     # -- the background thread --

@@ -528,8 +528,9 @@ class VideoPipeline:
         if not self._cv_held:
             _OPENCV_THREADS.hold()
             self._cv_held = True
-        if self.parse_stage is not None and hasattr(self.parse_stage, "reset"):
-            self.parse_stage.reset()  # shared across streams: its labels describe the last one's tracks
+        for st in (self.parse_stage, self.enhance_stage):  # shared across streams: what they carry per
+            if st is not None and hasattr(st, "reset"):  # track describes the last stream's (ids restart at 1)
+                st.reset()
         self._stop.clear()
         self.finished.clear()
         w, h = self.source.size if hasattr(self.source, "size") else (0, 0)

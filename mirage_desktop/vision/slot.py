@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable
 
@@ -65,8 +66,8 @@ class TrackWorker:
     the video (the enhancer, the face parser).
 
     The video thread hands over, as one list, the newest due work of each face: ``(track id,
-    payload, frame index, generation)``; an unread list is replaced by a newer one (counted in
-    ``superseded``). The thread runs ``work(payload)`` for each and, under ``lock`` and only if
+    payload, frame index, generation)``; an unread list is replaced by a newer one (the stage is
+    told through ``on_superseded``). The thread runs ``work(payload)`` for each and, under ``lock`` and only if
     :attr:`generation` is still the one the work was asked under, calls ``store(track id, result,
     frame index)`` (result None: the run failed). ``inflight`` holds the faces asked for and not
     answered yet, so a face is never queued twice. ``invalidate()`` (a reset) drops every answer
@@ -83,19 +84,22 @@ class TrackWorker:
         self._slot = LatestSlot(on_drop=self._dropped)
         self._thread: threading.Thread | None = None
         self._retired = False
+        self._life = threading.Lock()  # starting the thread and retiring are one step each
 
     def submit(self, requests: list) -> None:
         """Hand over this frame's due work; starts the thread on first use (again after close(),
         never after retire())."""
-        if self._retired:
+        with self._life:
+            if not self._retired and (self._thread is None or not self._thread.is_alive()):
+                self._slot = LatestSlot(on_drop=self._dropped)
+                self._thread = threading.Thread(target=self._loop, args=(self._slot,), name=self.name, daemon=True)
+                self._thread.start()
+            retired, slot = self._retired, self._slot
+        if retired:
             with self.lock:
                 self.inflight.difference_update(r[0] for r in requests)
             return
-        if self._thread is None or not self._thread.is_alive():
-            self._slot = LatestSlot(on_drop=self._dropped)
-            self._thread = threading.Thread(target=self._loop, args=(self._slot,), name=self.name, daemon=True)
-            self._thread.start()
-        self._slot.put(requests)
+        slot.put(requests)
 
     def invalidate(self) -> None:
         """Forget the work in flight: its answers describe another moment. Call with ``lock`` held."""
@@ -103,16 +107,21 @@ class TrackWorker:
         self.generation += 1
 
     def close(self) -> None:
-        """Stop the thread (if any); the next submit starts it again."""
-        self._slot.close()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
+        """Stop the thread (if any) and wait for it to finish its work in hand (at most 5 s); the
+        next submit starts it again."""
+        with self._life:
+            self._slot.close()
+            t, self._thread = self._thread, None
+        if t is not None:
+            t.join(5.0)
 
     def retire(self) -> None:
-        """Replaced: stop for good."""
-        self._retired = True
-        self.close()
+        """Replaced: stop for good. Does not wait (the caller may hold locks the stream needs): the
+        thread ends after the work in hand."""
+        with self._life:
+            self._retired = True
+            self._slot.close()
+            self._thread = None
 
     @property
     def running(self) -> bool:
@@ -132,10 +141,16 @@ class TrackWorker:
                     return
                 continue
             for tid, payload, index, generation in requests:
-                result = self.work(payload)
-                with self.lock:
-                    if generation != self.generation:
-                        continue  # invalidated since this was asked for
-                    self.inflight.discard(tid)
-                    self.store(tid, result, index)
+                try:
+                    result = self.work(payload)
+                    with self.lock:
+                        if generation != self.generation:
+                            continue  # invalidated since this was asked for
+                        self.store(tid, result, index)
+                except Exception:  # a bug in a stage's own code: that face is asked for again
+                    logging.getLogger(__name__).exception("%s: a background run failed", self.name)
+                finally:
+                    with self.lock:
+                        if generation == self.generation:
+                            self.inflight.discard(tid)
             self.finished.set()

@@ -155,6 +155,13 @@ class SwapStage:
         return bool(opts.enable_swap) and self._swapper() is not None and self._latent() is not None
 
     def process(self, ctx: FrameContext) -> None:
+        try:
+            self._swap(ctx)
+        finally:
+            for f in ctx.faces:  # a parse mask is this frame's only (a face object may live on)
+                f.extra.pop("parse_mask", None)
+
+    def _swap(self, ctx: FrameContext) -> None:
         swapper, latent, o = self._swapper(), self._latent(), ctx.opts
         if swapper is None or latent is None:  # taken away since wants(): pass the frame through
             return
@@ -165,21 +172,17 @@ class SwapStage:
             color.smoothing = float(getattr(o, "color_smoothing", 0.0))  # a live setting
         mask_fn = parse_mask_fn if getattr(o, "enable_parser", False) else None  # the parse stage's masks
         boost = max(1, int(getattr(o, "pixel_boost", 128)) // 128)  # pixel boost: n*n tiles of 128 px per face
-        try:
-            if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
-                boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask,
-                                          color_fn=color, metrics=self.metrics, mask_fn=mask_fn, boost=boost)
-                ctx.swapped += sum(b is not None for b in boxes)
-                return
-            # faces.swapped is counted where the frame leaves (a dropped frame shows none)
-            for i, f in enumerate(ctx.faces):
-                latent = latent if rows is None else rows[i:i + 1]
-                if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
-                                metrics=self.metrics, mask_fn=mask_fn, boost=boost):
-                    ctx.swapped += 1
-        finally:
-            for f in ctx.faces:  # a parse mask is this frame's only (a face object may live on)
-                f.extra.pop("parse_mask", None)
+        if len(ctx.faces) > 1 and getattr(swapper, "batchable", False):  # one model call for all faces
+            boxes = swapper.swap_many(ctx.frame, ctx.faces, latent, mouth_mask=o.enable_mouth_mask,
+                                      color_fn=color, metrics=self.metrics, mask_fn=mask_fn, boost=boost)
+            ctx.swapped += sum(b is not None for b in boxes)
+            return
+        # faces.swapped is counted where the frame leaves (a dropped frame shows none)
+        for i, f in enumerate(ctx.faces):
+            latent = latent if rows is None else rows[i:i + 1]
+            if swapper.swap(ctx.frame, f, latent, mouth_mask=o.enable_mouth_mask, color_fn=color,
+                            metrics=self.metrics, mask_fn=mask_fn, boost=boost):
+                ctx.swapped += 1
 
     def reset(self) -> None:
         reset = getattr(self.color_fn, "reset", None)
@@ -233,7 +236,7 @@ class EnhanceFrames:
 
     def __init__(self, stage: Callable[[], Any]):
         self._stage = stage
-        self._seen = (0, 0)  # errors.enhance_model, enhance.runs at the last frame
+        self._seen: tuple | None = None  # errors.enhance_model, enhance.runs at the last frame
         self._failing: str | None = None
 
     def wants(self, opts) -> bool:
@@ -243,6 +246,8 @@ class EnhanceFrames:
         st = self._stage()
         if st is None:
             return
+        if self._seen is None:  # the metrics are the engine's: count from this stream's start
+            self._seen = (st.metrics.counter("errors.enhance_model"), st.metrics.counter("enhance.runs"))
         st.process(ctx.frame, ctx.faces)
         # the model may run on its own thread: judge by what happened since the last frame
         now = (st.metrics.counter("errors.enhance_model"), st.metrics.counter("enhance.runs"))

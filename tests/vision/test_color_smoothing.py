@@ -81,3 +81,17 @@ def test_the_swap_stage_smooths_each_tracked_face_on_its_own(tmp_path, astronaut
     np.testing.assert_allclose(ct._state[9], first[9])  # the other face's statistics untouched
     stage.reset()
     assert not ct._state
+
+
+def test_an_identity_switch_is_not_tinted_by_the_face_before(astronaut):
+    """Only the scene's statistics are smoothed: after frames of one identity, the next identity's
+    colour match is the one it would have had all along."""
+    crops = _crops(astronaut, 6)
+    mask = face_mask(128)
+    other = [(np.ascontiguousarray(s[::-1]) // 3 + 120, t) for s, t in crops]  # another identity, another tone
+    switched, always = ColorTransfer(0.8), ColorTransfer(0.8)
+    for (s, t), (s2, _) in zip(crops[:-1], other[:-1]):
+        switched(s, t, mask, _face(1))
+        always(s2, t, mask, _face(1))
+    s2, t = other[-1]
+    np.testing.assert_array_equal(switched(s2, t, mask, _face(1)), always(s2, t, mask, _face(1)))

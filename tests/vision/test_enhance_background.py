@@ -97,3 +97,21 @@ def test_reset_drops_results_still_being_made():
     finally:
         enh.release.set()
         stage.close()
+
+
+def test_a_reset_while_the_inline_model_runs_drops_its_result():
+    """A reset (an identity switch from another thread) during an inline run: that result describes
+    the old identity and must not be re-used on the frames after."""
+    holder = {}
+
+    class ResettingSolid(SolidEnhancer):
+        def enhance(self, crop):
+            holder["stage"].reset()  # as if the window switched identity right now
+            return super().enhance(crop)
+
+    stage = EnhanceStage(ResettingSolid(), interval=5, background=False)
+    holder["stage"] = stage
+    frame, face = make_frame(), make_face(160, 120)
+    stage.process(frame, [face])
+    assert (frame == GREEN).all(axis=2).any()  # pasted on its own frame
+    assert not stage._cache  # but not kept for the frames after
