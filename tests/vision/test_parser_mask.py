@@ -246,3 +246,25 @@ def test_a_parse_mask_is_used_on_its_own_frame_only(models, astronaut):
     plain = astronaut.copy()
     swapper.swap(plain, face, latent)
     np.testing.assert_array_equal(again, plain)  # the plain oval, not the last frame's mask
+
+
+def test_the_combined_mask_is_made_once_per_parse():
+    """Between parses the face's region mask is the same object: the swap's mask is re-used, and a
+    new mask (a new parse) gives a new one."""
+    from mirage_desktop.vision.blend import face_mask
+    from mirage_desktop.vision.parser import combine
+
+    base = face_mask(256)
+    region = np.zeros((256, 256), np.float32)
+    region[40:200, 60:180] = 1.0
+    region.setflags(write=False)
+    first = combine(base, region)
+    np.testing.assert_array_equal(first, np.minimum(base, region))
+    assert combine(base, region) is first and not first.flags.writeable
+    newer = region.copy()
+    newer[100:140] = 0.0
+    newer.setflags(write=False)
+    assert combine(base, newer) is not first
+    np.testing.assert_array_equal(combine(base, newer), np.minimum(base, newer))
+    writable = newer.copy()  # a mask that may change: never kept
+    assert combine(base, writable) is not combine(base, writable)
