@@ -41,7 +41,7 @@ from ..errors import MirageError
 from ..metrics import Metrics
 from .align import align_matrix, warp_crop
 from .face import Face
-from .slot import TrackWorker
+from .slot import RunWatch, TrackWorker
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +170,8 @@ class ParseStage:
         self._frame = 0
         self._max_age = max_age
         self.last_error: str | None = None
-        self._failing: str | None = None
         self._errors = self._runs = 0  # this stage's own model failures and runs (the metrics are shared)
-        self._seen = (0, 0)  # (_errors, _runs) at the last frame
+        self._watch = RunWatch(0, 0)
         self._worker = TrackWorker("mirage-parser", self._lock, self._run, self._store,
                                    lambda: self.metrics.incr("parse.superseded"))
         self.finished = self._worker.finished  # set each time the background thread has finished a request
@@ -196,21 +195,16 @@ class ParseStage:
             self._worker.submit(due)
         self._evict(index)
         # the model may run on its own thread: judge by what happened since the last frame
-        now = (self._errors, self._runs)
-        if now[0] > self._seen[0]:
-            self._failing = self.last_error or "error"
-        elif now[1] > self._seen[1]:
-            self._failing = None  # it works again
-        self._seen = now
-        if self._failing:
-            raise MirageError(f"the face parser fails ({self._failing})", "faces are swapped with the plain mask")
+        failing = self._watch.update(self._errors, self._runs, self.last_error)
+        if failing:
+            raise MirageError(f"the face parser fails ({failing})", "faces are swapped with the plain mask")
 
     def reset(self) -> None:
         """Forget every face's labels, including those still being made (they describe another moment)."""
         with self._lock:
             self._tracks.clear()
             self._worker.invalidate()  # (the frame count goes on: a frame in flight keeps a valid index)
-        self._failing = None
+        self._watch.reset()
 
     def retire(self) -> None:
         """Replaced by another stage: stop for good (close() alone lets the next stream restart it)."""

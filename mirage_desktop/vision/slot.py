@@ -154,3 +154,31 @@ class TrackWorker:
                         if generation == self.generation:
                             self.inflight.discard(tid)
             self.finished.set()
+
+
+class RunWatch:
+    """Whether a stage whose model may run on another thread is failing now, judged frame by frame
+    from two counts (model failures, model runs): a failure since the last frame makes it
+    failing, a run since then (and no failure) makes it work again."""
+
+    def __init__(self, errors: int | None = None, runs: int | None = None):
+        self._seen = None if errors is None or runs is None else (errors, runs)
+        self.failing: str | None = None
+
+    def begin(self, errors: int, runs: int) -> None:
+        """The counts before the first frame, when the watch was made without them."""
+        if self._seen is None:
+            self._seen = (errors, runs)
+
+    def update(self, errors: int, runs: int, last_error: str | None) -> str | None:
+        """This frame's counts; returns why the stage is failing, or None."""
+        seen = self._seen if self._seen is not None else (errors, runs)
+        if errors > seen[0]:
+            self.failing = last_error or "error"
+        elif runs > seen[1]:
+            self.failing = None
+        self._seen = (errors, runs)
+        return self.failing
+
+    def reset(self) -> None:
+        self.failing = None

@@ -28,6 +28,7 @@ from .blend import draw_ai_mark
 from .face import Face
 from .mapping import choose_mapped
 from .parser import parse_mask_fn
+from .slot import RunWatch
 from .tracking import select_faces
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,7 @@ class EnhanceFrames:
 
     def __init__(self, stage: Callable[[], Any]):
         self._stage = stage
-        self._seen: tuple | None = None  # errors.enhance_model, enhance.runs at the last frame
-        self._failing: str | None = None
+        self._watch = RunWatch()  # counts from this stream's start (the metrics are the engine's)
 
     def wants(self, opts) -> bool:
         return bool(opts.enable_enhancer) and self._stage() is not None
@@ -246,24 +246,19 @@ class EnhanceFrames:
         st = self._stage()
         if st is None:
             return
-        if self._seen is None:  # the metrics are the engine's: count from this stream's start
-            self._seen = (st.metrics.counter("errors.enhance_model"), st.metrics.counter("enhance.runs"))
+        m = st.metrics
+        self._watch.begin(m.counter("errors.enhance_model"), m.counter("enhance.runs"))
         st.process(ctx.frame, ctx.faces)
         # the model may run on its own thread: judge by what happened since the last frame
-        now = (st.metrics.counter("errors.enhance_model"), st.metrics.counter("enhance.runs"))
-        if now[0] > self._seen[0]:
-            self._failing = st.last_error or "error"
-        elif now[1] > self._seen[1]:
-            self._failing = None  # it worked again
-        self._seen = now
-        if self._failing:
-            raise MirageError(f"the face enhancer fails ({self._failing})", "faces are sent unenhanced")
+        failing = self._watch.update(m.counter("errors.enhance_model"), m.counter("enhance.runs"), st.last_error)
+        if failing:
+            raise MirageError(f"the face enhancer fails ({failing})", "faces are sent unenhanced")
 
     def reset(self) -> None:
         st = self._stage()
         if st is not None:
             st.reset()
-        self._failing = None
+        self._watch.reset()
 
     def close(self) -> None:
         st = self._stage()
