@@ -130,3 +130,16 @@ def test_server_sessions_get_the_parser_of_the_shared_models(model_factory, astr
     out = img.copy()
     assert session.process_still(out).swapped == 1
     np.testing.assert_array_equal(out[bar], img[bar])
+
+
+def test_a_parser_file_of_another_signature_is_a_warning_and_the_swap_goes_on(model_factory, astronaut, tmp_path):
+    """``--model bisenet_resnet_18=wrong.onnx``: refused at load with the shapes, the stream swaps with the oval."""
+    wrong = synthetic.build_gfpgan(tmp_path / "not_a_parser.onnx")  # 1x3x512x512 -> 1x3x512x512
+    paths = dict(model_factory(astronaut), bisenet_resnet_18=wrong)
+    eng = Engine(Settings(enable_parser=True, enable_ai_mark=False), model_overrides=paths)
+    st = eng.load_models()
+    assert eng.parse_stage is None
+    (line,) = [p for p in st.problems if p.startswith("parser:")]
+    assert "occlusion-aware mask off" in line and "is not a face parser" in line and "1x19" in line
+    eng.set_source_photos([astronaut], "self")
+    assert eng.process_still(astronaut.copy()).swapped == 1
